@@ -1,0 +1,90 @@
+# foldvision: `make folds train predict EXP=<name>` takes a corpus to OOF scores and a submission.
+#
+#   EXP=name        configs/<name>.yaml (default: digits, the built-in demo)
+#   ARGS="k=v ..."  config overrides, e.g. ARGS="train.epochs=3 model.name=convnext_tiny"
+#   DATA=path       shorthand for ARGS+="data.dir=path"
+#   FOLDS="0 2"     train only these folds
+#
+# The stage targets are files: runs/<exp>/folds.csv, runs/<exp>/fold<k>/oof.csv, runs/<exp>/scores.json,
+# submissions/<exp>.csv. Each user target first resolves the config (`foldvision config` rewrites
+# runs/<exp>/stage-*.yaml only when the settings a stage depends on change), then makes its files, so a
+# re-run redoes only what is missing or stale: an interrupted `make train` trains only the unfinished folds.
+
+SHELL := bash
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+EXP ?= digits
+ARGS ?=
+DATA ?=
+FOLDS ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FV := $(PY) -m foldvision
+RUN := runs/$(EXP)
+OVERRIDES := $(ARGS) $(if $(DATA),data.dir=$(DATA))
+INSTALLED := $(VENV)/.installed
+
+-include $(RUN)/config.mk  # N_FOLDS and TRAIN_TABLE, written by `foldvision config`
+N_FOLDS ?= 5
+ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
+FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
+
+# ---- user targets ---------------------------------------------------------------------------------
+.PHONY: help venv folds train score predict demo test clean-run FORCE
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
+
+venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
+
+folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
+	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(RUN)/folds.csv EXP=$(EXP)
+
+train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores
+	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) EXP=$(EXP)
+
+score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
+	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(RUN)/scores.json EXP=$(EXP)
+
+predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
+	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory submissions/$(EXP).csv EXP=$(EXP)
+
+demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
+	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"
+	@echo "submission vs held-back labels:"
+	@$(FV) evaluate submissions/digits.csv inputs/digits/test_labels.csv
+
+test: | $(INSTALLED)  ## the test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-run:  ## delete runs/<exp> and its submission (the corpus folds stay)
+	rm -rf $(RUN) submissions/$(EXP).csv
+
+# ---- files ----------------------------------------------------------------------------------------
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+inputs/digits/train.csv: | $(INSTALLED)
+	$(FV) demo-data inputs/digits
+
+$(RUN)/folds.csv: $(RUN)/stage-folds.yaml $(TRAIN_TABLE)
+	$(FV) folds $(RUN)
+
+$(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
+	$(FV) train $(RUN) --fold $*
+
+$(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
+	$(FV) score $(RUN)
+
+submissions/$(EXP).csv: $(RUN)/stage-predict.yaml $(call FOLD_OOFS,$(ALL_FOLDS))
+	$(FV) predict $(RUN) --out $@

@@ -1,0 +1,3 @@
+from foldvision.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""The `foldvision` command: one sub-command per stage.
+
+    foldvision config <exp> [key=value ...]     resolve a config into runs/<exp>/
+    foldvision folds runs/<exp>                 stage 1: the corpus split
+    foldvision train runs/<exp> --fold K        stage 2: one fold's model and OOF predictions
+    foldvision score runs/<exp>                 stage 3: OOF scores over all folds
+    foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
+    foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
+    foldvision demo-data inputs/digits          build the built-in demo corpus
+
+Mistakes in data, config or command line end with one `error:` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+from foldvision.errors import UserError
+
+COMMANDS = {
+    "config": "foldvision.config",
+    "folds": "foldvision.folds",
+    "train": "foldvision.train",
+    "score": "foldvision.score",
+    "predict": "foldvision.predict",
+    "evaluate": "foldvision.evaluate",
+    "demo-data": "foldvision.demo",
+}
+
+
+def user_message(error: UserError) -> str:
+    """The one-line message, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(error)
+    if text.startswith("Caught "):  # re-raised from a worker: the original message is the last line
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split("UserError: ", 1)[-1]
+    return text
+
+
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main; user errors become one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept", file=sys.stderr)
+        sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    module = importlib.import_module(COMMANDS[argv[0]])
+    run_stage(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    main()

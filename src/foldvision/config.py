@@ -1,0 +1,369 @@
+"""Experiment configuration: typed defaults, `configs/<exp>.yaml` on top, `key=value` overrides last.
+
+    python -m foldvision.config digits train.epochs=3 --run-dir runs/digits
+
+writes the resolved config to `runs/<exp>/config.yaml`, one small file per stage holding only the sections
+that stage depends on (`stage-folds.yaml`, `stage-train.yaml`, `stage-predict.yaml`, rewritten only when they
+change, so make re-runs exactly the stages a change touches) and `config.mk` with the values make needs.
+
+Every default below has a comment; an experiment file holds only what differs. A key that does not exist
+is an error naming the closest valid key; a value of the wrong type is an error naming the expected type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from foldvision import __version__
+from foldvision.errors import UserError, did_you_mean, write_text_atomic
+
+CONFIG_DIR = Path("configs")
+
+# Test-time views, each a ttach transform (see foldvision.tta); a list of them gives their product, so
+# [hflip, vflip, rot90] is all 8 flips/rotations. Named here so config checks need no torch import.
+TTA_VIEWS = ("hflip", "vflip", "rot90", "rot90x4")
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None  # the corpus folder; the paths below are relative to it
+    train_csv: str = "train.csv"  # label table: CSV, or TSV when the name ends in .tsv
+    train_images: str = "train"  # folder of training images (nested folders are searched)
+    test_images: str = "test"  # folder of test images
+    sample_submission: str | None = "sample_submission.csv"  # the format to copy; null: id + probabilities
+    id_col: str | None = None  # null: first of id/image_id/image/file_name/filename/... found
+    label_col: str | None = None  # null: first of label/target/class/... found
+    group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
+    channels: Literal[1, 3] = 3  # 3: every image becomes RGB; 1: grayscale, timm adapts the stem
+    folds_file: str | None = None  # null: <dir>/folds_k<K>_seed<S>[_<group>].csv (inputs/ if dir is read-only)
+
+
+@dataclass
+class CVConfig:
+    n_folds: int = 5  # K of (Group)StratifiedKFold
+    seed: int = 42  # split seed: same seed, same folds, for every experiment on the corpus
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convnext_tiny"  # any timm model name (timm.list_models())
+    pretrained: bool = False  # timm's pretrained weights from the HF hub or its cache
+    pretrained_file: str | None = None  # local weights (safetensors or a state dict) loaded through timm
+    img_size: int | None = None  # null: the model's own input size (resolve_model_data_config)
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth
+
+
+@dataclass
+class AugmentConfig:
+    # albumentations transforms by name with their arguments, applied after Resize and before Normalize
+    # (which takes mean/std from the model). The seed's preset; RandomRotate90 defaults to p=1.0 in 2.x.
+    train: list = field(
+        default_factory=lambda: [
+            {"HorizontalFlip": {"p": 0.5}},
+            {"VerticalFlip": {"p": 0.5}},
+            {"RandomRotate90": {"p": 0.5}},
+        ]
+    )
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # epochs per fold
+    batch_size: int = 32  # images per step
+    accumulate: int = 1  # gradient accumulation: optimizer steps every N batches
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled weight decay
+    optimizer: str = "ranger21"  # ranger21, or any name pytorch_optimizer knows (adamw, sgd, lion, ...)
+    optimizer_args: dict = field(default_factory=dict)  # extra keyword arguments (warm_down_min_lr, betas...)
+    scheduler: Literal["none", "cosine"] = "none"  # for optimizers without a schedule of their own
+    warmup_frac: float = 0.0  # linear warm-up over this fraction of steps (cosine only)
+    sampler: Literal["imbalanced", "random"] = "imbalanced"  # torchsampler weighted draw, or plain shuffle
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where supported, fp16 + scaler else
+    patience: int = 3  # stop after this many epochs without a better validation metric
+    metric: Literal["auto", "auc", "accuracy", "macro_f1", "log_loss"] = "auto"  # auto: auc
+    num_workers: int | None = None  # data loader workers; null: one per core, at most 8, none on 1 core
+    device: str = "auto"  # auto: cuda if available, else cpu
+    seed: int = 42  # model init, sampler and augmentation seed
+
+
+@dataclass
+class LossConfig:
+    name: Literal["cce", "ce", "label_smoothing", "focal"] = "cce"  # Complement Cross Entropy by default
+    cce_gamma: float = 1.0  # cce: weight γ' of the complement entropy (the paper's γ = -1)
+    focal_gamma: float = 2.0  # focal: focusing exponent
+    smoothing: float = 0.1  # label_smoothing only
+
+
+@dataclass
+class PredictConfig:
+    tta: list = field(default_factory=lambda: ["hflip", "vflip", "rot90"])  # TTA_VIEWS; [] for none
+    batch_size: int = 64  # images per forward pass (each carries all its TTA views)
+    value: Literal["auto", "probability", "label"] = "auto"  # what the submission holds; auto: from the sample
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    tracking: Literal["wandb", "none"] = "wandb"  # W&B, offline unless logged in; none: no tracking
+    name: str = ""  # experiment name, set from the config file name
+
+
+# Which sections each stage's outputs depend on: a change elsewhere does not redo that stage.
+STAGE_SECTIONS = {
+    "folds": ("data", "cv"),
+    "train": ("data", "cv", "model", "augment", "train", "loss"),
+    "predict": ("data", "cv", "model", "augment", "train", "loss", "predict"),
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a field annotation (int is accepted for float)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or annotation)
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _valid_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _valid_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
+    """Apply a nested dict onto dataclass `obj`, checking every key and type."""
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            raise UserError(
+                f"{source}: unknown config key '{dotted}'{did_you_mean(dotted, _valid_keys(Config()))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{dotted}' is a section; give its keys ({dotted}.<key>=...)")
+            _merge(current, value, source, dotted + ".")
+            continue
+        if not _type_ok(value, hints[key]):
+            raise UserError(
+                f"{source}: '{dotted}' must be {_describe(hints[key])}, got {value!r}"
+            )
+        if hints[key] is float and isinstance(value, int):
+            value = float(value)
+        setattr(obj, key, value)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['train.epochs=3', 'augment.train=[]'] -> {'train': {'epochs': 3}, 'augment': {'train': []}}.
+
+    Values are parsed as YAML, so numbers, booleans, null and lists come out typed.
+    """
+    nested: dict = {}
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{arg}': write it as key=value, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # an unquoted string YAML cannot parse (e.g. 'a: b') stays a string
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{arg}': '{part}' is given both as a value and a section")
+        node[leaf] = value
+    return nested
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def experiment_file(exp: str) -> Path:
+    path = CONFIG_DIR / f"{exp}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise UserError(f"no config {path}{did_you_mean(exp, names)}; experiments: {', '.join(names)}")
+    return path
+
+
+def load_config(exp_or_path: str, overrides: list[str] = ()) -> Config:
+    """Defaults <- configs/<exp>.yaml (and the file it names as `base:`) <- overrides."""
+    path = Path(exp_or_path) if exp_or_path.endswith((".yaml", ".yml")) else experiment_file(exp_or_path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    layers = []
+    seen = set()
+    while path is not None:
+        if path in seen:
+            raise UserError(f"{path}: 'base' chain loops back to itself")
+        seen.add(path)
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        layers.append((path, data))
+        path = experiment_file(base) if base else None
+    cfg = Config(name=layers[0][0].stem)
+    for source, data in reversed(layers):
+        data.pop("_meta", None)  # a saved resolved config can be loaded back
+        _merge(cfg, data, str(source))
+    _merge(cfg, parse_overrides(list(overrides)), "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span keys or need more than a type."""
+    if cfg.cv.n_folds < 2:
+        raise UserError(f"cv.n_folds={cfg.cv.n_folds}: cross-validation needs at least 2 folds")
+    for key in ("epochs", "batch_size", "accumulate"):
+        if getattr(cfg.train, key) < 1:
+            raise UserError(f"train.{key} must be at least 1, got {getattr(cfg.train, key)}")
+    if cfg.train.patience < 1:
+        raise UserError(f"train.patience must be at least 1, got {cfg.train.patience}")
+    if cfg.model.img_size is not None and cfg.model.img_size < 8:
+        raise UserError(f"model.img_size={cfg.model.img_size}: use at least 8 pixels")
+    if cfg.train.optimizer.lower() == "ranger21" and cfg.train.scheduler != "none":
+        if not cfg.train.optimizer_args.get("disable_lr_scheduler", False):
+            raise UserError(
+                "train.scheduler with ranger21: Ranger21's own warm-up/warm-down overrides external "
+                "schedulers; set train.optimizer_args.disable_lr_scheduler=true or train.scheduler=none"
+            )
+    for i, item in enumerate(cfg.augment.train):
+        if not (isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())) or {}, dict)):
+            raise UserError(
+                f"augment.train[{i}]: write each transform as {{Name: {{arg: value}}}}, got {item!r}"
+            )
+    for view in cfg.predict.tta:
+        if view not in TTA_VIEWS:
+            raise UserError(
+                f"predict.tta: unknown view '{view}'{did_you_mean(str(view), TTA_VIEWS)}; "
+                f"views: {', '.join(TTA_VIEWS)}"
+            )
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _dump(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def save_run_config(cfg: Config, run_dir: Path) -> None:
+    """Write config.yaml (with package version and git commit), the per-stage files and config.mk.
+
+    Each file is rewritten only when its content changes, so its mtime tells make what is stale.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full = to_dict(cfg)
+    body = _dump(full)
+    config_path = run_dir / "config.yaml"
+    old = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    if old is None or {k: v for k, v in old.items() if k != "_meta"} != full:
+        meta = {"foldvision": __version__, "git_commit": _git_commit()}
+        write_text_atomic(config_path, body + _dump({"_meta": meta}))
+    for stage, sections in STAGE_SECTIONS.items():
+        _write_if_changed(run_dir / f"stage-{stage}.yaml", _dump({s: full[s] for s in sections}))
+    train_table = Path(cfg.data.dir) / cfg.data.train_csv if cfg.data.dir else ""
+    _write_if_changed(run_dir / "config.mk", f"N_FOLDS := {cfg.cv.n_folds}\nTRAIN_TABLE := {train_table}\n")
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{path} not found: resolve the experiment first (make folds EXP=<name>)")
+    cfg = Config()
+    data = _read_yaml(path)
+    data.pop("_meta", None)
+    _merge(cfg, data, str(path))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="foldvision config", description=__doc__.split("\n\n")[0])
+    parser.add_argument("exp", help="experiment name (configs/<exp>.yaml) or a YAML path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--run-dir", type=Path, help="save the resolved config here (default runs/<exp>)")
+    parser.add_argument("--print", action="store_true", help="print the resolved config")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.exp, args.overrides)
+    save_run_config(cfg, args.run_dir or Path("runs") / cfg.name)
+    if args.print:
+        sys.stdout.write(_dump(to_dict(cfg)))
+
+
+if __name__ == "__main__":
+    from foldvision.cli import run_stage
+
+    run_stage(main)

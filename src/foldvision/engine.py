@@ -1,0 +1,151 @@
+"""The loop: `train_one_epoch` and `predict`, each taking its parts (AMP included) and returning plain values."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from foldvision.console import console
+from foldvision.errors import UserError
+from foldvision.optim import current_lr
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={setting}: no CUDA device here; use train.device=auto or cpu")
+    return torch.device(setting)
+
+
+def _cpu_has_bf16() -> bool:
+    try:  # True on CPUs with native bf16 (AVX512-BF16, AMX); elsewhere bf16 is emulated and slower than fp32
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Amp:
+    """Mixed precision: bf16 where the device supports it, else fp16 with a gradient scaler, or off."""
+
+    def __init__(self, setting: str, device: torch.device):
+        self.device_type = device.type
+        if setting == "auto":
+            if device.type == "cuda":
+                setting = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                setting = "bf16" if _cpu_has_bf16() else "off"
+        if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("train.amp=bf16: this GPU has no bf16; use train.amp=fp16 or auto")
+        self.mode = setting
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting)
+        # fp16's narrow range underflows small gradients: scale the loss (bf16 has fp32's range)
+        self.scaler = torch.amp.GradScaler(device.type) if setting == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def progress_bar(total_label: str = "") -> Progress:
+    """Per-batch progress on a terminal; silent when the output is a log (CI), where epoch lines suffice."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>6.1f} img/s"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not (console.is_terminal and sys.stderr.isatty()),
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    amp: Amp,
+    device: torch.device,
+    accumulate: int = 1,
+    progress: Progress | None = None,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; an optimizer step every `accumulate` batches. Returns loss, lr, img/s."""
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
+    optimizer.zero_grad(set_to_none=True)
+    for i, (images, targets) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with amp.autocast():
+            loss = loss_fn(model(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{description}: loss is {loss.item()} at batch {i}; lower train.lr "
+                                     "or use train.amp=off")
+        amp.backward(loss / accumulate)
+        if (i + 1) % accumulate == 0 or i + 1 == len(loader):
+            amp.step(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+        total_loss += loss.item() * len(images)
+        seen += len(images)
+        if task is not None:
+            rate = seen / (time.perf_counter() - start)
+            progress.update(task, advance=1, rate=rate, info=f"loss {total_loss / seen:.4f}")
+    if task is not None:
+        progress.remove_task(task)
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "lr": current_lr(optimizer), "train_img_s": seen / elapsed}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    amp: Amp,
+    device: torch.device,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    progress: Progress | None = None,
+    description: str = "predict",
+) -> np.ndarray:
+    """Class probabilities (float64, rows in loader order). `forward(model, images)` must return
+    probabilities; by default it is softmax(model(images)) (TTA passes its own)."""
+    model.eval()
+    forward = forward or (lambda m, x: torch.softmax(m(x).float(), dim=1))
+    out, seen, start = [], 0, time.perf_counter()
+    task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
+    for images, _ in loader:
+        with amp.autocast():
+            probs = forward(model, images.to(device, non_blocking=True))
+        out.append(probs.float().cpu().numpy().astype(np.float64))
+        seen += len(images)
+        if task is not None:
+            progress.update(task, advance=1, rate=seen / (time.perf_counter() - start))
+    if task is not None:
+        progress.remove_task(task)
+    probs = np.concatenate(out) if out else np.zeros((0, 0))
+    return probs / probs.sum(axis=1, keepdims=True)  # softmax in low precision sums to 1 only roughly

@@ -1,0 +1,72 @@
+"""Scores of class probabilities, all through scikit-learn so they equal what a user computes from oof.csv."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+# Metrics where lower is better; every other metric is maximised.
+LOWER_IS_BETTER = {"log_loss"}
+
+
+def task_of(num_classes: int) -> str:
+    return "binary" if num_classes == 2 else "multiclass"
+
+
+def resolve_metric(metric: str) -> str:
+    """The metric that picks checkpoints and stops early: ROC AUC unless the config names another."""
+    return "auc" if metric == "auto" else metric
+
+
+def auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC of the positive class for binary; macro one-vs-rest for multi-class. NaN if a class is absent."""
+    num_classes = probs.shape[1]
+    if len(np.unique(y)) < num_classes:
+        return float("nan")
+    if num_classes == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=np.arange(num_classes)))
+
+
+def score(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """auc, accuracy, macro_f1 (of the argmax) and log_loss of one set of predictions."""
+    num_classes = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    labels = np.arange(num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on classes never predicted; F1 counts them as 0
+        return {
+            "auc": auc(y, probs),
+            "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            "log_loss": float(log_loss(y, np.clip(probs, 1e-15, 1), labels=labels)),
+        }
+
+
+def per_class(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and support per class (argmax decisions)."""
+    labels = np.arange(probs.shape[1])
+    precision, recall, _, support = precision_recall_fscore_support(
+        y, probs.argmax(axis=1), labels=labels, zero_division=0
+    )
+    return {"precision": precision, "recall": recall, "support": support}
+
+
+def confusion(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    return confusion_matrix(y, probs.argmax(axis=1), labels=np.arange(probs.shape[1]))
+
+
+def is_better(metric: str, new: float, best: float | None) -> bool:
+    if best is None or np.isnan(best):
+        return not np.isnan(new)
+    return new < best if metric in LOWER_IS_BETTER else new > best

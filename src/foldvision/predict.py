@@ -1,0 +1,97 @@
+"""Stage 4: every fold model predicts the test images with TTA; probabilities are averaged over folds.
+
+    python -m foldvision.predict runs/<exp> --out submissions/<exp>.csv
+
+Writes `fold<k>/test.csv` per fold (id + one probability column per class; reused while newer than the fold's
+checkpoint and the predict settings, so re-ensembling needs no new inference), their mean `test.csv`, and the
+submission in exactly the sample submission's format.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from foldvision.config import ModelConfig, load_run_config
+from foldvision.data import ImageDataset, read_table, read_test
+from foldvision.console import console
+from foldvision.engine import Amp, predict, progress_bar, resolve_device
+from foldvision.errors import UserError, write_atomic
+from foldvision.metrics import resolve_metric
+from foldvision.models import create_model
+from foldvision.submission import build, infer_format, write
+from foldvision.train import make_loader, prob_columns, read_split
+from foldvision.transforms import build_transform
+from foldvision.tta import tta_compose, tta_forward
+
+
+def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path, cfg, device, amp) -> np.ndarray:
+    """One fold model's TTA probabilities for the test table, from fold<k>/test.csv when it is current."""
+    fold_dir = run_dir / f"fold{fold}"
+    best, cached = fold_dir / "best.pt", fold_dir / "test.csv"
+    if not best.is_file():
+        raise UserError(f"{best} not found: train fold {fold} first (make train EXP={run_dir.name})")
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    columns = prob_columns(ckpt["classes"])
+    stamp = run_dir / "stage-predict.yaml"
+    newest_input = max(best.stat().st_mtime, stamp.stat().st_mtime if stamp.is_file() else 0)
+    if cached.is_file() and cached.stat().st_mtime > newest_input:
+        frame = pd.read_csv(cached, dtype={"id": str}, keep_default_na=False)
+        if frame["id"].tolist() == test["id"].tolist():
+            console.print(f"fold {fold}: reusing {cached}")
+            return frame[columns].to_numpy(dtype=np.float64)
+    model = create_model(ModelConfig(**ckpt["model_config"]), len(ckpt["classes"]), ckpt["channels"], pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    dataset = ImageDataset(test_dir, test["path"], None, build_transform([], ckpt["data_config"], train=False),
+                           ckpt["channels"])
+    loader = make_loader(dataset, cfg, False, device, batch_size=cfg.predict.batch_size)
+    with progress_bar() as progress:
+        probs = predict(model, loader, amp, device, forward=tta_forward(cfg.predict.tta), progress=progress,
+                        description=f"fold {fold} test")
+    frame = pd.concat([test[["id"]], pd.DataFrame(probs, columns=columns)], axis=1)
+    write_atomic(cached, lambda tmp: frame.to_csv(tmp, index=False))
+    return probs
+
+
+def run(run_dir: Path, out: Path) -> pd.DataFrame:
+    cfg = load_run_config(run_dir)
+    table, classes = read_split(run_dir)
+    test, test_dir = read_test(cfg.data)
+    device = resolve_device(cfg.train.device)
+    amp = Amp(cfg.train.amp, device)
+    folds = sorted(set(table["fold"]))
+    console.print(f"predict: {len(test)} test images × {len(tta_compose(cfg.predict.tta))} TTA views "
+                  f"× {len(folds)} folds")
+    probs = np.mean([fold_test_probs(run_dir, k, test, test_dir, cfg, device, amp) for k in folds], axis=0)
+    ensemble = pd.concat([test[["id"]], pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
+    write_atomic(run_dir / "test.csv", lambda tmp: ensemble.to_csv(tmp, index=False))
+    if cfg.data.sample_submission is None:
+        write_atomic(out, lambda tmp: ensemble.to_csv(tmp, index=False))
+        console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
+        return ensemble
+    sample_path = Path(cfg.data.dir) / cfg.data.sample_submission
+    sample = read_table(sample_path)
+    fmt = infer_format(sample, sample_path, classes, resolve_metric(cfg.train.metric), cfg.predict.value)
+    submission = build(sample, fmt, test["id"].tolist(), probs, classes)
+    write(submission, out, fmt)
+    console.print(f"predict: wrote {out} ({len(submission)} rows, {fmt.kind} in {', '.join(fmt.columns)})")
+    return submission
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="foldvision predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="runs/<exp> with every fold<k>/best.pt")
+    parser.add_argument("--out", type=Path, help="submission path (default submissions/<exp>.csv)")
+    args = parser.parse_args(argv)
+    run(args.run_dir, args.out or Path("submissions") / f"{args.run_dir.name}.csv")
+
+
+if __name__ == "__main__":
+    from foldvision.cli import run_stage
+
+    run_stage(main)

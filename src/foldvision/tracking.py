@@ -1,0 +1,73 @@
+"""Experiment tracking: Weights & Biases, offline unless the user is logged in, or a no-op stand-in.
+
+Offline runs are written under `runs/<exp>/wandb/` and uploaded later with `wandb sync runs/<exp>/wandb/offline-run-*`.
+Nothing here prompts, blocks or reaches the network unless the user has logged in (or set WANDB_MODE=online).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+
+class NoTracker:
+    """Used with `tracking: none`: accepts everything, records nothing."""
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode() -> str:
+    """The user's WANDB_MODE if set, else online when logged in, else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
+
+
+class WandbTracker:
+    """One W&B run: `group` = experiment, so the folds and the OOF run of an experiment sit together."""
+
+    def __init__(self, run_dir: Path, name: str, job_type: str, config: dict):
+        import wandb  # late: importing wandb costs a second, and `tracking: none` needs none of it
+
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "foldvision"),
+            group=run_dir.name,
+            job_type=job_type,
+            name=name,
+            config=config,
+            dir=str(run_dir),
+            mode=wandb_mode(),
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def create_tracker(kind: str, run_dir: Path, name: str, job_type: str, config: dict) -> NoTracker | WandbTracker:
+    if kind == "none":
+        return NoTracker()
+    return WandbTracker(run_dir, name, job_type, config)

@@ -1,0 +1,208 @@
+"""Stage 2: train one model per fold; the fold's validation predictions are its out-of-fold (OOF) rows.
+
+    python -m foldvision.train runs/<exp> --fold 0
+
+Reads `runs/<exp>/config.yaml`, `folds.csv` and `classes.json`. Writes to `runs/<exp>/fold<k>/`:
+`best.pt` (weights of the best epoch by the task metric, with their validation predictions), `oof.csv`
+(id, fold, label, one probability column per class) and `history.csv` (one row per epoch). `oof.csv` is
+written last, so its presence means the fold is done. While a fold runs, `last.pt` holds everything needed to
+resume it after an interruption; it is deleted when the fold finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torchsampler import ImbalancedDatasetSampler
+
+from foldvision.config import Config, load_run_config, to_dict
+from foldvision.data import ImageDataset, seed_worker
+from foldvision.console import console
+from foldvision.engine import Amp, predict, progress_bar, resolve_device, train_one_epoch
+from foldvision.errors import UserError, write_atomic
+from foldvision.losses import create_loss
+from foldvision.metrics import is_better, resolve_metric, score
+from foldvision.models import create_model, data_config
+from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
+from foldvision.tracking import create_tracker
+from foldvision.transforms import build_transform
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_workers() -> int:
+    """One loader worker per spare core (the main process runs the model), at most 8."""
+    return min(8, (os.cpu_count() or 1) - 1)
+
+
+def make_loader(dataset: ImageDataset, cfg: Config, train: bool, device: torch.device,
+                labels: list[int] | None = None, batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    workers = default_workers() if cfg.train.num_workers is None else cfg.train.num_workers
+    sampler = None
+    if train and cfg.train.sampler == "imbalanced":
+        # labels passed in: torchsampler would otherwise decode every image once just to read its label
+        sampler = ImbalancedDatasetSampler(dataset, labels=labels)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size or cfg.train.batch_size,
+        sampler=sampler,
+        shuffle=train and sampler is None,
+        drop_last=train and len(dataset) > (batch_size or cfg.train.batch_size),  # no 1-image BatchNorm batch
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=seed_worker if workers > 0 else None,
+    )
+
+
+def read_split(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    for name in ("folds.csv", "classes.json"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name} not found: run the folds stage first (make folds EXP={run_dir.name})")
+    table = pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False)
+    classes = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
+    table["fold"] = table["fold"].astype(int)
+    table["target"] = table["label"].map({c: i for i, c in enumerate(classes)})
+    return table, classes
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in classes]
+
+
+def oof_frame(ids: list[str], fold: int, labels: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The OOF/test table layout: id, fold, label, prob_<class>..."""
+    frame = pd.DataFrame({"id": ids, "fold": fold, "label": labels})
+    return pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
+
+
+def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
+    """Train fold `fold` to its best checkpoint and write its OOF predictions. Returns its best scores."""
+    table, classes = read_split(run_dir)
+    if fold not in set(table["fold"]):
+        raise UserError(f"--fold {fold}: folds.csv has folds {sorted(set(table['fold']))}")
+    fold_dir = run_dir / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train_rows, val_rows = table[table["fold"] != fold], table[table["fold"] == fold].reset_index(drop=True)
+    metric = resolve_metric(cfg.train.metric)
+    seed = cfg.train.seed + 1000 * fold
+    seed_everything(seed)
+
+    device = resolve_device(cfg.train.device)
+    channels = cfg.data.channels
+    model = create_model(cfg.model, len(classes), channels).to(device)
+    dcfg = data_config(model, cfg.model, channels)
+    image_dir = Path(cfg.data.dir) / cfg.data.train_images
+    train_ds = ImageDataset(image_dir, train_rows["path"], train_rows["target"],
+                            build_transform(cfg.augment.train, dcfg, train=True, seed=seed), channels)
+    val_ds = ImageDataset(image_dir, val_rows["path"], val_rows["target"],
+                          build_transform([], dcfg, train=False), channels)
+    train_loader = make_loader(train_ds, cfg, True, device, labels=train_rows["target"].tolist())
+    val_loader = make_loader(val_ds, cfg, False, device, batch_size=cfg.predict.batch_size)
+
+    total_steps = optimizer_steps(len(train_loader), cfg.train)
+    optimizer = create_optimizer(model, cfg.train, total_steps)
+    scheduler = create_scheduler(optimizer, cfg.train, total_steps)
+    loss_fn = create_loss(cfg.loss)
+    amp = Amp(cfg.train.amp, device)
+
+    state = {"epoch": 0, "best_score": None, "bad_epochs": 0, "history": []}
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    train_config = {k: to_dict(cfg)[k] for k in ("data", "cv", "model", "augment", "train", "loss")}
+    if last_path.is_file():
+        resume = torch.load(last_path, map_location=device, weights_only=True)
+        if resume.get("config") == train_config:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(resume["scheduler"])
+            if amp.scaler is not None and resume.get("scaler"):
+                amp.scaler.load_state_dict(resume["scaler"])
+            state = resume["state"]
+            console.print(f"fold {fold}: resuming after epoch {state['epoch']}")
+        else:
+            console.print(f"fold {fold}: the config changed since last.pt was written; starting over")
+
+    y_val = val_rows["target"].to_numpy()
+    console.print(f"fold {fold}: {len(train_ds)} train / {len(val_ds)} val images, {cfg.model.name} at "
+                  f"{dcfg['size']}px, {total_steps} optimizer steps, amp {amp.mode}, device {device}")
+    tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-fold{fold}", "train", to_dict(cfg))
+    try:
+        with progress_bar() as progress:
+            for epoch in range(state["epoch"], cfg.train.epochs):
+                if state["bad_epochs"] >= cfg.train.patience:
+                    break
+                seed_everything(seed + epoch)  # a resumed epoch draws the same batches and augmentations
+                train_ds.transform.set_random_seed(seed + epoch)
+                start = time.perf_counter()
+                stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, amp, device,
+                                        cfg.train.accumulate, progress, f"fold {fold} epoch {epoch + 1}")
+                probs = predict(model, val_loader, amp, device, progress=progress, description="validate")
+                scores = score(y_val, probs)
+                row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
+                       **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}
+                state["history"].append(row)
+                improved = is_better(metric, scores[metric], state["best_score"])
+                if improved:
+                    state["best_score"], state["bad_epochs"] = scores[metric], 0
+                    best = {"model": model.state_dict(), "epoch": epoch + 1, "metric": metric,
+                            "score": scores[metric], "classes": classes, "channels": channels,
+                            "model_config": to_dict(cfg)["model"], "data_config": dcfg,
+                            "val_ids": val_rows["id"].tolist(), "val_probs": torch.from_numpy(probs)}
+                    write_atomic(best_path, lambda tmp: torch.save(best, tmp))
+                else:
+                    state["bad_epochs"] += 1
+                state["epoch"] = epoch + 1
+                resume = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict() if scheduler else None,
+                          "scaler": amp.scaler.state_dict() if amp.scaler else None,
+                          "state": state, "config": train_config}
+                write_atomic(last_path, lambda tmp: torch.save(resume, tmp))
+                tracker.log(row, step=epoch + 1)
+                console.print(
+                    f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
+                    f"val_loss {scores['log_loss']:.4f}  {metric} {scores[metric]:.4f}"
+                    f"{' *' if improved else ''}  acc {scores['accuracy']:.4f}  "
+                    f"lr {stats['lr']:.2e}  {stats['train_img_s']:.0f} img/s"
+                )
+        if not best_path.is_file():
+            raise UserError(f"fold {fold}: no epoch gave a finite {metric}; check the labels of this fold")
+        best = torch.load(best_path, map_location="cpu", weights_only=True)
+        oof = oof_frame(best["val_ids"], fold, val_rows["label"].tolist(), best["val_probs"].numpy(), classes)
+        history = pd.DataFrame(state["history"])
+        write_atomic(fold_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+        write_atomic(fold_dir / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))  # last: marks the fold done
+        last_path.unlink(missing_ok=True)
+        tracker.summary({f"best_{metric}": best["score"], "best_epoch": best["epoch"]})
+        console.print(f"fold {fold}: best {metric} {best['score']:.4f} at epoch {best['epoch']}")
+        return {"fold": fold, metric: best["score"], "epoch": best["epoch"]}
+    finally:
+        tracker.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="foldvision train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="runs/<exp> holding config.yaml, folds.csv, classes.json")
+    parser.add_argument("--fold", type=int, nargs="+", required=True, help="fold number(s) to train")
+    args = parser.parse_args(argv)
+    cfg = load_run_config(args.run_dir)
+    for fold in args.fold:
+        fit_fold(cfg, args.run_dir, fold)
+
+
+if __name__ == "__main__":
+    from foldvision.cli import run_stage
+
+    run_stage(main)
