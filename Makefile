@@ -18,13 +18,20 @@ EXP ?= digits
 ARGS ?=
 DATA ?=
 FOLDS ?=
+CONFIGS ?= configs
+RUNS ?= runs
+SUBMISSIONS ?= submissions
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+# PY=other/python runs with an existing environment instead of creating .venv
+PY ?= $(VENV)/bin/python
 FV := $(PY) -m foldvision
-RUN := runs/$(EXP)
+RUN := $(RUNS)/$(EXP)
+SUBMISSION := $(SUBMISSIONS)/$(EXP).csv
 OVERRIDES := $(ARGS) $(if $(DATA),data.dir=$(DATA))
-INSTALLED := $(VENV)/.installed
+INSTALLED := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
+# what the inner make needs to name the files (the config is already resolved into $(RUN))
+PASS = EXP=$(EXP) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS)
 
 -include $(RUN)/config.mk  # N_FOLDS and TRAIN_TABLE, written by `foldvision config`
 N_FOLDS ?= 5
@@ -40,20 +47,20 @@ help:  ## list the targets
 venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
 
 folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
-	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
-	@$(MAKE) --no-print-directory $(RUN)/folds.csv EXP=$(EXP)
+	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
 
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores
-	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
-	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) EXP=$(EXP)
+	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
-	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
-	@$(MAKE) --no-print-directory $(RUN)/scores.json EXP=$(EXP)
+	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(RUN)/scores.json $(PASS)
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
-	@$(FV) config $(EXP) $(OVERRIDES) --run-dir $(RUN)
-	@$(MAKE) --no-print-directory submissions/$(EXP).csv EXP=$(EXP)
+	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
 demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
 	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"
@@ -64,10 +71,10 @@ test: | $(INSTALLED)  ## the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-run:  ## delete runs/<exp> and its submission (the corpus folds stay)
-	rm -rf $(RUN) submissions/$(EXP).csv
+	rm -rf $(RUN) $(SUBMISSION)
 
 # ---- files ----------------------------------------------------------------------------------------
-$(INSTALLED): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
@@ -86,5 +93,5 @@ $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
 
-submissions/$(EXP).csv: $(RUN)/stage-predict.yaml $(call FOLD_OOFS,$(ALL_FOLDS))
+$(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) predict $(RUN) --out $@

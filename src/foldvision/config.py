@@ -179,6 +179,9 @@ def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
     for key, value in updates.items():
         dotted = prefix + str(key)
         if key not in names:
+            while isinstance(value, dict) and len(value) == 1:  # report 'modle.name', not just 'modle'
+                (inner, value), = value.items()
+                dotted += f".{inner}"
             raise UserError(
                 f"{source}: unknown config key '{dotted}'{did_you_mean(dotted, _valid_keys(Config()))}"
             )
@@ -231,17 +234,21 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def experiment_file(exp: str) -> Path:
-    path = CONFIG_DIR / f"{exp}.yaml"
+def experiment_file(exp: str, config_dir: Path = CONFIG_DIR) -> Path:
+    path = config_dir / f"{exp}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        names = sorted(p.stem for p in config_dir.glob("*.yaml"))
         raise UserError(f"no config {path}{did_you_mean(exp, names)}; experiments: {', '.join(names)}")
     return path
 
 
-def load_config(exp_or_path: str, overrides: list[str] = ()) -> Config:
+def load_config(exp_or_path: str, overrides: list[str] = (), config_dir: Path = CONFIG_DIR) -> Config:
     """Defaults <- configs/<exp>.yaml (and the file it names as `base:`) <- overrides."""
-    path = Path(exp_or_path) if exp_or_path.endswith((".yaml", ".yml")) else experiment_file(exp_or_path)
+    if exp_or_path.endswith((".yaml", ".yml")):
+        path = Path(exp_or_path)
+        config_dir = path.parent
+    else:
+        path = experiment_file(exp_or_path, config_dir)
     if not path.is_file():
         raise UserError(f"config file {path} not found")
     layers = []
@@ -253,7 +260,7 @@ def load_config(exp_or_path: str, overrides: list[str] = ()) -> Config:
         data = _read_yaml(path)
         base = data.pop("base", None)
         layers.append((path, data))
-        path = experiment_file(base) if base else None
+        path = experiment_file(base, config_dir) if base else None
     cfg = Config(name=layers[0][0].stem)
     for source, data in reversed(layers):
         data.pop("_meta", None)  # a saved resolved config can be loaded back
@@ -354,10 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision config", description=__doc__.split("\n\n")[0])
     parser.add_argument("exp", help="experiment name (configs/<exp>.yaml) or a YAML path")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of experiment configs")
     parser.add_argument("--run-dir", type=Path, help="save the resolved config here (default runs/<exp>)")
     parser.add_argument("--print", action="store_true", help="print the resolved config")
     args = parser.parse_args(argv)
-    cfg = load_config(args.exp, args.overrides)
+    cfg = load_config(args.exp, args.overrides, args.configs)
     save_run_config(cfg, args.run_dir or Path("runs") / cfg.name)
     if args.print:
         sys.stdout.write(_dump(to_dict(cfg)))

@@ -20,12 +20,16 @@ from sklearn.model_selection import train_test_split
 
 
 
-def build(out: Path, test_size: float = 0.2, seed: int = 0) -> tuple[int, int]:
+def build(out: Path, test_size: float = 0.2, seed: int = 0, limit: int | None = None) -> tuple[int, int]:
+    """Write the corpus to `out`; `limit` keeps a stratified sample of that many images (for tests)."""
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 ink levels -> 8-bit gray
     ids = [f"d{i:04d}" for i in range(len(images))]
-    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=test_size, random_state=seed,
-                                           stratify=digits.target)
+    keep = np.arange(len(images))
+    if limit is not None:
+        keep, _ = train_test_split(keep, train_size=limit, random_state=seed, stratify=digits.target)
+    train_idx, test_idx = train_test_split(keep, test_size=test_size, random_state=seed,
+                                           stratify=digits.target[keep])
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for split, idx in (("train", train_idx), ("test", test_idx)):
@@ -44,8 +48,9 @@ def build(out: Path, test_size: float = 0.2, seed: int = 0) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision demo-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, nargs="?", default=Path("inputs/digits"))
+    parser.add_argument("--limit", type=int, help="keep a stratified sample of this many images")
     args = parser.parse_args(argv)
-    n_train, n_test = build(args.out)
+    n_train, n_test = build(args.out, limit=args.limit)
     print(f"demo corpus: {args.out} ({n_train} train, {n_test} test 8x8 digit images)")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def default_folds_path(cfg: Config) -> Path:
         return Path(cfg.data.folds_file)
     name = f"folds_k{cfg.cv.n_folds}_seed{cfg.cv.seed}" + (f"_{cfg.data.group_col}" if cfg.data.group_col else "")
     data_dir = Path(cfg.data.dir)
-    if os.access(data_dir, os.W_OK):
+    # the permission bits too: root passes os.access even where the owner marked the folder read-only
+    if os.access(data_dir, os.W_OK) and data_dir.stat().st_mode & stat.S_IWUSR:
         return data_dir / f"{name}.csv"
     fallback = Path("inputs") / "folds" / data_dir.resolve().name / f"{name}.csv"
     console.print(f"[dim]{data_dir} is read-only: the corpus folds live in {fallback}[/]")

@@ -12,9 +12,15 @@ from foldvision.errors import UserError, did_you_mean
 
 
 def _check_name(name: str) -> None:
-    if not timm.is_model(name):
+    """An unknown architecture, or an unknown pretrained tag (`arch.tag`), is an error with close names."""
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
         close = did_you_mean(name, timm.list_models(), n=5)
         raise UserError(f"model.name: timm has no model '{name}'{close}; list them with timm.list_models('*pattern*')")
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise UserError(f"model.name: timm has no weights '{name}'{did_you_mean(name, tags, n=5)}; "
+                        f"{arch} has {', '.join(tags) or 'no pretrained tags'}")
 
 
 def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:

@@ -1,0 +1,89 @@
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foldvision.config import Config, load_config, load_run_config, parse_overrides, save_run_config
+from foldvision.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_overrides_are_typed_by_yaml():
+    assert parse_overrides(["train.epochs=3", "augment.train=[]", "data.group_col=null", "model.name=eva02"]) == {
+        "train": {"epochs": 3}, "augment": {"train": []}, "data": {"group_col": None}, "model": {"name": "eva02"}}
+
+
+def test_layers_defaults_file_overrides(tmp_path):
+    path = write(tmp_path / "exp.yaml", {"train": {"epochs": 7, "lr": 1}, "model": {"name": "resnet18"}})
+    cfg = load_config(str(path), ["train.epochs=2"])
+    assert cfg.train.epochs == 2  # command line wins
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted for a float
+    assert cfg.model.name == "resnet18"
+    assert cfg.train.batch_size == Config().train.batch_size  # untouched default
+    assert cfg.name == "exp"
+
+
+def test_misspelt_key_names_the_closest(tmp_path):
+    path = write(tmp_path / "exp.yaml", {"train": {"epoch": 3}})
+    with pytest.raises(UserError, match=r"unknown config key 'train.epoch'.*train.epochs"):
+        load_config(str(path))
+    with pytest.raises(UserError, match=r"command line: unknown config key 'modle.name'.*model.name"):
+        load_config(str(write(tmp_path / "ok.yaml", {})), ["modle.name=x"])
+
+
+def test_wrong_type_and_choice_are_errors(tmp_path):
+    path = write(tmp_path / "exp.yaml", {})
+    with pytest.raises(UserError, match=r"'train.epochs' must be int, got 'three'"):
+        load_config(str(path), ["train.epochs=three"])
+    with pytest.raises(UserError, match=r"'train.sampler' must be imbalanced \| random"):
+        load_config(str(path), ["train.sampler=balanced"])
+    with pytest.raises(UserError, match=r"predict.tta: unknown view 'hflp'.*hflip"):
+        load_config(str(path), ["predict.tta=[hflp]"])
+    with pytest.raises(UserError, match=r"'train' is a section"):
+        load_config(str(path), ["train=3"])
+
+
+def test_ranger21_with_external_scheduler_is_refused(tmp_path):
+    path = write(tmp_path / "exp.yaml", {"train": {"optimizer": "ranger21", "scheduler": "cosine"}})
+    with pytest.raises(UserError, match="disable_lr_scheduler"):
+        load_config(str(path))
+    cfg = load_config(str(path), ["train.optimizer_args={disable_lr_scheduler: true}"])
+    assert cfg.train.optimizer_args == {"disable_lr_scheduler": True}
+
+
+def test_base_config_is_inherited(tmp_path):
+    write(tmp_path / "parent.yaml", {"train": {"epochs": 5, "lr": 0.5}})
+    write(tmp_path / "child.yaml", {"base": "parent", "train": {"epochs": 1}})
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.name) == (1, 0.5, "child")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(str(path))
+    assert cfg.name == path.stem
+
+
+def test_saved_stage_files_change_only_with_their_sections(tmp_path):
+    exp = write(tmp_path / "exp.yaml", {"data": {"dir": "somewhere"}})
+    run = tmp_path / "run"
+    save_run_config(load_config(str(exp)), run)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.glob("stage-*.yaml")}
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["_meta"]["foldvision"] and "git_commit" in saved["_meta"]
+    assert (run / "config.mk").read_text().startswith("N_FOLDS := 5")
+    time.sleep(0.01)
+    save_run_config(load_config(str(exp), ["predict.tta=[hflip]"]), run)  # a predict-only change
+    after = {p.name: p.stat().st_mtime_ns for p in run.glob("stage-*.yaml")}
+    assert after["stage-folds.yaml"] == stamps["stage-folds.yaml"]
+    assert after["stage-train.yaml"] == stamps["stage-train.yaml"]
+    assert after["stage-predict.yaml"] != stamps["stage-predict.yaml"]
+    assert load_run_config(run).predict.tta == ["hflip"]

@@ -1,0 +1,89 @@
+"""The make chain end to end, as a user runs it: `make folds train predict` on a tiny real corpus.
+
+A few dozen of scikit-learn's handwritten digits, a tiny timm CNN, 1 epoch, 2 folds.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from conftest import ROOT, make_corpus, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def make(tmp_path: Path, *targets: str, **variables: str) -> subprocess.CompletedProcess:
+    args = {"CONFIGS": tmp_path / "configs", "RUNS": tmp_path / "runs", "SUBMISSIONS": tmp_path / "subs",
+            "PY": sys.executable, **variables}
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), *targets, *(f"{k}={v}" for k, v in args.items())]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_make_chain_on_digits(tmp_path, digits_corpus):
+    write_config(tmp_path / "configs", "tiny", digits_corpus, data={"channels": 1},
+                 augment={"train": []}, predict={"tta": []})
+    make(tmp_path, "folds", "train", "predict", EXP="tiny")
+    run = tmp_path / "runs" / "tiny"
+    for name in ("config.yaml", "folds.csv", "classes.json", "oof.csv", "scores.json", "test.csv",
+                 "fold0/best.pt", "fold0/oof.csv", "fold0/history.csv", "fold1/oof.csv", "fold1/test.csv"):
+        assert (run / name).is_file(), name
+    assert (digits_corpus / "folds_k2_seed42.csv").is_file()  # the corpus split, beside the data
+
+    # scores.json is what scikit-learn computes from oof.csv
+    oof = pd.read_csv(run / "oof.csv", dtype={"label": str})
+    classes = json.loads((run / "classes.json").read_text())
+    scores = json.loads((run / "scores.json").read_text())
+    probs = oof[[f"prob_{c}" for c in classes]].to_numpy()
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    assert len(oof) == len(pd.read_csv(digits_corpus / "train.csv"))
+    assert scores["task"] == "multiclass" and scores["metric"] == "auc"
+    assert scores["oof"]["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+    assert scores["oof"]["accuracy"] == pytest.approx(accuracy_score(y, probs.argmax(1)))
+    assert [f["fold"] for f in scores["folds"]] == [0, 1]
+
+    # the submission copies the sample: columns, id order, a digit label per row
+    sample = pd.read_csv(digits_corpus / "sample_submission.csv")
+    sub = pd.read_csv(tmp_path / "subs" / "tiny.csv")
+    assert list(sub.columns) == list(sample.columns)
+    assert sub["image_id"].tolist() == sample["image_id"].tolist()
+    assert set(sub["label"]) <= set(range(10))
+
+    # a second run does nothing; a lost fold is the only one trained again
+    again = make(tmp_path, "folds", "train", "predict", EXP="tiny")
+    assert "foldvision train" not in again.stdout and "foldvision predict" not in again.stdout
+    (run / "fold1" / "oof.csv").unlink()
+    redo = make(tmp_path, "train", EXP="tiny")
+    assert "--fold 1" in redo.stdout and "--fold 0" not in redo.stdout and "foldvision score" in redo.stdout
+
+    # a predict-only change re-predicts without re-training
+    tta = make(tmp_path, "predict", EXP="tiny", ARGS="predict.batch_size=4")
+    assert "foldvision predict" in tta.stdout and "foldvision train" not in tta.stdout
+
+
+def test_make_chain_binary_probability_with_tta_and_groups(tmp_path):
+    corpus = make_corpus(tmp_path / "bin", {"0": 10, "1": 8})
+    table = pd.read_csv(corpus / "train.csv", dtype=str)
+    table["patient"] = [f"p{i // 2}" for i in range(len(table))]  # two images per patient
+    table.to_csv(corpus / "train.csv", index=False)
+    write_config(tmp_path / "configs", "bin", corpus, data={"group_col": "patient"},
+                 predict={"tta": ["hflip", "vflip"]})
+    make(tmp_path, "folds", "train", "predict", EXP="bin", FOLDS="")
+    folds = pd.read_csv(tmp_path / "runs" / "bin" / "folds.csv", dtype=str)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    sub = pd.read_csv(tmp_path / "subs" / "bin.csv", dtype={"image_id": str})
+    sample = pd.read_csv(corpus / "sample_submission.csv", dtype={"image_id": str})
+    assert list(sub.columns) == ["image_id", "target"] and sub["image_id"].tolist() == sample["image_id"].tolist()
+    assert ((sub["target"] >= 0) & (sub["target"] <= 1)).all() and sub["target"].nunique() > 1
+    test = pd.read_csv(tmp_path / "runs" / "bin" / "test.csv", dtype={"id": str})
+    folds_mean = np.mean([pd.read_csv(tmp_path / "runs" / "bin" / f"fold{k}" / "test.csv")["prob_1"] for k in (0, 1)],
+                         axis=0)
+    assert test["prob_1"].to_numpy() == pytest.approx(folds_mean)  # the fold ensemble is a plain mean
+    assert sub["target"].to_numpy() == pytest.approx(test.set_index("id").loc[sub["image_id"], "prob_1"].to_numpy())

@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+from foldvision.score import score_oof
+
+
+def fake_oof(num_classes: int, n: int = 120, folds: int = 3, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(num_classes)]
+    y = rng.integers(0, num_classes, n)
+    logits = rng.normal(size=(n, num_classes)) + 2.0 * np.eye(num_classes)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    frame = pd.DataFrame({"id": [f"i{i}" for i in range(n)], "fold": np.arange(n) % folds,
+                          "label": [classes[k] for k in y]})
+    return pd.concat([frame, pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])], axis=1), classes
+
+
+def test_binary_oof_scores_equal_sklearn():
+    oof, classes = fake_oof(2)
+    scores = score_oof(oof, classes, "auc")
+    y = (oof["label"] == "c1").astype(int)
+    assert scores["task"] == "binary"
+    assert scores["oof"]["auc"] == pytest.approx(roc_auc_score(y, oof["prob_c1"]))
+    assert scores["oof"]["accuracy"] == pytest.approx(accuracy_score(y, oof["prob_c1"] > 0.5))
+    part = oof[oof["fold"] == 1]
+    assert scores["folds"][1]["auc"] == pytest.approx(roc_auc_score(part["label"] == "c1", part["prob_c1"]))
+
+
+def test_multiclass_oof_scores_equal_sklearn():
+    oof, classes = fake_oof(4)
+    scores = score_oof(oof, classes, "auc")
+    y = oof["label"].map({c: i for i, c in enumerate(classes)})
+    probs = oof[[f"prob_{c}" for c in classes]].to_numpy()
+    assert scores["task"] == "multiclass"
+    assert scores["oof"]["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert scores["oof"]["macro_f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
+    assert scores["oof"]["log_loss"] == pytest.approx(log_loss(y, probs))
+    assert np.array(scores["confusion_matrix"]).sum() == len(oof)
+
+
+def test_per_class_mean_and_std_over_folds():
+    oof, classes = fake_oof(3)
+    scores = score_oof(oof, classes, "auc")
+    recalls = []
+    for _, part in oof.groupby("fold"):
+        pred = part[[f"prob_{c}" for c in classes]].to_numpy().argmax(1)
+        truth = part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        recalls.append(((pred == 0) & (truth == 0)).sum() / (truth == 0).sum())
+    entry = scores["per_class"]["c0"]
+    assert entry["recall_mean"] == pytest.approx(np.mean(recalls))
+    assert entry["recall_std"] == pytest.approx(np.std(recalls, ddof=1))
+    assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from foldvision.errors import UserError
+from foldvision.submission import build, infer_format, write
+
+
+def sample(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, Path]:
+    frame.to_csv(path, index=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False), path
+
+
+def test_binary_probability_in_sample_order(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"image_id": ["c", "a", "b"], "target": 0.5}))
+    fmt = infer_format(s, path, ["0", "1"], "auc")
+    assert (fmt.kind, fmt.columns, fmt.classes) == ("probability", ["target"], ["1"])
+    # predictions arrive in another order: the join is by id, never by position
+    out = build(s, fmt, ["a", "b", "c"], np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]]), ["0", "1"])
+    write(out, tmp_path / "sub.csv", fmt)
+    written = pd.read_csv(tmp_path / "sub.csv", dtype={"image_id": str})
+    assert list(written.columns) == ["image_id", "target"]
+    assert written["image_id"].tolist() == ["c", "a", "b"]
+    assert written["target"].tolist() == pytest.approx([0.6, 0.1, 0.8])
+
+
+def test_binary_with_integer_sample_values_scored_by_auc_is_a_probability(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"id": ["a"], "target": [0]}))
+    assert infer_format(s, path, ["0", "1"], "auc").kind == "probability"
+    assert infer_format(s, path, ["0", "1"], "accuracy").kind == "label"
+
+
+def test_multiclass_probability_columns_in_the_samples_order(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"id": ["x", "y"], "owl": 0.0, "cat": 0.0, "dog": 0.0}))
+    classes = ["cat", "dog", "owl"]
+    fmt = infer_format(s, path, classes, "auc")
+    assert fmt.kind == "classes"
+    out = build(s, fmt, ["y", "x"], np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]), classes)
+    assert list(out.columns) == ["id", "owl", "cat", "dog"]
+    assert out.iloc[0, 1:].tolist() == pytest.approx([0.2, 0.5, 0.3])  # x: owl, cat, dog
+
+
+def test_label_names(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"file_name": ["p", "q"], "species": "cat"}))
+    classes = ["cat", "dog", "owl"]
+    fmt = infer_format(s, path, classes, "auc")
+    assert fmt.kind == "label"
+    out = build(s, fmt, ["p", "q"], np.array([[0.1, 0.2, 0.7], [0.1, 0.8, 0.1]]), classes)
+    assert out["species"].tolist() == ["owl", "dog"]
+
+
+def test_integer_labels_for_multiclass(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"image_id": ["a", "b"], "label": 0}))
+    fmt = infer_format(s, path, ["0", "1", "2"], "auc")
+    assert fmt.kind == "label"
+
+
+def test_refuses_incomplete_or_invalid_predictions(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"image_id": ["a", "b"], "target": 0.5}))
+    fmt = infer_format(s, path, ["0", "1"], "auc")
+    with pytest.raises(UserError, match="no prediction for 1 sample submission ids"):
+        build(s, fmt, ["a"], np.array([[0.5, 0.5]]), ["0", "1"])
+    with pytest.raises(UserError, match="not all finite"):
+        build(s, fmt, ["a", "b"], np.array([[np.nan, 0.5], [0.5, 0.5]]), ["0", "1"])
+
+
+def test_columns_that_are_not_classes_are_an_error(tmp_path):
+    s, path = sample(tmp_path / "s.csv", pd.DataFrame({"id": ["a"], "x1": 0.0, "x2": 0.0}))
+    with pytest.raises(UserError, match="not class names"):
+        infer_format(s, path, ["cat", "dog"], "auc")

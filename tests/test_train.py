@@ -1,0 +1,73 @@
+import pandas as pd
+import pytest
+import torch
+
+import foldvision.train as train_module
+from foldvision.config import load_config, save_run_config
+from foldvision.folds import run as make_folds
+from foldvision.train import fit_fold
+
+from conftest import write_config
+
+
+def prepare(tmp_path, corpus, **sections):
+    cfg = load_config(str(write_config(tmp_path / "configs", "exp", corpus, **sections)))
+    run_dir = tmp_path / "runs" / "exp"
+    save_run_config(cfg, run_dir)
+    make_folds(run_dir)
+    return cfg, run_dir
+
+
+def test_fold_writes_checkpoint_oof_and_history(tmp_path, multiclass_corpus):
+    cfg, run_dir = prepare(tmp_path, multiclass_corpus, train={"epochs": 2, "sampler": "imbalanced"})
+    result = fit_fold(cfg, run_dir, 1)
+    fold_dir = run_dir / "fold1"
+    best = torch.load(fold_dir / "best.pt", weights_only=True)  # nothing but tensors and plain values
+    assert best["classes"] == ["cat", "dog", "owl"] and best["epoch"] == result["epoch"]
+    oof = pd.read_csv(fold_dir / "oof.csv")
+    folds = pd.read_csv(run_dir / "folds.csv")
+    assert list(oof.columns) == ["id", "fold", "label", "prob_cat", "prob_dog", "prob_owl"]
+    assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 1, "id"])
+    assert oof.filter(like="prob_").sum(axis=1).to_numpy() == pytest.approx(1.0)
+    history = pd.read_csv(fold_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "val_loss", "val_auc", "lr", "train_img_s"} <= set(history.columns)
+    assert not (fold_dir / "last.pt").exists()
+
+
+def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, binary_corpus, monkeypatch):
+    cfg, run_dir = prepare(tmp_path, binary_corpus, train={"epochs": 2})
+    real_score, calls = train_module.score, []
+
+    def interrupt_second_epoch(y, probs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(y, probs)
+
+    monkeypatch.setattr(train_module, "score", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit_fold(cfg, run_dir, 0)
+    assert (run_dir / "fold0" / "last.pt").is_file() and not (run_dir / "fold0" / "oof.csv").exists()
+    monkeypatch.setattr(train_module, "score", real_score)
+    trained = []
+    monkeypatch.setattr(train_module, "train_one_epoch",
+                        lambda *a, **k: trained.append(1) or real_train_one_epoch(*a, **k))
+    fit_fold(cfg, run_dir, 0)
+    assert len(trained) == 1  # only the epoch that was cut off
+    assert pd.read_csv(run_dir / "fold0" / "history.csv")["epoch"].tolist() == [1, 2]
+    assert (run_dir / "fold0" / "oof.csv").is_file() and not (run_dir / "fold0" / "last.pt").exists()
+
+
+real_train_one_epoch = train_module.train_one_epoch
+
+
+def test_early_stopping_after_patience(tmp_path, binary_corpus, monkeypatch):
+    cfg, run_dir = prepare(tmp_path, binary_corpus, train={"epochs": 5, "patience": 1, "metric": "log_loss"})
+    losses = iter([0.5, 0.6, 0.7, 0.8, 0.9])  # best at epoch 1, then never better
+
+    real_score = train_module.score
+    monkeypatch.setattr(train_module, "score", lambda y, p: {**real_score(y, p), "log_loss": next(losses)})
+    result = fit_fold(cfg, run_dir, 0)
+    assert result["epoch"] == 1
+    assert len(pd.read_csv(run_dir / "fold0" / "history.csv")) == 2  # epoch 2 was the patience
