@@ -48,18 +48,6 @@ def test_training_before_folds(tmp_path):
     assert_user_error(run_cli("train", str(run), "--fold", "0"), "folds.csv not found", "make folds")
 
 
-def test_corrupt_image_inside_a_loader_worker_is_one_line(tmp_path):
-    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
-    (corpus / "train" / "b_001.png").write_bytes(b"\x89PNG broken")
-    write_config(tmp_path / "configs", "e", corpus, train={"num_workers": 1})
-    run = tmp_path / "runs" / "e"
-    run_cli("config", "e", "--configs", str(tmp_path / "configs"), "--run-dir", str(run))
-    assert run_cli("folds", str(run)).returncode == 0
-    result = run_cli("train", str(run), "--fold", "0", "1")
-    assert_user_error(result, "b_001.png: cannot read the image")
-    assert not (run / "fold0" / "oof.csv").exists()
-
-
 def test_evaluate_scores_public_and_private(tmp_path):
     pd.DataFrame({"id": ["a", "b", "c", "d"], "target": [0.1, 0.9, 0.8, 0.3]}).to_csv(tmp_path / "s.csv", index=False)
     pd.DataFrame({"id": ["a", "b", "c", "d"], "target": [0, 1, 1, 0], "Usage": ["Public", "Public", "Private",

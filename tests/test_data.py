@@ -71,7 +71,7 @@ def corpus(tmp_path, rows, name="train.csv", sep=","):
 def test_reads_tsv_and_orders_numeric_classes_numerically(tmp_path):
     cfg = corpus(tmp_path, [("a", "10"), ("b", "2"), ("c", "2")], name="train.tsv", sep="\t")
     c = read_train(cfg)
-    assert c.classes == ["2", "10"] and c.table["path"].tolist() == ["a.png", "b.png", "c.png"]
+    assert c.classes == ["2", "10"] and c.table["path"].tolist() == ["train/a.png", "train/b.png", "train/c.png"]
     assert sort_classes(["b", "a"]) == ["a", "b"]
 
 

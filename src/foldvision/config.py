@@ -37,10 +37,14 @@ TTA_VIEWS = ("hflip", "vflip", "rot90", "rot90x4")
 @dataclass
 class DataConfig:
     dir: str | None = None  # the corpus folder; the paths below are relative to it
-    train_csv: str = "train.csv"  # label table: CSV, or TSV when the name ends in .tsv
-    train_images: str = "train"  # folder of training images (nested folders are searched)
-    test_images: str = "test"  # folder of test images
-    sample_submission: str | None = "sample_submission.csv"  # the format to copy; null: id + probabilities
+    # Each of the next five: null infers the usual names (printed); "none" says there is none.
+    train_csv: str | None = None  # label table (CSV/TSV): train.csv, train_master.tsv...; none: one folder per class
+    train_images: str | None = None  # training images (nested folders searched): train/, images/... or dir itself
+    test_images: str | None = None  # test images: test/, test_images/...
+    test_csv: str | None = None  # a table whose first column lists the test ids, when no sample submission does
+    sample_submission: str | None = None  # the format to copy: sample_submission.csv, sample_submit.csv...
+    sample_header: Literal["auto", "yes", "no"] = "auto"  # auto: headerless when its first row is a test id
+    max_image_pixels: int | None = 178956970  # larger images are refused (decompression bombs); null: no limit
     id_col: str | None = None  # null: first of id/image_id/image/file_name/filename/... found
     label_col: str | None = None  # null: first of label/target/class/... found
     group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
@@ -110,6 +114,7 @@ class PredictConfig:
     tta: list = field(default_factory=lambda: ["hflip", "vflip", "rot90"])  # TTA_VIEWS; [] for none
     batch_size: int = 64  # images per forward pass (each carries all its TTA views)
     value: Literal["auto", "probability", "label"] = "auto"  # what the submission holds; auto: from the sample
+    decision: Literal["oof", "argmax"] = "oof"  # labels: threshold/prior correction fitted on OOF, or plain argmax
 
 
 @dataclass
@@ -342,7 +347,13 @@ def save_run_config(cfg: Config, run_dir: Path) -> None:
         write_text_atomic(config_path, body + _dump({"_meta": meta}))
     for stage, sections in STAGE_SECTIONS.items():
         _write_if_changed(run_dir / f"stage-{stage}.yaml", _dump({s: full[s] for s in sections}))
-    train_table = Path(cfg.data.dir) / cfg.data.train_csv if cfg.data.dir else ""
+    train_table = ""  # make re-splits when the label table changes; a corpus not there yet is the folds stage's error
+    try:
+        from foldvision import layout  # late: layout imports this module
+
+        train_table = layout.resolve(cfg.data).train_table or ""
+    except UserError:
+        pass
     _write_if_changed(run_dir / "config.mk", f"N_FOLDS := {cfg.cv.n_folds}\nTRAIN_TABLE := {train_table}\n")
 
 

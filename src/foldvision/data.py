@@ -8,18 +8,22 @@ extension, and images may sit in nested folders.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from foldvision import layout
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.errors import UserError
+
+# verify_images applies data.max_image_pixels (with a message naming the file and the key) before any
+# image is decoded, so PIL's own global guard, which cannot be configured per corpus, is turned off.
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path")
@@ -69,10 +73,11 @@ def _pick_column(table: pd.DataFrame, given: str | None, names: tuple[str, ...],
 class ImageIndex:
     """Every image file under a folder, found by relative path, by path without extension, or by file name."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, base: Path | None = None):
         if not folder.is_dir():
             raise UserError(f"image folder {folder} not found: check data.dir and the folder name in the config")
         self.folder = folder
+        self.prefix = folder.relative_to(base).as_posix() + "/" if base is not None and folder != base else ""
         self.by_key: dict[str, str | None] = {}
         for root, _, files in os.walk(folder):
             for name in sorted(files):
@@ -86,15 +91,19 @@ class ImageIndex:
         if not self.files:
             raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found in it")
 
+    def relative(self, rel: str) -> str:
+        """A path relative to the folder, made relative to the base the index was given."""
+        return self.prefix + rel
+
     def resolve(self, image_id: str, where: str) -> str:
-        """The path of `image_id` relative to the folder, or a UserError naming `where` it came from."""
+        """The path of `image_id` relative to the base, or a UserError naming `where` it came from."""
         key = image_id.strip().replace("\\", "/")
         if key in self.by_key:
             rel = self.by_key[key]
             if rel is None:
                 raise UserError(f"{where}: id '{image_id}' matches several files in {self.folder}; "
                                 "use ids with the file extension")
-            return rel
+            return self.relative(rel)
         raise UserError(f"{where}: no image for id '{image_id}' in {self.folder}; add the file or drop the row")
 
 
@@ -103,8 +112,9 @@ class Corpus:
     """The training table of a corpus: one row per image, with its resolved path and label."""
 
     table: pd.DataFrame  # columns: id, path (relative to image_dir), label, and group when configured
-    image_dir: Path
+    image_dir: Path  # the corpus folder (data.dir): paths are relative to it
     classes: list[str]  # the fixed class order: probability columns and model outputs follow it
+    source: Path  # the label table, or the folder of class folders
 
 
 def sort_classes(labels: list[str]) -> list[str]:
@@ -116,11 +126,7 @@ def sort_classes(labels: list[str]) -> list[str]:
         return unique
 
 
-def read_train(cfg: DataConfig) -> Corpus:
-    if cfg.dir is None:
-        raise UserError("data.dir is not set: pass it, e.g. make train DATA=inputs/<corpus> or data.dir=...")
-    root = Path(cfg.dir)
-    path = root / cfg.train_csv
+def _rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pd.DataFrame:
     table = read_table(path)
     id_col = _pick_column(table, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
     label_col = _pick_column(table, cfg.label_col, LABEL_NAMES, "label", "data.label_col", path, exclude=(id_col,))
@@ -144,31 +150,122 @@ def read_train(cfg: DataConfig) -> Corpus:
         rows = [int(i) + 2 for i in out.index[out["id"] == first]]
         raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.nunique()} duplicated ids); "
                         "keep one row per image")
-    index = ImageIndex(root / cfg.train_images)
     out.insert(1, "path", [index.resolve(i, f"{path} row {n + 2}") for n, i in enumerate(out["id"])])
+    return out
+
+
+def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
+    """One folder per class (ImageFolder): the label is the first folder of each image's path."""
+    if cfg.group_col is not None:
+        raise UserError("data.group_col needs a label table with that column; a folder-per-class corpus has none")
+    paths = [f for f in index.files if "/" in f]
+    loose = len(index.files) - len(paths)
+    if not paths:
+        raise UserError(f"{index.folder}: no label table and no class folders; add train.csv or one folder per class")
+    if loose:
+        console.print(f"[yellow]warning[/]: {loose} images lie outside the class folders of {index.folder}; skipped")
+    return pd.DataFrame({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
+                         "label": [p.split("/", 1)[0] for p in paths]})
+
+
+def read_train(cfg: DataConfig) -> Corpus:
+    lay = layout.resolve(cfg)
+    if lay.inferred:
+        console.print(f"[dim]layout: {lay.describe()}[/]")
+    index = ImageIndex(lay.train_dir, lay.root)
+    if lay.train_table is not None:
+        out, where = _rows_from_table(cfg, lay.train_table, index), lay.train_table
+    else:
+        out, where = _rows_from_folders(cfg, index), lay.train_dir
     classes = sort_classes(out["label"].tolist())
     if len(classes) < 2:
-        raise UserError(f"{path}: only one class ('{classes[0]}') in column '{label_col}'; "
-                        "a classifier needs at least two")
-    return Corpus(out, index.folder, classes)
+        raise UserError(f"{where}: only one class ('{classes[0]}'); a classifier needs at least two")
+    verify_images(lay.root, out["path"], cfg.max_image_pixels)
+    return Corpus(out, lay.root, classes, where)
 
 
-def read_test(cfg: DataConfig) -> tuple[pd.DataFrame, Path]:
-    """The test images (id, path) in the sample submission's order, or every file of the test folder."""
-    root = Path(cfg.dir)
-    index = ImageIndex(root / cfg.test_images)
-    if cfg.sample_submission is None:
-        ids = [f.rsplit(".", 1)[0] for f in index.files]
-        return pd.DataFrame({"id": ids, "path": index.files}), index.folder
-    sample_path = root / cfg.sample_submission
-    sample = read_table(sample_path)
-    ids = sample.iloc[:, 0].str.strip()
-    paths = [index.resolve(i, f"{sample_path} row {n + 2}") for n, i in enumerate(ids)]
-    unused = len(set(index.files) - set(paths))
+def read_sample(path: Path, header: str, index: ImageIndex | None) -> tuple[pd.DataFrame, bool]:
+    """The sample submission and whether it has a header row.
+
+    SIGNATE samples often have none: with header="auto" the first row is data when its first cell names
+    a test image (or, without a test folder, when its other cells are all numbers).
+    """
+    table = read_table(path)
+    if header == "auto":
+        first = [str(c) for c in table.columns]
+        if index is not None:
+            headerless = first[0] in index.by_key
+        else:
+            headerless = len(first) > 1 and all(_is_number(c) for c in first[1:])
+        header = "no" if headerless else "yes"
+        if headerless:
+            console.print(f"[dim]{path.name}: no header row (its first row is test image '{first[0]}')[/]")
+    if header == "no":
+        table = pd.concat([pd.DataFrame([table.columns], columns=table.columns), table], ignore_index=True)
+        table.columns = [f"column{i}" for i in range(table.shape[1])]
+    return table, header == "yes"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class TestSet:
+    table: pd.DataFrame  # id, path (relative to image_dir), in the order the submission needs
+    image_dir: Path
+    sample: pd.DataFrame | None  # the sample submission as read (strings), None when there is none
+    sample_path: Path | None
+    sample_header: bool
+
+
+def read_test(cfg: DataConfig) -> TestSet | None:
+    """The test images in the sample submission's order (or the test table's, or the test folder's),
+    or None when the corpus has no test set."""
+    lay = layout.resolve(cfg)
+    index = ImageIndex(lay.test_dir, lay.root) if lay.test_dir is not None else None
+    sample, header = None, True
+    if lay.sample is not None:
+        sample, header = read_sample(lay.sample, cfg.sample_header, index)
+        ids, where = sample.iloc[:, 0].str.strip(), lay.sample
+        first_row = 2 if header else 1
+    elif lay.test_table is not None:
+        ids, where, first_row = read_table(lay.test_table).iloc[:, 0].str.strip(), lay.test_table, 2
+    elif index is not None:
+        files = index.files
+        return TestSet(pd.DataFrame({"id": [f.rsplit(".", 1)[0] for f in files],
+                                     "path": [index.relative(f) for f in files]}), lay.root, None, None, True)
+    else:
+        return None
+    if index is None:
+        raise UserError(f"{where} lists test ids but the corpus has no test image folder; set data.test_images")
+    paths = [index.resolve(i, f"{where} row {n + first_row}") for n, i in enumerate(ids)]
+    unused = len(index.files) - len(set(paths))
     if unused:
-        warnings.warn(f"{index.folder}: {unused} images are not in {sample_path.name}; they are not predicted",
-                      stacklevel=2)
-    return pd.DataFrame({"id": ids, "path": paths}), index.folder
+        console.print(f"[yellow]warning[/]: {unused} images in {index.folder} are not in {where.name}; "
+                      "they are not predicted")
+    verify_images(lay.root, paths, cfg.max_image_pixels)
+    return TestSet(pd.DataFrame({"id": list(ids), "path": paths}), lay.root, sample, lay.sample, header)
+
+
+def verify_images(root: Path, paths, max_pixels: int | None) -> None:
+    """Open every image's header (no decoding: fast): zero-byte, non-image and oversized files fail here,
+    before any training, with the file named. Truncated data is only found when decoding (load_image)."""
+    for rel in paths:
+        path = root / rel
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            reason = "empty file (0 bytes)" if path.is_file() and path.stat().st_size == 0 else str(e)
+            raise UserError(f"{path}: not a readable image ({reason}); replace the file or drop its row") from None
+        if max_pixels is not None and width * height > max_pixels:
+            raise UserError(f"{path}: {width}x{height} = {width * height:,} pixels, over data.max_image_pixels="
+                            f"{max_pixels:,} (decompression-bomb guard); raise the limit if the image is genuine")
 
 
 def load_image(path: Path, channels: int) -> np.ndarray:

@@ -67,7 +67,7 @@ def default_folds_path(cfg: Config) -> Path:
     return fallback
 
 
-def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, train_csv: Path) -> None:
+def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, source: Path) -> None:
     """A saved split must cover exactly the current images with the current labels."""
     if not {"id", "label", "fold"} <= set(folds.columns):
         raise UserError(f"{path}: not a folds file (needs id, label, fold columns); delete it to re-split")
@@ -78,19 +78,18 @@ def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, trai
     if added or removed or relabelled:
         example = next(iter(sorted(added) or sorted(removed) or relabelled))
         raise UserError(
-            f"{path} no longer matches {train_csv}: {len(added)} ids added, {len(removed)} removed, "
+            f"{path} no longer matches {source}: {len(added)} ids added, {len(removed)} removed, "
             f"{len(relabelled)} relabelled (e.g. '{example}'); delete {path} to re-split "
             "(experiments scored on the old split are then not comparable)"
         )
 
 
-def corpus_folds(cfg: Config, table: pd.DataFrame) -> pd.Series:
+def corpus_folds(cfg: Config, table: pd.DataFrame, source: Path) -> pd.Series:
     """The corpus's saved split (made now if it does not exist yet), as a fold number per row of `table`."""
     path = default_folds_path(cfg)
-    train_csv = Path(cfg.data.dir) / cfg.data.train_csv
     if path.is_file():
         saved = read_table(path)
-        check_folds_match(saved, table, path, train_csv)
+        check_folds_match(saved, table, path, source)
         fold_of = dict(zip(saved["id"], saved["fold"].astype(int)))
         console.print(f"folds: reusing {path}")
         return table["id"].map(fold_of)
@@ -105,7 +104,7 @@ def corpus_folds(cfg: Config, table: pd.DataFrame) -> pd.Series:
 def run(run_dir: Path) -> None:
     cfg = load_run_config(run_dir)
     corpus = read_train(cfg.data)
-    table = corpus.table.assign(fold=corpus_folds(cfg, corpus.table).to_numpy())
+    table = corpus.table.assign(fold=corpus_folds(cfg, corpus.table, corpus.source).to_numpy())
     write_text_atomic(run_dir / "classes.json", json.dumps(corpus.classes, ensure_ascii=False) + "\n")
     write_atomic(run_dir / "folds.csv", lambda tmp: table.to_csv(tmp, index=False))
     summary = pd.crosstab(table["label"], table["fold"]).reindex(corpus.classes)

@@ -10,6 +10,7 @@ submission in exactly the sample submission's format.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from foldvision.config import ModelConfig, load_run_config
 from foldvision.data import ImageDataset, read_table, read_test
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device
-from foldvision.errors import UserError, write_atomic
+from foldvision.decision import DecisionRule, fit_rule
+from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.metrics import resolve_metric
 from foldvision.models import create_model
+from foldvision.score import read_fold_oofs
 from foldvision.submission import build, infer_format, write
 from foldvision.train import make_loader, prob_columns, read_split
 from foldvision.transforms import build_transform
@@ -61,25 +64,31 @@ def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path
 def run(run_dir: Path, out: Path) -> pd.DataFrame:
     cfg = load_run_config(run_dir)
     table, classes = read_split(run_dir)
-    test, test_dir = read_test(cfg.data)
+    test = read_test(cfg.data)
+    if test is None:
+        console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
+                      f"submission): nothing to predict; the OOF scores are in {run_dir / 'scores.json'}")
+        return None
     device = resolve_device(cfg.train.device)
     amp = Amp(cfg.train.amp, device)
     folds = sorted(set(table["fold"]))
-    console.print(f"predict: {len(test)} test images × {len(tta_compose(cfg.predict.tta))} TTA views "
+    console.print(f"predict: {len(test.table)} test images × {len(tta_compose(cfg.predict.tta))} TTA views "
                   f"× {len(folds)} folds")
-    probs = np.mean([fold_test_probs(run_dir, k, test, test_dir, cfg, device, amp) for k in folds], axis=0)
-    ensemble = pd.concat([test[["id"]], pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
+    probs = np.mean([fold_test_probs(run_dir, k, test.table, test.image_dir, cfg, device, amp) for k in folds],
+                    axis=0)
+    ensemble = pd.concat([test.table[["id"]], pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
     write_atomic(run_dir / "test.csv", lambda tmp: ensemble.to_csv(tmp, index=False))
-    if cfg.data.sample_submission is None:
+    if test.sample is None:
         write_atomic(out, lambda tmp: ensemble.to_csv(tmp, index=False))
         console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
         return ensemble
-    sample_path = Path(cfg.data.dir) / cfg.data.sample_submission
-    sample = read_table(sample_path)
-    fmt = infer_format(sample, sample_path, classes, resolve_metric(cfg.train.metric), cfg.predict.value)
-    submission = build(sample, fmt, test["id"].tolist(), probs, classes)
+    metric = resolve_metric(cfg.train.metric)
+    fmt = infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
+    rule = label_rule(run_dir, folds, classes, metric) if fmt.kind == "label" and cfg.predict.decision == "oof" else None
+    submission = build(test.sample, fmt, test.table["id"].tolist(), probs, classes, rule)
     write(submission, out, fmt)
-    console.print(f"predict: wrote {out} ({len(submission)} rows, {fmt.kind} in {', '.join(fmt.columns)})")
+    console.print(f"predict: wrote {out} ({len(submission)} rows, {fmt.kind} in {', '.join(fmt.columns)}"
+                  f"{'' if fmt.header else ', no header'})")
     return submission
 
 

@@ -25,6 +25,16 @@ from foldvision.tracking import create_tracker
 from foldvision.train import prob_columns, read_split
 
 
+def read_fold_oofs(run_dir: Path, folds: list[int]) -> pd.DataFrame:
+    """Every fold's OOF rows, one table."""
+    missing = [k for k in folds if not (run_dir / f"fold{k}" / "oof.csv").is_file()]
+    if missing:
+        raise UserError(f"{run_dir}: folds {missing} have no oof.csv yet; train them (make train EXP={run_dir.name})")
+    parts = [pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+             for k in folds]
+    return pd.concat(parts, ignore_index=True)
+
+
 def score_oof(oof: pd.DataFrame, classes: list[str], metric: str) -> dict:
     """The scores.json content for an OOF table (id, fold, label, prob_<class>...)."""
     index = {c: i for i, c in enumerate(classes)}
@@ -82,13 +92,7 @@ def print_scores(scores: dict) -> None:
 def run(run_dir: Path) -> dict:
     cfg = load_run_config(run_dir)
     table, classes = read_split(run_dir)
-    folds = sorted(set(table["fold"]))
-    missing = [k for k in folds if not (run_dir / f"fold{k}" / "oof.csv").is_file()]
-    if missing:
-        raise UserError(f"{run_dir}: folds {missing} have no oof.csv yet; train them (make train EXP={run_dir.name})")
-    parts = [pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
-             for k in folds]
-    oof = pd.concat(parts, ignore_index=True)
+    oof = read_fold_oofs(run_dir, sorted(set(table["fold"])))
     if sorted(oof["id"]) != sorted(table["id"]):
         raise UserError(f"{run_dir}: the fold OOF files do not cover folds.csv exactly; re-train (make train)")
     oof = oof.set_index("id").loc[table["id"]].reset_index()  # folds.csv order: the train table's order

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from foldvision.console import console
+from foldvision.decision import DecisionRule
 from foldvision.errors import UserError, write_atomic
 
 
@@ -21,24 +22,32 @@ class Format:
     columns: list[str]  # value columns, in the sample's order
     classes: list[str]  # for "classes": the class of each column; for "probability": the class scored
     sep: str
+    header: bool  # write a header row (SIGNATE samples often have none)
 
 
 def _is_number(values: pd.Series) -> bool:
     return bool(len(values)) and pd.to_numeric(values, errors="coerce").notna().all()
 
 
-def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: str, value: str = "auto") -> Format:
+def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: str, value: str = "auto",
+                 header: bool = True) -> Format:
     """Read the value kind off the sample: its column names and the values it holds."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     id_col, columns = sample.columns[0], list(sample.columns[1:])
     if not columns:
         raise UserError(f"{path}: the sample submission has only an id column; it should show the value columns")
+    if len(columns) > 1 and not header:
+        if len(columns) != len(classes) or value == "label":
+            raise UserError(f"{path}: {len(columns)} value columns without a header for {len(classes)} classes; "
+                            "give the sample a header naming the classes")
+        console.print(f"[dim]{path.name}: no header; its {len(columns)} columns taken as {', '.join(classes)}[/]")
+        return Format(id_col, "classes", columns, list(classes), sep, header)
     if len(columns) > 1:
         missing = [c for c in columns if c not in classes]
         if missing or value == "label":
             raise UserError(f"{path}: columns {missing or columns} are not class names ({', '.join(classes)}); "
                             "the sample must have one value column or one column per class")
-        return Format(id_col, "classes", columns, columns, sep)
+        return Format(id_col, "classes", columns, columns, sep, header)
     column = columns[0]
     values = sample[column].str.strip()
     if value == "auto":
@@ -54,12 +63,16 @@ def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: s
             raise UserError(f"{path}: one probability column for {len(classes)} classes; the sample must have "
                             f"one column per class ({', '.join(classes)}) or predict.value=label")
         positive = column if column in classes else classes[1]
-        return Format(id_col, "probability", [column], [positive], sep)
-    return Format(id_col, "label", [column], list(classes), sep)
+        return Format(id_col, "probability", [column], [positive], sep, header)
+    return Format(id_col, "label", [column], list(classes), sep, header)
 
 
-def build(sample: pd.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """The submission rows, in the sample's id order, checked before anything is written."""
+def build(sample: pd.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, classes: list[str],
+          rule: DecisionRule | None = None) -> pd.DataFrame:
+    """The submission rows, in the sample's id order, checked before anything is written.
+
+    Labels come from `rule` (fitted on the OOF predictions) when given, else from argmax.
+    """
     order = {i: n for n, i in enumerate(ids)}
     sample_ids = sample[fmt.id_col].str.strip()
     absent = [i for i in sample_ids if i not in order]
@@ -76,10 +89,11 @@ def build(sample: pd.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, 
     elif fmt.kind == "probability":
         out[fmt.columns[0]] = probs[:, col[fmt.classes[0]]]
     else:
-        out[fmt.columns[0]] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+        picked = rule.apply(probs) if rule is not None else probs.argmax(axis=1)
+        out[fmt.columns[0]] = np.asarray(classes, dtype=object)[picked]
     assert len(out) == len(sample) and list(out.columns) == list(sample.columns)
     return out
 
 
 def write(frame: pd.DataFrame, path: Path, fmt: Format) -> None:
-    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, sep=fmt.sep))
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, sep=fmt.sep, header=fmt.header))

@@ -104,7 +104,7 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     channels = cfg.data.channels
     model = create_model(cfg.model, len(classes), channels).to(device)
     dcfg = data_config(model, cfg.model, channels)
-    image_dir = Path(cfg.data.dir) / cfg.data.train_images
+    image_dir = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
     train_ds = ImageDataset(image_dir, train_rows["path"], train_rows["target"],
                             build_transform(cfg.augment.train, dcfg, train=True, seed=seed), channels)
     val_ds = ImageDataset(image_dir, val_rows["path"], val_rows["target"],
