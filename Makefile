@@ -4,6 +4,9 @@
 #   ARGS="k=v ..."  config overrides, e.g. ARGS="train.epochs=3 model.name=convnext_tiny"
 #   DATA=path       shorthand for ARGS+="data.dir=path"
 #   FOLDS="0 2"     train only these folds
+#   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
+#                   it per variant, e.g. <exp>--sampler=random
+#   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
 #
 # The stage targets are files: runs/<exp>/folds.csv, runs/<exp>/fold<k>/oof.csv, runs/<exp>/scores.json,
 # submissions/<exp>.csv. Each user target first resolves the config (`foldvision config` rewrites
@@ -15,6 +18,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 EXP ?= digits
+NAME ?= $(EXP)
+GRID ?=
 ARGS ?=
 DATA ?=
 FOLDS ?=
@@ -26,12 +31,12 @@ VENV := .venv
 # PY=other/python runs with an existing environment instead of creating .venv
 PY ?= $(VENV)/bin/python
 FV := $(PY) -m foldvision
-RUN := $(RUNS)/$(EXP)
-SUBMISSION := $(SUBMISSIONS)/$(EXP).csv
+RUN := $(RUNS)/$(NAME)
+SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
 OVERRIDES := $(ARGS) $(if $(DATA),data.dir=$(DATA))
 INSTALLED := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 # what the inner make needs to name the files (the config is already resolved into $(RUN))
-PASS = EXP=$(EXP) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS)
+PASS = EXP=$(EXP) NAME=$(NAME) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS)
 
 -include $(RUN)/config.mk  # N_FOLDS and TRAIN_TABLE, written by `foldvision config`
 N_FOLDS ?= 5
@@ -39,12 +44,16 @@ ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv folds train score predict demo test clean-run FORCE
+.PHONY: help venv check folds train score predict ablate leaderboard report demo browser test clean-run FORCE
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
 venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
+
+check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, train/test leaks
+	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(FV) check $(RUN)
 
 folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
 	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
@@ -62,13 +71,28 @@ predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.cs
 	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
+ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
+	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) \
+		--submissions $(SUBMISSIONS) --make "$(MAKE) --no-print-directory PY=$(PY)"
+
+leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Public/Private scores when known
+	@$(FV) leaderboard $(RUNS) --submissions $(SUBMISSIONS)
+
+report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on one self-contained page
+	@$(MAKE) --no-print-directory $(RUN)/report.html $(PASS)
+
 demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
 	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"
 	@echo "submission vs held-back labels:"
 	@$(FV) evaluate submissions/digits.csv inputs/digits/test_labels.csv
 
-test: | $(INSTALLED)  ## the test suite (what CI runs)
+test: | $(INSTALLED) browser  ## the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser:  ## headless Chromium for the report test (Debian's chromium via apt-get, when missing and root)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; } \
+		|| echo "note: chromium could not be installed (needs root and apt-get); the report render test will skip"
 
 clean-run:  ## delete runs/<exp> and its submission (the corpus folds stay)
 	rm -rf $(RUN) $(SUBMISSION)
@@ -95,3 +119,7 @@ $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 
 $(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) predict $(RUN) --out $@
+
+# the report only reads results: it never trains (no scores.json is the report's own error)
+$(RUN)/report.html: $(wildcard $(RUN)/scores.json $(RUN)/ablation.csv $(SUBMISSION))
+	$(FV) report $(RUN) --submission $(SUBMISSION)

@@ -7,6 +7,10 @@
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
     foldvision demo-data inputs/digits          build the built-in demo corpus
+    foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
+    foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
+    foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
+    foldvision plots runs/<exp>                 the report's plots as PNG files
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
 """
@@ -28,6 +32,10 @@ COMMANDS = {
     "evaluate": "foldvision.evaluate",
     "demo-data": "foldvision.demo",
 }
+    "ablate": "foldvision.ablate",
+    "leaderboard": "foldvision.leaderboard",
+    "report": "foldvision.report",
+    "plots": "foldvision.plots",
 
 
 def user_message(error: UserError) -> str:

@@ -127,7 +127,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     tracking: Literal["wandb", "none"] = "wandb"  # W&B, offline unless logged in; none: no tracking
-    name: str = ""  # experiment name, set from the config file name
+    log_submission: bool = False  # predict logs the submission file as a W&B artifact (type: submission)
+    name: str = ""  # experiment name: the run folder's name (the config file's name unless --run-dir differs)
 
 
 # Which sections each stage's outputs depend on: a change elsewhere does not redo that stage.
@@ -377,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="print the resolved config")
     args = parser.parse_args(argv)
     cfg = load_config(args.exp, args.overrides, args.configs)
-    save_run_config(cfg, args.run_dir or Path("runs") / cfg.name)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    cfg.name = run_dir.name  # an ablation variant (runs/<exp>--loss=ce) is an experiment of its own in W&B
+    save_run_config(cfg, run_dir)
     if args.print:
         sys.stdout.write(_dump(to_dict(cfg)))
 

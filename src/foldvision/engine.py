@@ -14,6 +14,7 @@ from torch import nn
 
 from foldvision.console import console
 from foldvision.errors import UserError
+from foldvision.metrics import score
 from foldvision.optim import current_lr
 
 
@@ -93,16 +94,22 @@ def train_one_epoch(
     progress: Progress | None = None,
     description: str = "train",
 ) -> dict[str, float]:
-    """One pass over `loader`; an optimizer step every `accumulate` batches. Returns loss, lr, img/s."""
+    """One pass over `loader`; an optimizer step every `accumulate` batches.
+
+    Returns the loss, the scores of the batches' own predictions (`train_auc`, `train_accuracy`...: the train
+    side of the learning curves, drawn as the weights changed), lr and img/s.
+    """
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
+    batch_probs, batch_targets, correct = [], [], 0
     task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
     optimizer.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with amp.autocast():
-            loss = loss_fn(model(images), targets)
+            logits = model(images)
+            loss = loss_fn(logits, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{description}: loss is {loss.item()} at batch {i}; lower train.lr "
                                      "or use train.amp=off")
@@ -113,13 +120,19 @@ def train_one_epoch(
                 scheduler.step()
         total_loss += loss.item() * len(images)
         seen += len(images)
+        probs = torch.softmax(logits.detach().float(), dim=1).cpu()
+        batch_probs.append(probs)
+        batch_targets.append(targets.cpu())
+        correct += int((probs.argmax(1) == batch_targets[-1]).sum())
         if task is not None:
             rate = seen / (time.perf_counter() - start)
-            progress.update(task, advance=1, rate=rate, info=f"loss {total_loss / seen:.4f}")
+            progress.update(task, advance=1, rate=rate, info=f"loss {total_loss / seen:.4f}  acc {correct / seen:.3f}")
     if task is not None:
         progress.remove_task(task)
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "lr": current_lr(optimizer), "train_img_s": seen / elapsed}
+    scores = score(torch.cat(batch_targets).numpy(), torch.cat(batch_probs).double().numpy()) if seen else {}
+    return {"train_loss": total_loss / max(seen, 1), **{f"train_{k}": v for k, v in scores.items()},
+            "lr": current_lr(optimizer), "train_img_s": seen / elapsed}
 
 
 @torch.no_grad()

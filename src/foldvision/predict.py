@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldvision.config import ModelConfig, load_run_config
+from foldvision.config import ModelConfig, load_run_config, to_dict
 from foldvision.data import ImageDataset, read_table, read_test
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device
@@ -27,6 +27,7 @@ from foldvision.metrics import resolve_metric
 from foldvision.models import create_model
 from foldvision.score import read_fold_oofs
 from foldvision.submission import build, infer_format, write
+from foldvision.tracking import create_tracker
 from foldvision.train import make_loader, prob_columns, read_split
 from foldvision.transforms import build_transform
 from foldvision.tta import tta_compose, tta_forward
@@ -97,10 +98,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, help="runs/<exp> with every fold<k>/best.pt")
     parser.add_argument("--out", type=Path, help="submission path (default submissions/<exp>.csv)")
     args = parser.parse_args(argv)
-    run(args.run_dir, args.out or Path("submissions") / f"{args.run_dir.name}.csv")
+    out = args.out or Path("submissions") / f"{args.run_dir.name}.csv"
+    if run(args.run_dir, out) is not None:
+        track_submission(args.run_dir, out)
 
 
 if __name__ == "__main__":
     from foldvision.cli import run_stage
 
     run_stage(main)
+def track_submission(run_dir: Path, out: Path) -> None:
+    """With `log_submission: true`, the submission becomes a W&B artifact in the experiment's group."""
+    cfg = load_run_config(run_dir)
+    if not cfg.log_submission:
+        return
+    tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-predict", "predict", to_dict(cfg))
+    try:
+        tracker.log_artifact(out, f"{cfg.name}-submission", "submission")
+    finally:
+        tracker.finish()
+
+

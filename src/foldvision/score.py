@@ -102,7 +102,7 @@ def run(run_dir: Path) -> dict:
     print_scores(scores)
     tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-oof", "oof", to_dict(cfg))
     try:
-        tracker.summary({f"oof_{k}": v for k, v in scores["oof"].items()})
+        tracker.log_oof(scores, oof)
     finally:
         tracker.finish()
     return scores

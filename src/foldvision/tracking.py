@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 
 class NoTracker:
@@ -19,6 +23,12 @@ class NoTracker:
         pass
 
     def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_oof(self, scores: dict, oof: pd.DataFrame) -> None:
+        pass
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
         pass
 
     def finish(self) -> None:
@@ -62,6 +72,33 @@ class WandbTracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
+
+    def log_oof(self, scores: dict, oof: pd.DataFrame) -> None:
+        """The OOF metrics in the summary; per-fold and per-class tables, the confusion matrix and the ROC curve
+        (the positive class for binary, one-vs-rest for multi-class) as W&B plots."""
+        import wandb
+
+        classes = scores["classes"]
+        y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+        probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        per_class = pd.DataFrame([{"class": name, **entry} for name, entry in scores["per_class"].items()])
+        self.run.summary.update({f"oof_{k}": v for k, v in scores["oof"].items()})
+        self.run.log({
+            "folds": wandb.Table(dataframe=pd.DataFrame(scores["folds"])),
+            "per_class": wandb.Table(dataframe=per_class),
+            "confusion_matrix": wandb.plot.confusion_matrix(y_true=y.tolist(), preds=probs.argmax(1).tolist(),
+                                                            class_names=classes, title="OOF confusion matrix"),
+            "roc": wandb.plot.roc_curve(y, probs, labels=classes, title="OOF ROC",
+                                        classes_to_plot=[1] if len(classes) == 2 else None),
+        })
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        import wandb
+
+        # artifact names allow letters, digits, '-', '_' and '.': a variant such as 'x--loss=ce' becomes 'x--loss_ce'
+        artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", name), type=kind)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
 
     def finish(self) -> None:
         self.run.finish()

@@ -148,7 +148,8 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                 train_ds.transform.set_random_seed(seed + epoch)
                 start = time.perf_counter()
                 stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, amp, device,
-                                        cfg.train.accumulate, progress, f"fold {fold} epoch {epoch + 1}")
+                                        cfg.train.accumulate, progress,
+                                        f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}")
                 probs = predict(model, val_loader, amp, device, progress=progress, description="validate")
                 scores = score(y_val, probs)
                 row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],

@@ -1,0 +1,224 @@
+"""Pictures of a scored experiment, as PNG files: what its numbers look like, and where it goes wrong.
+
+    python -m foldvision.plots runs/<exp>
+
+Reads `config.yaml`, `scores.json`, `oof.csv`, `folds.csv` and every `fold<k>/history.csv`; writes to
+`runs/<exp>/plots/`: `learning_curves.png` (loss, task metric and learning rate per epoch, train and
+validation, one colour per fold), `confusion.png` (OOF counts and row-normalised), `roc.png` (binary: the
+positive class; multi-class: one-vs-rest per class), `per_class.png` (OOF precision/recall, error bars the
+std over folds) and `wrong.png` (the most confidently wrong OOF images with true and predicted labels).
+`make report` puts them on one page.
+
+Figures are built with matplotlib's object API on the Agg canvas: no display, no pyplot state, safe on a
+server and in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+from foldvision.errors import UserError, write_atomic
+
+PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")
+MAX_LABELLED_CLASSES = 20  # beyond this, tick labels and cell values are unreadable: left out
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def learning_curves(histories: dict[int, pd.DataFrame], metric: str) -> Figure:
+    """Loss, the task metric and the learning rate per epoch; solid train, dashed validation, a colour per fold.
+
+    The loss panel compares log loss on both sides when the history has it (the training objective, e.g.
+    Complement Cross Entropy, is on another scale and goes below zero).
+    """
+    fig = _figure(13, 4)
+    axes = fig.subplots(1, 3)
+    for k, history in sorted(histories.items()):
+        colour = f"C{k % 10}"
+        train_loss = "train_log_loss" if "train_log_loss" in history else "train_loss"
+        panels = ((train_loss, "val_loss"), (f"train_{metric}", f"val_{metric}"), ("lr", None))
+        for ax, (train_col, val_col) in zip(axes, panels):
+            if train_col in history:
+                ax.plot(history["epoch"], history[train_col], "o-", color=colour, ms=4)
+            if val_col and val_col in history:
+                ax.plot(history["epoch"], history[val_col], "s--", color=colour, ms=4)
+    for ax, title in zip(axes, ("log loss", metric, "learning rate (end of epoch)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=f"C{k % 10}", lw=2, label=f"fold {k}") for k in sorted(histories)]
+    handles += [Line2D([], [], color="grey", ls="-", marker="o", label="train"),
+                Line2D([], [], color="grey", ls="--", marker="s", label="validation")]
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
+    return fig
+
+
+def confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """The OOF confusion matrix twice: counts, and each true class's row as fractions (its recall spread)."""
+    matrix = np.asarray(matrix)
+    side = max(4.5, 0.45 * len(classes))
+    fig = _figure(2 * side + 1, side)
+    counts_ax, norm_ax = fig.subplots(1, 2)
+    labelled = len(classes) <= MAX_LABELLED_CLASSES
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    for ax, values, fmt, title in ((counts_ax, matrix, "d", "counts"),
+                                   (norm_ax, normalised, ".2f", "row-normalised")):
+        ConfusionMatrixDisplay(values, display_labels=classes if labelled else None).plot(
+            ax=ax, colorbar=False, cmap="Blues", values_format=fmt, include_values=labelled,
+            xticks_rotation=45 if len(classes) > 4 else "horizontal")
+        ax.set_title(f"OOF confusion matrix: {title}")
+    return fig
+
+
+def roc(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> Figure:
+    """ROC with its AUC: the positive (last) class for binary, one curve per class (one-vs-rest) otherwise."""
+    fig = _figure(5.5, 5)
+    ax = fig.subplots()
+    if len(classes) == 2:
+        RocCurveDisplay.from_predictions(y, probs[:, 1], pos_label=1, name=f"{classes[1]} vs {classes[0]}",
+                                         ax=ax, plot_chance_level=True)
+        ax.set_title("OOF ROC curve")
+    else:
+        for i, name in enumerate(classes):
+            RocCurveDisplay.from_predictions(y == i, probs[:, i], name=str(name), ax=ax,
+                                             plot_chance_level=i == len(classes) - 1)
+        if len(classes) > MAX_LABELLED_CLASSES:
+            ax.get_legend().remove()
+        ax.set_title("OOF ROC curves, one class vs the rest")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    return fig
+
+
+def per_class_bars(per_class: dict) -> Figure:
+    """OOF precision and recall per class; error bars: the standard deviation over folds."""
+    names = list(per_class)
+    x = np.arange(len(names))
+    fig = _figure(max(6, 0.6 * len(names) + 2), 4.5)
+    ax = fig.subplots()
+    width = 0.38
+    for offset, stat in ((-width / 2, "precision"), (width / 2, "recall")):
+        ax.bar(x + offset, [per_class[n][stat] for n in names], width, label=stat,
+               yerr=[per_class[n][f"{stat}_std"] for n in names], capsize=3)
+    ax.set_xticks(x, [f"{n}\n(n={per_class[n]['support']})" for n in names] if len(names) <= MAX_LABELLED_CLASSES
+                  else [""] * len(names))
+    ax.set_ylim(0, 1.05)
+    ax.set_title("per class, OOF (error bars: std over folds)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def most_wrong(oof: pd.DataFrame, classes: list[str], n: int = 12) -> pd.DataFrame:
+    """The `n` wrong OOF predictions made with the highest confidence: id, fold, label, pred, confidence,
+    p_true (the probability given to the true class)."""
+    probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    truth = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    pred = probs.argmax(axis=1)
+    table = pd.DataFrame({"id": oof["id"].astype(str), "fold": oof["fold"], "label": oof["label"].astype(str),
+                          "pred": [classes[i] for i in pred], "confidence": probs.max(axis=1),
+                          "p_true": probs[np.arange(len(probs)), truth]})
+    wrong = table[pred != truth].sort_values(["confidence", "id"], ascending=[False, True])
+    return wrong.head(n).reset_index(drop=True)
+
+
+def image_file(data_dir: Path, train_images: str | None, rel: str) -> Path | None:
+    """A folds.csv path on disk: relative to the corpus folder, or to its training image folder."""
+    for candidate in (data_dir / rel, data_dir / (train_images or "train") / rel):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def wrong_images(wrong: pd.DataFrame, files: list[Path | None], columns: int = 4, thumb: int = 224) -> Figure:
+    """A grid of the images in `wrong` (rows of `most_wrong`), each titled with its true and predicted label."""
+    rows = max(1, -(-len(wrong) // columns))
+    fig = _figure(3 * columns, 3.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    if wrong.empty:
+        axes[0].text(0.5, 0.5, "no wrong OOF predictions", ha="center", va="center")
+    for ax, row, path in zip(axes, wrong.itertuples(), files):
+        if path is None:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center")
+        else:
+            with Image.open(path) as image:
+                picture = image.convert("RGB")
+            picture.thumbnail((thumb, thumb))
+            ax.imshow(np.asarray(picture))
+        ax.set_title(f"true {row.label} · pred {row.pred} ({row.confidence:.2f})\n{row.id}", fontsize=9)
+    return fig
+
+
+def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def read_histories(run_dir: Path) -> dict[int, pd.DataFrame]:
+    histories = {}
+    for path in run_dir.glob("fold*/history.csv"):
+        suffix = path.parent.name.removeprefix("fold")
+        if suffix.isdigit():
+            histories[int(suffix)] = pd.read_csv(path)
+    return histories
+
+
+def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
+    """Every plot of a scored experiment into `run_dir/plots/`; returns name -> PNG path."""
+    import yaml
+
+    for name in ("config.yaml", "scores.json", "oof.csv", "folds.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name} not found: train and score the experiment first "
+                            f"(make train EXP={run_dir.name})")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    scores = json.loads((run_dir / "scores.json").read_text(encoding="utf-8"))
+    classes = scores["classes"]
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    folds = pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False).set_index("id")
+    wrong = most_wrong(oof, classes, n_wrong)
+    data_dir = Path(config["data"]["dir"])
+    files = [image_file(data_dir, config["data"].get("train_images"), folds.at[i, "path"]) if i in folds.index
+             else None for i in wrong["id"]]
+    figures = {
+        "learning_curves": learning_curves(read_histories(run_dir), scores["metric"]),
+        "confusion": confusion(np.array(scores["confusion_matrix"]), classes),
+        "roc": roc(y, probs, classes),
+        "per_class": per_class_bars(scores["per_class"]),
+        "wrong": wrong_images(wrong, files),
+    }
+    return {name: save(fig, run_dir / "plots" / f"{name}.png") for name, fig in figures.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="foldvision plots", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="runs/<exp> with scores.json and oof.csv")
+    args = parser.parse_args(argv)
+    for path in write_plots(args.run_dir).values():
+        print(path)
+
+
+if __name__ == "__main__":
+    from foldvision.cli import run_stage
+
+    run_stage(main)
