@@ -31,11 +31,11 @@ COMMANDS = {
     "predict": "foldvision.predict",
     "evaluate": "foldvision.evaluate",
     "demo-data": "foldvision.demo",
-}
     "ablate": "foldvision.ablate",
     "leaderboard": "foldvision.leaderboard",
     "report": "foldvision.report",
     "plots": "foldvision.plots",
+}
 
 
 def user_message(error: UserError) -> str:

@@ -93,6 +93,18 @@ def run(run_dir: Path, out: Path) -> pd.DataFrame:
     return submission
 
 
+def track_submission(run_dir: Path, out: Path) -> None:
+    """With `log_submission: true`, the submission becomes a W&B artifact in the experiment's group."""
+    cfg = load_run_config(run_dir)
+    if not cfg.log_submission:
+        return
+    tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-predict", "predict", to_dict(cfg))
+    try:
+        tracker.log_artifact(out, f"{cfg.name}-submission", "submission")
+    finally:
+        tracker.finish()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="runs/<exp> with every fold<k>/best.pt")
@@ -107,15 +119,3 @@ if __name__ == "__main__":
     from foldvision.cli import run_stage
 
     run_stage(main)
-def track_submission(run_dir: Path, out: Path) -> None:
-    """With `log_submission: true`, the submission becomes a W&B artifact in the experiment's group."""
-    cfg = load_run_config(run_dir)
-    if not cfg.log_submission:
-        return
-    tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-predict", "predict", to_dict(cfg))
-    try:
-        tracker.log_artifact(out, f"{cfg.name}-submission", "submission")
-    finally:
-        tracker.finish()
-
-
