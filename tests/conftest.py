@@ -16,6 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from foldvision import cli
+
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -108,3 +110,65 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess
     """`python -m foldvision <args>` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "foldvision", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
+
+
+def stage(capsys, *argv: str, stdout: bool = False) -> tuple[int, str]:
+    """Run `foldvision <argv>`; return (exit status, stderr, or stdout + stderr)."""
+    try:
+        cli.main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, (captured.out if stdout else "") + captured.err
+
+
+class Project:
+    """A corpus plus an experiment on it, in a temporary folder; each method runs the stages up to its own."""
+
+    def __init__(self, tmp_path, corpus, **sections):
+        self.tmp, self.corpus = tmp_path, corpus
+        self.configs = tmp_path / "configs"
+        self.run = tmp_path / "runs" / "exp"
+        self.log = ""  # stderr of every stage run so far
+        write_config(self.configs, "exp", corpus, **sections)
+
+    def _stage(self, capsys, *argv):
+        code, err = stage(capsys, *argv)
+        self.log += err
+        return code, err
+
+    def config(self, capsys, *overrides):
+        return self._stage(capsys, "config", "exp", *overrides, "--configs", str(self.configs),
+                           "--run-dir", str(self.run))
+
+    def folds(self, capsys, *overrides):
+        code, err = self.config(capsys, *overrides)
+        assert code == 0, err
+        return self._stage(capsys, "folds", str(self.run))
+
+    def train(self, capsys, *overrides):
+        code, err = self.folds(capsys, *overrides)
+        assert code == 0, err
+        return self._stage(capsys, "train", str(self.run), "--fold", "0", "1")
+
+    def predict(self, capsys, *overrides):
+        code, err = self.train(capsys, *overrides)
+        assert code == 0, err
+        return self._stage(capsys, "predict", str(self.run), "--out", str(self.submission))
+
+    @property
+    def submission(self):
+        return self.tmp / "subs" / "exp.csv"
+
+    def nothing_written(self, after: str) -> None:
+        """No output of `after` or later stages looks finished."""
+        later = {"folds": ["folds.csv", "classes.json", "fold0/oof.csv", "fold0/best.pt"],
+                 "train": ["fold0/oof.csv", "fold1/oof.csv", "fold0/best.pt", "oof.csv"],
+                 "predict": ["test.csv"]}[after]
+        for name in later:
+            assert not (self.run / name).exists(), name
+        if after == "folds":
+            assert not list(self.corpus.glob("folds*.csv"))
+        assert not self.submission.exists()
+        assert not list(self.run.rglob("*.tmp")) if self.run.exists() else True

@@ -1,16 +1,17 @@
 """The `foldvision` command: one sub-command per stage.
 
     foldvision config <exp> [key=value ...]     resolve a config into runs/<exp>/
+    foldvision check runs/<exp>                 validate the corpus (counts, unreadable files, duplicates, leaks)
     foldvision folds runs/<exp>                 stage 1: the corpus split
     foldvision train runs/<exp> --fold K        stage 2: one fold's model and OOF predictions
     foldvision score runs/<exp>                 stage 3: OOF scores over all folds
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
-    foldvision demo-data inputs/digits          build the built-in demo corpus
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
     foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
     foldvision plots runs/<exp>                 the report's plots as PNG files
+    foldvision demo-data inputs/digits          build the built-in demo corpus
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
 """
@@ -25,16 +26,17 @@ from foldvision.errors import UserError
 
 COMMANDS = {
     "config": "foldvision.config",
+    "check": "foldvision.check",
     "folds": "foldvision.folds",
     "train": "foldvision.train",
     "score": "foldvision.score",
     "predict": "foldvision.predict",
     "evaluate": "foldvision.evaluate",
-    "demo-data": "foldvision.demo",
     "ablate": "foldvision.ablate",
     "leaderboard": "foldvision.leaderboard",
     "report": "foldvision.report",
     "plots": "foldvision.plots",
+    "demo-data": "foldvision.demo",
 }
 
 

@@ -168,7 +168,8 @@ def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
                          "label": [p.split("/", 1)[0] for p in paths]})
 
 
-def read_train(cfg: DataConfig) -> Corpus:
+def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
+    """The training table; `verify` opens every image's header (check.py decodes them all instead)."""
     lay = layout.resolve(cfg)
     if lay.inferred:
         console.print(f"[dim]layout: {lay.describe()}[/]")
@@ -180,7 +181,8 @@ def read_train(cfg: DataConfig) -> Corpus:
     classes = sort_classes(out["label"].tolist())
     if len(classes) < 2:
         raise UserError(f"{where}: only one class ('{classes[0]}'); a classifier needs at least two")
-    verify_images(lay.root, out["path"], cfg.max_image_pixels)
+    if verify:
+        verify_images(lay.root, out["path"], cfg.max_image_pixels)
     return Corpus(out, lay.root, classes, where)
 
 

@@ -62,7 +62,17 @@ def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path
     return probs
 
 
-def run(run_dir: Path, out: Path) -> pd.DataFrame:
+def label_rule(run_dir: Path, folds: list[int], classes: list[str], metric: str) -> DecisionRule:
+    """The argmax-or-better decision rule, fitted on the OOF predictions and saved in decision.json."""
+    oof = read_fold_oofs(run_dir, folds)
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    rule = fit_rule(y, oof[prob_columns(classes)].to_numpy(dtype=np.float64), metric)
+    write_text_atomic(run_dir / "decision.json", json.dumps(rule.to_dict(), indent=2) + "\n")
+    console.print(f"predict: labels by {rule.describe()}")
+    return rule
+
+
+def run(run_dir: Path, out: Path) -> pd.DataFrame | None:
     cfg = load_run_config(run_dir)
     table, classes = read_split(run_dir)
     test = read_test(cfg.data)
@@ -71,6 +81,10 @@ def run(run_dir: Path, out: Path) -> pd.DataFrame:
                       f"submission): nothing to predict; the OOF scores are in {run_dir / 'scores.json'}")
         return None
     device = resolve_device(cfg.train.device)
+    metric = resolve_metric(cfg.train.metric)
+    fmt = None  # the sample's format is checked before minutes of inference, not after
+    if test.sample is not None:
+        fmt = infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
     amp = Amp(cfg.train.amp, device)
     folds = sorted(set(table["fold"]))
     console.print(f"predict: {len(test.table)} test images × {len(tta_compose(cfg.predict.tta))} TTA views "
@@ -79,12 +93,10 @@ def run(run_dir: Path, out: Path) -> pd.DataFrame:
                     axis=0)
     ensemble = pd.concat([test.table[["id"]], pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
     write_atomic(run_dir / "test.csv", lambda tmp: ensemble.to_csv(tmp, index=False))
-    if test.sample is None:
+    if fmt is None:
         write_atomic(out, lambda tmp: ensemble.to_csv(tmp, index=False))
         console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
         return ensemble
-    metric = resolve_metric(cfg.train.metric)
-    fmt = infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
     rule = label_rule(run_dir, folds, classes, metric) if fmt.kind == "label" and cfg.predict.decision == "oof" else None
     submission = build(test.sample, fmt, test.table["id"].tolist(), probs, classes, rule)
     write(submission, out, fmt)
