@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+from torchsampler import ImbalancedDatasetSampler
+
+from foldvision.engine import Amp, predict, train_one_epoch
+
+
+def test_imbalanced_sampler_balances_what_training_sees():
+    labels = [0] * 90 + [1] * 10
+    dataset = torch.utils.data.TensorDataset(torch.zeros(100, 1), torch.tensor(labels))
+    torch.manual_seed(0)
+    sampler = ImbalancedDatasetSampler(dataset, labels=labels)
+    drawn = [labels[i] for _ in range(20) for i in sampler]  # 20 epochs of 100 draws
+    assert np.mean(drawn) == pytest.approx(0.5, abs=0.05)  # 10% positives in the data, half in the draws
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "off"])
+def test_amp_modes_train_a_step(mode):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    amp = Amp(mode, torch.device("cpu"))
+    assert (amp.scaler is not None) == (mode == "fp16")  # fp16 needs loss scaling, bf16 has fp32's range
+    loader = [(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))) for _ in range(3)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model[1].weight.detach().clone()
+    stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, amp, torch.device("cpu"))
+    assert np.isfinite(stats["train_loss"]) and not torch.equal(before, model[1].weight)
+    probs = predict(model, loader, amp, torch.device("cpu"))
+    assert probs.shape == (24, 3) and probs.sum(1) == pytest.approx(1.0)
+
+
+def test_gradient_accumulation_steps_every_n_batches():
+    model = torch.nn.Linear(4, 2)
+    steps = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    original = optimizer.step
+    optimizer.step = lambda *a, **k: steps.append(1) or original(*a, **k)
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(5)]
+    train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", torch.device("cpu")),
+                    torch.device("cpu"), accumulate=2)
+    assert len(steps) == 3  # after batches 2, 4 and the last one

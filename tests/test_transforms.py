@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from foldvision.errors import UserError
+from foldvision.transforms import build_transform
+
+CLIP = {"size": 28, "interpolation": "bicubic", "mean": (0.48145466, 0.4578275, 0.40821073),
+        "std": (0.26862954, 0.26130258, 0.27577711)}
+
+
+def test_resize_and_normalise_with_the_models_statistics():
+    image = np.full((50, 70, 3), 128, dtype=np.uint8)
+    x = build_transform([], CLIP, train=False)(image=image)["image"]
+    assert x.shape == (3, 28, 28) and x.dtype == torch.float32
+    expected = (128 / 255 - np.array(CLIP["mean"])) / np.array(CLIP["std"])
+    assert x[:, 0, 0].numpy() == pytest.approx(expected, abs=1e-4)
+
+
+def test_augmentations_only_for_training_and_seeded():
+    image = np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    augment = [{"HorizontalFlip": {"p": 1.0}}]
+    plain = build_transform(augment, CLIP, train=False)(image=image)["image"]
+    flipped = build_transform(augment, CLIP, train=True)(image=image)["image"]
+    assert torch.allclose(flipped, plain.flip(2), atol=1e-5)
+    rotate = [{"RandomRotate90": {"p": 0.5}}]
+    a = [build_transform(rotate, CLIP, train=True, seed=3)(image=image)["image"] for _ in range(2)]
+    assert torch.equal(a[0], a[1])  # albumentations seeds through Compose(seed=...), not numpy
+
+
+def test_a_wrong_argument_name_is_an_error_not_a_silent_no_op():
+    with pytest.raises(UserError, match=r"augment.train: Argument\(s\) 'prob' are not valid for transform HorizontalFlip"):
+        build_transform([{"HorizontalFlip": {"prob": 0.5}}], CLIP, train=True)
+
+
+def test_an_unknown_transform_suggests_names():
+    with pytest.raises(UserError, match=r"no transform 'HorizontalFlp'.*HorizontalFlip"):
+        build_transform([{"HorizontalFlp": {}}], CLIP, train=True)
