@@ -42,9 +42,10 @@ def deep_update(base: dict, extra: dict) -> dict:
 
 
 def write_config(config_dir: Path, name: str, data_dir: Path, **sections) -> Path:
-    """configs/<name>.yaml: TINY + the data folder + any section overrides."""
+    """configs/<name>.yaml: TINY + the data folder (its image cache beside the configs) + any section overrides."""
     config_dir.mkdir(parents=True, exist_ok=True)
-    body = deep_update(deep_update(TINY, {"data": {"dir": str(data_dir)}, "cv": {"n_folds": 2}}), sections)
+    data = {"dir": str(data_dir), "cache_dir": str(config_dir.parent / "cache")}
+    body = deep_update(deep_update(TINY, {"data": data, "cv": {"n_folds": 2}}), sections)
     path = config_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body), encoding="utf-8")
     return path

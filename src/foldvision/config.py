@@ -50,6 +50,9 @@ class DataConfig:
     group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
     channels: Literal[1, 3] = 3  # 3: every image becomes RGB; 1: grayscale, timm adapts the stem
     folds_file: str | None = None  # null: <dir>/folds_k<K>_seed<S>[_<group>].csv (inputs/ if dir is read-only)
+    cache: bool = True  # decode + resize each image once into a uint8 cache on disk; false: on every read
+    cache_dir: str = "inputs/.cache"  # the cache (git-ignored): a folder per corpus and preprocessing, never the corpus
+    cache_size: int | None = None  # null: training images cached at the input size; larger: a margin for random crops
 
 
 @dataclass
@@ -97,6 +100,9 @@ class TrainConfig:
     patience: int = 3  # stop after this many epochs without a better validation metric
     metric: Literal["auto", "auc", "accuracy", "macro_f1", "log_loss"] = "auto"  # auto: auc
     num_workers: int | None = None  # data loader workers; null: one per core, at most 8, none on 1 core
+    channels_last: bool = True  # NHWC memory format for the model and its batches (faster convolutions)
+    compile: bool = False  # torch.compile the model: a slow first step (compiling), faster steps on long GPU runs
+    device_augment: bool = True  # the flips/rot90 that end augment.train run on each batch on the device
     device: str = "auto"  # auto: cuda if available, else cpu
     seed: int = 42  # model init, sampler and augmentation seed
 
@@ -287,6 +293,8 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.patience must be at least 1, got {cfg.train.patience}")
     if cfg.model.img_size is not None and cfg.model.img_size < 8:
         raise UserError(f"model.img_size={cfg.model.img_size}: use at least 8 pixels")
+    if cfg.data.cache_size is not None and cfg.data.cache_size < 8:
+        raise UserError(f"data.cache_size={cfg.data.cache_size}: use at least 8 pixels (or null: the input size)")
     if cfg.train.optimizer.lower() == "ranger21" and cfg.train.scheduler != "none":
         if not cfg.train.optimizer_args.get("disable_lr_scheduler", False):
             raise UserError(

@@ -293,18 +293,23 @@ def load_image(path: Path, channels: int) -> np.ndarray:
 class ImageDataset(torch.utils.data.Dataset):
     """(image tensor, class index) pairs; the class index is -1 for unlabelled (test) images."""
 
-    def __init__(self, image_dir: Path, paths: list[str], targets: np.ndarray | None, transform, channels: int):
+    def __init__(self, image_dir: Path, paths: list[str], targets: np.ndarray | None, transform, channels: int,
+                 images=None):
         self.image_dir = image_dir
         self.paths = list(paths)
         self.targets = np.full(len(self.paths), -1) if targets is None else np.asarray(targets)
         self.transform = transform
         self.channels = channels
+        self.images = images  # images[path]: decoded and resized already (foldvision.cache); None: decode here
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = load_image(self.image_dir / self.paths[i], self.channels)
+        if self.images is not None:
+            image = self.images[self.paths[i]]
+        else:
+            image = load_image(self.image_dir / self.paths[i], self.channels)
         return self.transform(image=image)["image"], int(self.targets[i])
 
 

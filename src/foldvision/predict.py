@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from foldvision.config import ModelConfig, load_run_config, to_dict
-from foldvision.data import ImageDataset, read_table, read_test
+from foldvision.data import read_test
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device
 from foldvision.decision import DecisionRule, fit_rule
@@ -28,8 +28,8 @@ from foldvision.models import create_model
 from foldvision.score import read_fold_oofs
 from foldvision.submission import build, infer_format, write
 from foldvision.tracking import create_tracker
-from foldvision.train import make_loader, prob_columns, read_split
-from foldvision.transforms import build_transform
+from foldvision.loader import create_loader
+from foldvision.train import prob_columns, read_split
 from foldvision.tta import tta_compose, tta_forward
 
 
@@ -51,10 +51,11 @@ def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path
     model = create_model(ModelConfig(**ckpt["model_config"]), len(ckpt["classes"]), ckpt["channels"], pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    dataset = ImageDataset(test_dir, test["path"], None, build_transform([], ckpt["data_config"], train=False),
-                           ckpt["channels"])
-    loader = make_loader(dataset, cfg, False, device, batch_size=cfg.predict.batch_size)
-    with progress_bar() as progress:
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
+    with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
+        loader = create_loader(cfg, ckpt["data_config"], device, test_dir, test["path"], None, train=False,
+                               batch_size=cfg.predict.batch_size, progress=progress)
         probs = predict(model, loader, amp, device, forward=tta_forward(cfg.predict.tta), progress=progress,
                         description=f"fold {fold} test")
     frame = pd.concat([test[["id"]], pd.DataFrame(probs, columns=columns)], axis=1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -21,50 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.config import Config, load_run_config, to_dict
-from foldvision.data import ImageDataset, seed_worker
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device, train_one_epoch
 from foldvision.errors import UserError, write_atomic
+from foldvision.loader import create_loader
 from foldvision.losses import create_loss
 from foldvision.metrics import is_better, resolve_metric, score
 from foldvision.models import create_model, data_config
 from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
 from foldvision.tracking import create_tracker
-from foldvision.transforms import build_transform
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def default_workers() -> int:
-    """One loader worker per spare core (the main process runs the model), at most 8."""
-    return min(8, (os.cpu_count() or 1) - 1)
-
-
-def make_loader(dataset: ImageDataset, cfg: Config, train: bool, device: torch.device,
-                labels: list[int] | None = None, batch_size: int | None = None) -> torch.utils.data.DataLoader:
-    workers = default_workers() if cfg.train.num_workers is None else cfg.train.num_workers
-    sampler = None
-    if train and cfg.train.sampler == "imbalanced":
-        # labels passed in: torchsampler would otherwise decode every image once just to read its label
-        sampler = ImbalancedDatasetSampler(dataset, labels=labels)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size or cfg.train.batch_size,
-        sampler=sampler,
-        shuffle=train and sampler is None,
-        drop_last=train and len(dataset) > (batch_size or cfg.train.batch_size),  # no 1-image BatchNorm batch
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=seed_worker if workers > 0 else None,
-    )
 
 
 def read_split(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -103,14 +75,16 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     device = resolve_device(cfg.train.device)
     channels = cfg.data.channels
     model = create_model(cfg.model, len(classes), channels).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
+    net = torch.compile(model) if cfg.train.compile else model  # `net` runs, `model` is what checkpoints hold
     dcfg = data_config(model, cfg.model, channels)
     image_dir = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
-    train_ds = ImageDataset(image_dir, train_rows["path"], train_rows["target"],
-                            build_transform(cfg.augment.train, dcfg, train=True, seed=seed), channels)
-    val_ds = ImageDataset(image_dir, val_rows["path"], val_rows["target"],
-                          build_transform([], dcfg, train=False), channels)
-    train_loader = make_loader(train_ds, cfg, True, device, labels=train_rows["target"].tolist())
-    val_loader = make_loader(val_ds, cfg, False, device, batch_size=cfg.predict.batch_size)
+    with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
+        train_loader = create_loader(cfg, dcfg, device, image_dir, train_rows["path"], train_rows["target"],
+                                     train=True, seed=seed, progress=progress)
+        val_loader = create_loader(cfg, dcfg, device, image_dir, val_rows["path"], val_rows["target"],
+                                   train=False, batch_size=cfg.predict.batch_size, progress=progress)
 
     total_steps = optimizer_steps(len(train_loader), cfg.train)
     optimizer = create_optimizer(model, cfg.train, total_steps)
@@ -136,8 +110,8 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
             console.print(f"fold {fold}: the config changed since last.pt was written; starting over")
 
     y_val = val_rows["target"].to_numpy()
-    console.print(f"fold {fold}: {len(train_ds)} train / {len(val_ds)} val images, {cfg.model.name} at "
-                  f"{dcfg['size']}px, {total_steps} optimizer steps, amp {amp.mode}, device {device}")
+    console.print(f"fold {fold}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
+                  f"{cfg.model.name} at {dcfg['size']}px, {total_steps} optimizer steps, amp {amp.mode}, device {device}")
     tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-fold{fold}", "train", to_dict(cfg))
     try:
         with progress_bar() as progress:
@@ -145,12 +119,12 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                 if state["bad_epochs"] >= cfg.train.patience:
                     break
                 seed_everything(seed + epoch)  # a resumed epoch draws the same batches and augmentations
-                train_ds.transform.set_random_seed(seed + epoch)
+                train_loader.set_epoch(seed + epoch)
                 start = time.perf_counter()
-                stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, amp, device,
+                stats = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, amp, device,
                                         cfg.train.accumulate, progress,
                                         f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}")
-                probs = predict(model, val_loader, amp, device, progress=progress, description="validate")
+                probs = predict(net, val_loader, amp, device, progress=progress, description="validate")
                 scores = score(y_val, probs)
                 row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
                        **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}

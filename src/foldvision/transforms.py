@@ -29,14 +29,26 @@ def _augmentation(index: int, item: dict) -> A.BasicTransform:
         raise UserError(f"augment.train[{index}] {name}{args or {}}: {first}") from None
 
 
-def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int = 0) -> A.Compose:
-    """The pipeline for one split: train adds the configured augmentations."""
+def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int = 0, input_size: int | None = None,
+                    normalize: bool = True) -> A.Compose:
+    """The pipeline for one split: train adds the configured augmentations.
+
+    input_size: the square size of the images it receives. None (any size): Resize comes first. The input
+    size (images from foldvision.cache): no Resize. Another size (a cache with a margin for random crops):
+    Resize comes last, after the crops. normalize=False ends in a uint8 CHW tensor, to be normalised on the
+    device (loader.DeviceLoader): a quarter of the bytes to move, no float work in the loader.
+    """
     size = data_cfg["size"]
     interpolation = INTERPOLATION.get(data_cfg["interpolation"], cv2.INTER_LINEAR)
-    ops = [A.Resize(size, size, interpolation=interpolation)]
+    resize = A.Resize(size, size, interpolation=interpolation)
+    ops = [resize] if input_size is None else []
     if train:
         ops += [_augmentation(i, item) for i, item in enumerate(augment)]
-    ops += [A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"], max_pixel_value=255.0), ToTensorV2()]
+    if input_size is not None and input_size != size:
+        ops.append(resize)
+    if normalize:
+        ops += [A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"], max_pixel_value=255.0)]
+    ops += [ToTensorV2()]
     try:
         return A.Compose(ops, strict=True, seed=seed)
     except (TypeError, ValueError) as e:

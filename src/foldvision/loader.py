@@ -1,0 +1,166 @@
+"""Loaders that keep the model busy: cached uint8 images in, normalised batches on the device out.
+
+    foldvision.cache (decoded + resized once) -> albumentations on the CPU, for what needs the CPU
+    -> uint8 CHW batches from the DataLoader workers -> the device, normalised there (timm's PrefetchLoader,
+    which also overlaps the copy with compute on CUDA) -> flips/rot90 drawn per image -> channels_last
+
+Set for the machine: one worker per spare core (the main process runs the model), at most 8; workers stay
+alive between epochs; pinned memory on CUDA; at least four batches in flight. uint8 batches are a quarter of
+the bytes of float ones, and the per-pixel float work (Normalize) happens where the model runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data.loader import PrefetchLoader
+from torchsampler import ImbalancedDatasetSampler
+
+from foldvision.cache import open_images, preprocessing
+from foldvision.config import Config
+from foldvision.data import ImageDataset, seed_worker
+from foldvision.errors import UserError
+from foldvision.transforms import _augmentation, build_transform
+
+# albumentations transforms that only permute pixels: exact on a batch tensor, and free on a GPU
+DEVICE_OPS = ("HorizontalFlip", "VerticalFlip", "RandomRotate90", "Transpose", "D4")
+
+
+def default_workers() -> int:
+    """One loader worker per spare core (the main process runs the model), at most 8."""
+    return min(8, (os.cpu_count() or 1) - 1)
+
+
+def build_workers(cfg: Config) -> int:
+    """Processes that fill the cache: every core, since the model is not running yet (none when
+    train.num_workers=0 asks for everything in one process)."""
+    cores = os.cpu_count() or 1
+    return 0 if cfg.train.num_workers == 0 or cores == 1 else min(16, cores)
+
+
+def split_augment(augment: list[dict], on_device: bool) -> tuple[list[dict], list[dict]]:
+    """(CPU part, device part) of augment.train: the flips/rot90 that end the list (with no argument but p)
+    move to the device when `on_device`; the order of the transforms is kept."""
+    cut = len(augment)
+    while on_device and cut > 0:
+        (name, args), = augment[cut - 1].items()
+        if name not in DEVICE_OPS or set(args or {}) - {"p"}:
+            break
+        cut -= 1
+    return augment[:cut], augment[cut:]
+
+
+class BatchAugment:
+    """Flips and 90° rotations drawn per image and applied to a square (B, C, H, W) batch where it lies.
+
+    The same distributions as albumentations' transforms of those names (RandomRotate90 turns k·90° with k
+    uniform in 0..3; D4 picks one of the 8 symmetries), drawn from a generator seeded per epoch.
+    """
+
+    def __init__(self, augment: list[dict], seed: int = 0, first_index: int = 0):
+        # built by albumentations first: the same argument checks and the same default p
+        ops = [_augmentation(first_index + i, item) for i, item in enumerate(augment)]
+        self.ops = [(type(op).__name__, float(op.p)) for op in ops]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def _draw(self, n: int, p: float, choices: int, device: torch.device) -> torch.Tensor:
+        """Per image: 0 (left alone, probability 1-p) or a choice in 0..choices-1, shifted to 1..choices."""
+        on = torch.rand(n, generator=self.generator) < p
+        pick = torch.randint(0, choices, (n,), generator=self.generator) + 1
+        return torch.where(on, pick, 0).to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"device flips/rotations need square images, got {tuple(x.shape[-2:])}")
+        for name, p in self.ops:
+            if name in ("HorizontalFlip", "VerticalFlip", "Transpose"):
+                on = self._draw(len(x), p, 1, x.device) == 1
+                x[on] = {"HorizontalFlip": lambda t: t.flip(3), "VerticalFlip": lambda t: t.flip(2),
+                         "Transpose": lambda t: t.transpose(2, 3)}[name](x[on])
+                continue
+            # RandomRotate90: k in 0..3; D4: 8 symmetries as a transpose or not, then k quarter turns
+            code = self._draw(len(x), p, 4 if name == "RandomRotate90" else 8, x.device) - 1  # -1: untouched
+            if name == "D4":
+                flip = code >= 4
+                x[flip] = x[flip].transpose(2, 3)
+                code = torch.where(code >= 0, code % 4, -1)
+            for k in (1, 2, 3):
+                turn = code == k
+                x[turn] = x[turn].rot90(k, dims=(2, 3))
+        return x
+
+
+class DeviceLoader:
+    """A DataLoader of uint8 batches, delivered on the device normalised, augmented and in channels_last."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, data_cfg: dict, channels: int, device: torch.device,
+                 augment: BatchAugment | None, channels_last: bool):
+        self.loader = loader
+        self.batches = PrefetchLoader(loader, mean=data_cfg["mean"], std=data_cfg["std"], channels=channels,
+                                      device=device)
+        self.augment, self.channels_last = augment, channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self) -> ImageDataset:
+        return self.loader.dataset
+
+    def set_epoch(self, seed: int) -> None:
+        """Reseed the augmentations, so a resumed epoch draws what the uninterrupted one drew."""
+        self.loader.dataset.transform.set_random_seed(seed)
+        if self.augment is not None:
+            self.augment.seed(seed)
+
+    def __iter__(self):
+        for images, targets in self.batches:
+            if self.augment is not None:
+                images = self.augment(images)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, targets
+
+
+def create_loader(cfg: Config, data_cfg: dict, device: torch.device, root: Path, paths, targets, train: bool,
+                  seed: int = 0, batch_size: int | None = None, progress=None) -> DeviceLoader:
+    """The loader of one split: `paths` relative to the corpus folder `root`, `targets` class indices (None
+    for test images). Images come from the cache (built first where missing), at data.cache_size for
+    training when set."""
+    channels = cfg.data.channels
+    size = cfg.data.cache_size if train else None
+    if size is not None and size < data_cfg["size"]:
+        raise UserError(f"data.cache_size={size} is below the input size {data_cfg['size']}; "
+                        "use null or a larger size")
+    prep = preprocessing(data_cfg, channels, size)
+    paths = list(paths)
+    images = open_images(cfg.data, root, paths, prep, build_workers(cfg), progress)
+    cpu_augment, device_augment = split_augment(cfg.augment.train if train else [], cfg.train.device_augment)
+    transform = build_transform(cpu_augment, data_cfg, train, seed, input_size=prep.size, normalize=False)
+    dataset = ImageDataset(root, paths, targets, transform, channels, images)
+    batch_size = batch_size or cfg.train.batch_size
+    workers = default_workers() if cfg.train.num_workers is None else cfg.train.num_workers
+    sampler = None
+    if train and cfg.train.sampler == "imbalanced":
+        # labels passed in: torchsampler would otherwise read every image once just to learn its label
+        sampler = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=train and sampler is None,
+        drop_last=train and len(dataset) > batch_size,  # no 1-image BatchNorm batch
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=max(2, 4 // workers) if workers > 0 else None,
+        worker_init_fn=seed_worker if workers > 0 else None,
+    )
+    augment = BatchAugment(device_augment, seed, len(cpu_augment)) if device_augment else None
+    return DeviceLoader(loader, data_cfg, channels, device, augment, cfg.train.channels_last)
