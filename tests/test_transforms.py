@@ -36,3 +36,28 @@ def test_a_wrong_argument_name_is_an_error_not_a_silent_no_op():
 def test_an_unknown_transform_suggests_names():
     with pytest.raises(UserError, match=r"no transform 'HorizontalFlp'.*HorizontalFlip"):
         build_transform([{"HorizontalFlp": {}}], CLIP, train=True)
+
+
+# ---- the size of the images received: foldvision.cache hands them over resized already ----------------
+
+SIZE16 = {"size": 16, "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+CROP = [{"RandomCrop": {"height": 16, "width": 16}}]
+
+
+def names(pipeline) -> list[str]:
+    return [type(t).__name__ for t in pipeline.transforms]
+
+
+def test_resize_first_for_images_of_any_size():
+    assert names(build_transform(CROP, SIZE16, train=True)) == ["Resize", "RandomCrop", "Normalize", "ToTensorV2"]
+
+
+def test_no_resize_for_images_already_at_the_input_size():
+    assert names(build_transform([], SIZE16, train=False, input_size=16)) == ["Normalize", "ToTensorV2"]
+
+
+def test_resize_last_for_a_cache_with_a_margin_and_uint8_out_without_normalize():
+    pipeline = build_transform(CROP, SIZE16, train=True, input_size=24, normalize=False)
+    assert names(pipeline) == ["RandomCrop", "Resize", "ToTensorV2"]
+    out = pipeline(image=np.zeros((24, 24, 3), np.uint8))["image"]
+    assert out.dtype == torch.uint8 and out.shape == (3, 16, 16)
