@@ -5,7 +5,7 @@
 #   DATA=path       shorthand for ARGS+="data.dir=path"
 #   FOLDS="0 2"     train only these folds
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
-#                   it per variant, e.g. <exp>--sampler=random
+#                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
 #
 # The stage targets are files: runs/<exp>/folds.csv, runs/<exp>/fold<k>/oof.csv, runs/<exp>/scores.json,

@@ -40,3 +40,24 @@ def test_gradient_accumulation_steps_every_n_batches():
     train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", torch.device("cpu")),
                     torch.device("cpu"), accumulate=2)
     assert len(steps) == 3  # after batches 2, 4 and the last one
+
+
+def test_progress_is_quiet_when_output_is_not_a_terminal():
+    from foldvision.engine import progress_bar
+
+    with progress_bar() as progress:  # pytest captures stderr: like a CI log, no per-batch bar is drawn
+        assert progress.disable
+
+
+def test_train_one_epoch_scores_its_own_batches():
+    torch.manual_seed(0)
+    loader = [(torch.randn(8, 4), torch.arange(8) % 3) for _ in range(3)]
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", torch.device("cpu")),
+                            torch.device("cpu"))
+    assert {"train_loss", "train_auc", "train_accuracy", "train_macro_f1", "train_log_loss", "lr",
+            "train_img_s"} <= set(stats)
+    assert 0 <= stats["train_accuracy"] <= 1 and 0 <= stats["train_auc"] <= 1
+    # with plain cross entropy the objective is the log loss of the batches' own predictions
+    assert stats["train_log_loss"] == pytest.approx(stats["train_loss"], rel=1e-5)

@@ -4,8 +4,9 @@
     python -m foldvision.ablate <exp> [key=value ...] --grid "train.sampler=imbalanced,random loss.name=cce,ce"
 
 The base is the experiment as configured (`runs/<exp>`, with any `key=value` given). A variant is named by
-what it changes from the base, e.g. `runs/<exp>--sampler=random--loss=ce`, so its run folder, W&B group and
-submission say what it is; the combination equal to the base is the base itself. Every variant is made with
+what it changes from the base, e.g. `runs/<exp>--sampler-random--loss-ce`, so its run folder, W&B group and
+submission say what it is ('=' cannot be used: make reads a target with '=' as a variable); the combination
+equal to the base is the base itself. Every variant is made with
 `make train predict` on the same corpus folds (the split depends only on the data and cv sections), so a
 variant that already ran is not run again and an interrupted one resumes where it stopped. W&B sweeps are not
 used: they need the W&B server, and grid ablations must run offline.
@@ -49,7 +50,7 @@ STAGES = ("train", "predict")
 
 @dataclass
 class Variant:
-    name: str  # the run folder's name: <exp>, or <exp>--<key>=<value>... for what differs from the base
+    name: str  # the run folder's name: <exp>, or <exp>--<key>-<value>... for what differs from the base
     overrides: list[str]  # key=value for the keys that differ from the base
     values: dict[str, str] = field(default_factory=dict)  # column label -> the value this variant runs with
 
@@ -84,13 +85,15 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
 
 
 def labels(keys: list[str]) -> dict[str, str]:
-    """Short column/name labels: the last part of each key ('sampler'), the whole key where two would clash."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last)}
+    """Short column/name labels: the last part of each key ('sampler'), the section for a name ('loss' for
+    loss.name), the whole key where two would clash."""
+    parts = [k.split(".") for k in keys]
+    short = [p[-2] if p[-1] == "name" and len(p) > 1 else p[-1] for p in parts]
+    return {k: s if short.count(s) == 1 else k for k, s in zip(keys, short)}
 
 
 def slug(raw: str) -> str:
-    """A value as it appears in a folder name: '[hflip,vflip]' -> 'hflip-vflip', '[]' -> 'none'."""
+    """A value as it appears in a folder (and make target) name: '[hflip,vflip]' -> 'hflip-vflip', '[]' -> 'none'."""
     return re.sub(r"[^\w.+-]+", "-", raw).strip("-") or "none"
 
 
@@ -109,7 +112,7 @@ def plan(exp: str, overrides: list[str], axes: list[tuple[str, list[str]]],
         pairs = [f"{key}={raw}" for key, raw in zip(keys, combo)]
         flat = flatten(to_dict(load_config(exp, [*overrides, *pairs], config_dir)))
         changed = [(key, raw) for key, raw in zip(keys, combo) if repr(flat[key]) != repr(base[key])]
-        name = exp + "".join(f"--{label[key]}={slug(raw)}" for key, raw in changed)
+        name = exp + "".join(f"--{label[key]}-{slug(raw)}" for key, raw in changed)
         variants.setdefault(name, Variant(name, [f"{key}={raw}" for key, raw in changed],
                                           {label[k]: short_value(flat[k]) for k in keys}))
     return list(variants.values())

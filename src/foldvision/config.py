@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.exp, args.overrides, args.configs)
     run_dir = args.run_dir or Path("runs") / cfg.name
-    cfg.name = run_dir.name  # an ablation variant (runs/<exp>--loss=ce) is an experiment of its own in W&B
+    cfg.name = run_dir.name  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
     save_run_config(cfg, run_dir)
     if args.print:
         sys.stdout.write(_dump(to_dict(cfg)))

@@ -95,7 +95,7 @@ class WandbTracker:
     def log_artifact(self, path: Path, name: str, kind: str) -> None:
         import wandb
 
-        # artifact names allow letters, digits, '-', '_' and '.': a variant such as 'x--loss=ce' becomes 'x--loss_ce'
+        # artifact names allow only letters, digits, '-', '_' and '.'
         artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", name), type=kind)
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)

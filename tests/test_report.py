@@ -1,0 +1,106 @@
+"""The report page: self-contained, and rendered by headless Chromium with its tables and images showing."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from foldvision.plots import PLOTS
+from foldvision.report import build
+from foldvision.report import main as report_main
+
+from conftest import make_corpus
+from fakes import scored_run
+from test_leaderboard import add_solution, write_submission
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Offline and quiet: no first-run UI, no background requests, no component or sync updates.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def find_browser() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium; installed here as `make browser` does when the test set-up did not (root + apt-get)."""
+    browser = find_browser()
+    if browser is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900, env=env)
+        browser = find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium and it cannot be installed here (needs root and apt-get: "
+                    "`apt-get install chromium`, or `make browser`)")
+    return browser
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    corpus = make_corpus(tmp / "bin", {"0": 12, "1": 8}, n_test=12)
+    add_solution(corpus)
+    run_dir = scored_run(tmp, "exp", corpus, skill=1.0, train={"sampler": "random"})
+    write_submission(tmp / "subs" / "exp.csv", corpus, seed=0)
+    report_main([str(run_dir), "--submission", str(tmp / "subs" / "exp.csv")])
+    return run_dir / "report.html"
+
+
+def test_report_is_one_self_contained_file(report):
+    html = report.read_text()
+    images = re.findall(r'<img alt="[^"]+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(PLOTS)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from anywhere
+    assert "<script" not in html and "<link" not in html
+    for heading in ("Scores", "Leaderboard", "Per class", "Learning curves", "Confusion matrix", "ROC", "Config"):
+        assert f">{heading}</h2>" in html
+    assert "Public auc" in html and "Private auc" in html
+    assert "train.sampler" in html and "random" in html  # the keys that differ from the defaults
+
+
+def render(browser: str, page, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *flags,
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+
+
+def test_chromium_shows_the_tables_and_images(report, chromium, tmp_path):
+    # the page has no script; a copy gets one that records what the browser laid out and decoded
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", """<script>
+window.addEventListener("load", () => document.body.setAttribute("data-seen", JSON.stringify({
+  tables: [...document.querySelectorAll("table")].map(t => [t.rows.length, t.offsetHeight]),
+  images: [...document.images].map(i => [i.alt, i.naturalWidth, i.offsetWidth, i.complete])})));
+</script></body>"""))
+    result = render(chromium, probe, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r'data-seen="([^"]+)"', result.stdout)
+    assert match, result.stdout[:2000]
+    seen = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert len(seen["tables"]) >= 5 and all(rows > 1 and height > 0 for rows, height in seen["tables"])
+    assert len(seen["images"]) == len(PLOTS)
+    for alt, natural_width, shown_width, complete in seen["images"]:
+        assert complete and natural_width > 100 and shown_width > 100, alt  # decoded and laid out
+
+    shot = tmp_path / "report.png"
+    result = render(chromium, report, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}")
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (2400, 1280)
+    assert (pixels < 240).any(axis=2).mean() > 0.05  # text, tables and plots, not a blank page
+    colours = {tuple(p) for p in pixels[::7, ::7].reshape(-1, 3)}
+    assert len(colours) > 100  # the plots' colours, not only black text on white
+
+
+def test_report_without_submission_or_ablation(tmp_path, binary_corpus):
+    run_dir = scored_run(tmp_path, "plain", binary_corpus)
+    html = build(run_dir)
+    assert ">Leaderboard</h2>" not in html and ">Ablation</h2>" not in html
+    assert html.count("data:image/png;base64,") == len(PLOTS)
