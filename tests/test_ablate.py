@@ -64,7 +64,8 @@ def test_comparison_table_against_the_base(tmp_path, binary_corpus):
     assert list(shown.columns) == ["experiment", "sampler", "OOF auc", "folds mean ± std", "Δ vs base", "train time"]
     assert shown.loc[0, "Δ vs base"] == "base" and shown.loc[1, "Δ vs base"].startswith(("+", "-"))
     write_tables(table, tmp_path / "runs" / "exp", "Ablation of exp")
-    assert pd.read_csv(tmp_path / "runs" / "exp" / "ablation.csv")["experiment"].tolist() == table["experiment"].tolist()
+    written = pd.read_csv(tmp_path / "runs" / "exp" / "ablation.csv")
+    assert written["experiment"].tolist() == table["experiment"].tolist()
     assert "| exp--sampler-random |" in (tmp_path / "runs" / "exp" / "ablation.md").read_text()
     with pytest.raises(UserError, match="has not finished"):
         comparison([*variants, Variant("exp--lr-1", [], {})], tmp_path / "runs", tmp_path / "subs")

@@ -54,8 +54,8 @@ def test_train_one_epoch_scores_its_own_batches():
     loader = [(torch.randn(8, 4), torch.arange(8) % 3) for _ in range(3)]
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", torch.device("cpu")),
-                            torch.device("cpu"))
+    cpu = torch.device("cpu")
+    stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", cpu), cpu)
     assert {"train_loss", "train_auc", "train_accuracy", "train_macro_f1", "train_log_loss", "lr",
             "train_img_s"} <= set(stats)
     assert 0 <= stats["train_accuracy"] <= 1 and 0 <= stats["train_auc"] <= 1

@@ -57,10 +57,10 @@ def corpus_table(experiments: list[Experiment], submissions: Path) -> tuple[str,
 
 
 def display(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    spread = [f"{m:.4f} ± {s:.4f}" for m, s in zip(table["folds_mean"], table["folds_std"])]
     shown = pd.DataFrame({"#": range(1, len(table) + 1), "experiment": table["experiment"],
                           f"OOF {metric}": table[f"oof_{metric}"].map("{:.4f}".format),
-                          "folds": table["folds"],
-                          "mean ± std": [f"{m:.4f} ± {s:.4f}" for m, s in zip(table["folds_mean"], table["folds_std"])]})
+                          "folds": table["folds"], "mean ± std": spread})
     for column in table.columns:
         if column.startswith(("public_", "private_", "test_")):
             part, lb_metric = column.split("_", 1)

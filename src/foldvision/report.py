@@ -127,8 +127,8 @@ def _fmt(value: float, digits: int = 4) -> str:
 def scores_table(scores: dict) -> dict:
     rows = [{"": f"fold {f['fold']}", "n": f["n"], **{m: _fmt(f[m]) for m in METRICS}} for f in scores["folds"]]
     spread = {m: np.array([f[m] for f in scores["folds"]], dtype=float) for m in METRICS}
-    rows.append({"": "mean ± std", "n": "", **{m: f"{_fmt(np.mean(v))} ± {_fmt(np.std(v, ddof=1) if len(v) > 1 else 0)}"
-                                              for m, v in spread.items()}})
+    std = {m: np.std(v, ddof=1) if len(v) > 1 else 0.0 for m, v in spread.items()}
+    rows.append({"": "mean ± std", "n": "", **{m: f"{_fmt(np.mean(v))} ± {_fmt(std[m])}" for m, v in spread.items()}})
     rows.append({"": "OOF", "n": scores["n"], **{m: _fmt(scores["oof"][m]) for m in METRICS}})
     return _table(pd.DataFrame(rows), strong=(len(rows) - 1,))
 
