@@ -61,7 +61,7 @@ def test_comparison_table_against_the_base(tmp_path, binary_corpus):
     assert table["delta_vs_base"].tolist() == pytest.approx([0.0, variant_auc - base_auc])
     assert table.loc[1, "train_seconds"] == pytest.approx(2 * (1.5 + 2.5))
     shown = display(table)
-    assert list(shown.columns) == ["experiment", "sampler", "OOF auc", "folds mean ± std", "Δ vs base", "train time"]
+    assert list(shown.columns) == ["experiment", "sampler", "OOF auc", "folds mean ± std", "Δ vs base", "wall time"]
     assert shown.loc[0, "Δ vs base"] == "base" and shown.loc[1, "Δ vs base"].startswith(("+", "-"))
     write_tables(table, tmp_path / "runs" / "exp", "Ablation of exp")
     written = pd.read_csv(tmp_path / "runs" / "exp" / "ablation.csv")

@@ -46,6 +46,8 @@ from foldvision.results import (
 )
 
 STAGES = ("train", "predict")
+FOOTNOTE = ("OOF: the whole out-of-fold set scored at once; folds: the per-fold scores; Δ: OOF minus the base's; "
+            "wall time: training and validation of every fold (fold<k>/history.csv).")
 
 
 @dataclass
@@ -164,7 +166,7 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
             part, lb_metric = column.split("_", 1)
             shown[f"{part.capitalize()} {lb_metric}"] = table[column].map(
                 lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    shown["train time"] = table["train_seconds"].map(format_seconds)
+    shown["wall time"] = table["train_seconds"].map(format_seconds)
     return shown
 
 
@@ -179,11 +181,13 @@ def print_table(table: pd.DataFrame, title: str) -> None:
     for i, row in enumerate(shown.itertuples(index=False)):
         rich.add_row(*(f"[bold]{v}" if i == best else str(v) for v in row))
     print_wide(rich)
+    console.print(f"[dim]{FOOTNOTE}[/]")
 
 
 def write_tables(table: pd.DataFrame, run_dir: Path, title: str) -> None:
     write_atomic(run_dir / "ablation.csv", lambda tmp: table.to_csv(tmp, index=False))
-    write_text_atomic(run_dir / "ablation.md", f"# {title}\n\n{display(table).to_markdown(index=False)}\n")
+    write_text_atomic(run_dir / "ablation.md", f"# {title}\n\n{display(table).to_markdown(index=False)}\n\n"
+                                               f"{FOOTNOTE}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
