@@ -186,8 +186,8 @@ def print_table(table: pd.DataFrame, title: str) -> None:
 
 def write_tables(table: pd.DataFrame, run_dir: Path, title: str) -> None:
     write_atomic(run_dir / "ablation.csv", lambda tmp: table.to_csv(tmp, index=False))
-    write_text_atomic(run_dir / "ablation.md", f"# {title}\n\n{display(table).to_markdown(index=False)}\n\n"
-                                               f"{FOOTNOTE}\n")
+    markdown = display(table).to_markdown(index=False, disable_numparse=True)  # keep '0.9100' as shown
+    write_text_atomic(run_dir / "ablation.md", f"# {title}\n\n{markdown}\n\n{FOOTNOTE}\n")
 
 
 def main(argv: list[str] | None = None) -> None:

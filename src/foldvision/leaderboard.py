@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in shown.itertuples(index=False):
             rich.add_row(*map(str, row))
         print_wide(rich)
-        markdown += [f"## {title}", "", shown.to_markdown(index=False), ""]
+        markdown += [f"## {title}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
     if pending:
         console.print(f"[dim]not scored yet: {', '.join(pending)}[/]")
     everything = pd.concat([table for _, _, table in boards], ignore_index=True)

@@ -57,10 +57,12 @@ def learning_curves(histories: dict[int, pd.DataFrame], metric: str) -> Figure:
                 ax.plot(history["epoch"], history[train_col], "o-", color=colour, ms=4)
             if val_col and val_col in history:
                 ax.plot(history["epoch"], history[val_col], "s--", color=colour, ms=4)
+    last = max((int(h["epoch"].max()) for h in histories.values() if len(h)), default=1)
     for ax, title in zip(axes, ("log loss", metric, "learning rate (end of epoch)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)  # one or two epochs still get an epoch axis, not 0.95..1.05
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=f"C{k % 10}", lw=2, label=f"fold {k}") for k in sorted(histories)]
     handles += [Line2D([], [], color="grey", ls="-", marker="o", label="train"),

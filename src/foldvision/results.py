@@ -142,6 +142,8 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     except UserError:  # a submission for another test set, or a solution we cannot read: no score, no crash
         return "", {}
     parts = {k.lower(): v for k, v in results.items() if k != "all"} or {"test": results["all"]}
+    order = {"public": 0, "private": 1}  # as a competition shows them
+    parts = dict(sorted(parts.items(), key=lambda item: order.get(item[0], 2)))
     names = [k for k in results["all"] if k != "n"]
     chosen = metric if metric in names else names[0]
     return chosen, {part: float(values[chosen]) for part, values in parts.items()}
