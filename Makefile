@@ -7,6 +7,7 @@
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
 #                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
+#   BENCH="--steps 40"  make bench: timed steps per loop (default 20) and --tta-images (default 256)
 #
 # The stage targets are files: runs/<exp>/folds.csv, runs/<exp>/fold<k>/oof.csv, runs/<exp>/scores.json,
 # submissions/<exp>.csv. Each user target first resolves the config (`foldvision config` rewrites
@@ -20,6 +21,7 @@ SHELL := bash
 EXP ?= digits
 NAME ?= $(EXP)
 GRID ?=
+BENCH ?=
 ARGS ?=
 DATA ?=
 FOLDS ?=
@@ -44,7 +46,7 @@ ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv check folds train score predict ablate leaderboard report demo browser test clean-run FORCE
+.PHONY: help venv check folds train score predict ablate leaderboard report bench demo browser test clean-run FORCE
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
@@ -80,6 +82,9 @@ leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Publ
 
 report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on one self-contained page
 	@$(MAKE) --no-print-directory $(RUN)/report.html $(PASS)
+
+bench: | $(INSTALLED)  ## img/s of EXP on DATA: model-only limit, cached loop cold/warm, textbook loop, TTA vs ttach
+	@$(PY) -m foldvision.bench $(EXP) $(OVERRIDES) --configs $(CONFIGS) $(BENCH)
 
 demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
 	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"

@@ -13,10 +13,10 @@ every later epoch, fold, experiment and the predict stage with the same preproce
         .lock        held while the cache is brought up to date, so two runs never build the same records
 
 An image whose file size or mtime changed is decoded again into its own record; new images get new records;
-nothing else is touched. Records are read with `os.pread` into a fresh array rather than through a memmap:
+nothing else is touched. Records are read with `os.preadv` straight into a fresh array, not through a memmap:
 pages of a mapped file count towards the reading process's resident memory until the kernel drops them, so
-a memmap makes RSS grow with the corpus, while pread leaves the bytes in the kernel's page cache and keeps
-each process's memory flat. A pread of one record costs microseconds; a decode costs milliseconds.
+a memmap makes RSS grow with the corpus, while a read leaves the bytes in the kernel's page cache and keeps
+each process's memory flat. Reading one record costs microseconds; a decode costs milliseconds.
 
 Train and test images of a corpus share one cache per preprocessing (their paths are relative to the corpus
 folder). `data.cache: false` decodes and resizes on the fly instead, with the same function.
@@ -108,10 +108,10 @@ class CachedImages:
     def __getitem__(self, rel: str) -> np.ndarray:
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.pixels, os.O_RDONLY), os.getpid()
-        data = os.pread(self._fd, self.record, self.rows[rel] * self.record)
-        if len(data) != self.record:
+        image = np.empty(self.prep.shape, dtype=np.uint8)
+        if os.preadv(self._fd, [image], self.rows[rel] * self.record) != self.record:  # straight into the array
             raise UserError(f"{self.pixels}: record of '{rel}' is cut short; delete {self.pixels.parent} to rebuild")
-        return np.frombuffer(bytearray(data), dtype=np.uint8).reshape(self.prep.shape)
+        return image
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None, "_pid": None}

@@ -11,6 +11,7 @@
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
     foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
     foldvision plots runs/<exp>                 the report's plots as PNG files
+    foldvision bench <exp> [key=value ...]      img/s: model-only limit, cached loop, textbook loop, TTA vs ttach
     foldvision demo-data inputs/digits          build the built-in demo corpus
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
@@ -36,6 +37,7 @@ COMMANDS = {
     "leaderboard": "foldvision.leaderboard",
     "report": "foldvision.report",
     "plots": "foldvision.plots",
+    "bench": "foldvision.bench",
     "demo-data": "foldvision.demo",
 }
 

@@ -118,7 +118,7 @@ class LossConfig:
 @dataclass
 class PredictConfig:
     tta: list = field(default_factory=lambda: ["hflip", "vflip", "rot90"])  # TTA_VIEWS; [] for none
-    batch_size: int = 64  # images per forward pass (each carries all its TTA views)
+    batch_size: int = 64  # images per forward pass, TTA views included: a batch holds 64 / views test images
     value: Literal["auto", "probability", "label"] = "auto"  # what the submission holds; auto: from the sample
     decision: Literal["oof", "argmax"] = "oof"  # labels: threshold/prior correction fitted on OOF, or plain argmax
 

@@ -54,8 +54,11 @@ def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
     with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
+        # every view of a batch goes through one forward pass of predict.batch_size images: the memory of a
+        # pass does not grow with the number of views
+        views = len(tta_compose(cfg.predict.tta))
         loader = create_loader(cfg, ckpt["data_config"], device, test_dir, test["path"], None, train=False,
-                               batch_size=cfg.predict.batch_size, progress=progress)
+                               batch_size=max(1, cfg.predict.batch_size // views), progress=progress)
         probs = predict(model, loader, amp, device, forward=tta_forward(cfg.predict.tta), progress=progress,
                         description=f"fold {fold} test")
     frame = pd.concat([test[["id"]], pd.DataFrame(probs, columns=columns)], axis=1)
