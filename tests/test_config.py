@@ -51,6 +51,14 @@ def test_wrong_type_and_choice_are_errors(tmp_path):
         load_config(str(path), ["train=3"])
 
 
+def test_bare_off_is_the_choice_not_a_boolean(tmp_path):
+    """YAML 1.1 reads `off` as false: train.amp=off (as the README writes it) must still mean "off"."""
+    assert load_config(str(write(tmp_path / "exp.yaml", {})), ["train.amp=off"]).train.amp == "off"
+    assert load_config(str(write(tmp_path / "amp.yaml", {"train": {"amp": False}}))).train.amp == "off"
+    with pytest.raises(UserError, match=r"'train.sampler' must be imbalanced \| random, got False"):
+        load_config(str(tmp_path / "exp.yaml"), ["train.sampler=off"])
+
+
 def test_ranger21_with_external_scheduler_is_refused(tmp_path):
     path = write(tmp_path / "exp.yaml", {"train": {"optimizer": "ranger21", "scheduler": "cosine"}})
     with pytest.raises(UserError, match="disable_lr_scheduler"):

@@ -203,6 +203,8 @@ def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
                 raise UserError(f"{source}: '{dotted}' is a section; give its keys ({dotted}.<key>=...)")
             _merge(current, value, source, dotted + ".")
             continue
+        if isinstance(value, bool) and not _type_ok(value, hints[key]) and _type_ok("off", hints[key]):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on (train.amp=off) as a boolean
         if not _type_ok(value, hints[key]):
             raise UserError(
                 f"{source}: '{dotted}' must be {_describe(hints[key])}, got {value!r}"
