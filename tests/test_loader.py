@@ -87,3 +87,22 @@ def test_a_cache_size_below_the_input_size_is_refused(tmp_path):
     with pytest.raises(Exception, match="data.cache_size=8 is below the input size 16"):
         create_loader(cfg, {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3},
                       torch.device("cpu"), tmp_path, [], [], train=True)
+
+
+def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_again(tmp_path):
+    """What resuming a fold relies on: the same torch seed and epoch seed give the same batches."""
+    corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, size=20)
+    cfg = Config()
+    cfg.data.cache_dir, cfg.train.num_workers, cfg.train.batch_size = str(tmp_path / "cache"), 1, 4
+    cfg.augment.train = [{"RandomBrightnessContrast": {"p": 1.0}}]  # stays on the CPU, in the worker
+    data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    paths = [f"train/{c}_00{i}.png" for c in "ab" for i in range(6)]
+    loader = create_loader(cfg, data_cfg, torch.device("cpu"), corpus, paths, [0] * 6 + [1] * 6, train=True)
+
+    def epoch(seed):
+        torch.manual_seed(seed)
+        loader.set_epoch(seed)
+        return torch.cat([images for images, _ in loader])
+
+    first, other, again = epoch(7), epoch(8), epoch(7)
+    assert torch.equal(first, again) and not torch.equal(first, other)

@@ -5,8 +5,8 @@
     which also overlaps the copy with compute on CUDA) -> flips/rot90 drawn per image -> channels_last
 
 Set for the machine: one worker per spare core (the main process runs the model), at most 8, or none when a
-CPU trains on cached images with nothing to do per item; workers stay alive between epochs; pinned memory on
-CUDA; at least four batches in flight. uint8 batches are a quarter of
+CPU trains on cached images with nothing to do per item; workers stay alive between epochs unless they draw
+random augmentations; pinned memory on CUDA; at least four batches in flight. uint8 batches are a quarter of
 the bytes of float ones, and the per-pixel float work (Normalize) happens where the model runs.
 """
 
@@ -169,7 +169,10 @@ def create_loader(cfg: Config, data_cfg: dict, device: torch.device, root: Path,
         shuffle=train and sampler is None,
         drop_last=train and len(dataset) > batch_size,  # no 1-image BatchNorm batch
         num_workers=workers,
-        persistent_workers=workers > 0,
+        # workers that apply random CPU augmentations start afresh each epoch: seed_worker then seeds them from
+        # the epoch's torch seed, so a resumed epoch draws what the uninterrupted one drew (persistent workers
+        # would carry on their own streams); the others live as long as the loader
+        persistent_workers=workers > 0 and not (train and cpu_augment),
         pin_memory=device.type == "cuda",
         prefetch_factor=max(2, 4 // workers) if workers > 0 else None,
         worker_init_fn=seed_worker if workers > 0 else None,
