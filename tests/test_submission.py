@@ -42,6 +42,19 @@ def test_multiclass_probability_columns_in_the_samples_order(tmp_path):
     assert out.iloc[0, 1:].tolist() == pytest.approx([0.2, 0.5, 0.3])  # x: owl, cat, dog
 
 
+def test_headerless_multiclass_probability_columns_follow_the_class_order(tmp_path):
+    path = tmp_path / "sample_submit.csv"
+    path.write_text("y,0.3,0.3,0.4\nx,0.1,0.2,0.7\n")
+    s = pd.read_csv(path, header=None, dtype=str)
+    s.columns = [f"column{i}" for i in range(4)]  # as data.read_sample names a headerless sample's columns
+    classes = ["cat", "dog", "owl"]
+    fmt = infer_format(s, path, classes, "auc", header=False)
+    assert (fmt.kind, fmt.classes) == ("classes", classes)
+    out = build(s, fmt, ["x", "y"], np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]), classes)
+    write(out, tmp_path / "sub.csv", fmt)
+    assert (tmp_path / "sub.csv").read_text().splitlines() == ["y,0.5,0.3,0.2", "x,0.1,0.2,0.7"]
+
+
 def test_label_names(tmp_path):
     s, path = sample(tmp_path / "s.csv", pd.DataFrame({"file_name": ["p", "q"], "species": "cat"}))
     classes = ["cat", "dog", "owl"]

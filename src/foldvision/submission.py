@@ -83,9 +83,9 @@ def build(sample: pd.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, 
         raise UserError("predicted probabilities are not all finite and within [0, 1]; the models diverged")
     out = pd.DataFrame({fmt.id_col: sample[fmt.id_col]})
     col = {c: i for i, c in enumerate(classes)}
-    if fmt.kind == "classes":
-        for name in fmt.columns:
-            out[name] = probs[:, col[name]]
+    if fmt.kind == "classes":  # a headerless sample's columns are named column1...: fmt.classes maps them
+        for name, cls in zip(fmt.columns, fmt.classes):
+            out[name] = probs[:, col[cls]]
     elif fmt.kind == "probability":
         out[fmt.columns[0]] = probs[:, col[fmt.classes[0]]]
     else:
