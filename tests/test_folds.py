@@ -35,6 +35,8 @@ def test_groups_never_span_folds():
 def test_a_class_smaller_than_k_names_the_class_and_a_k_that_works():
     with pytest.raises(UserError, match=r"class 'rare' has 3 images, fewer than cv.n_folds=5.*cv.n_folds=3"):
         assign_folds(["common"] * 20 + ["rare"] * 3, None, 5, seed=0)
+    with pytest.raises(UserError, match=r"class 'lone' has 1 image, .*no K works.*add images of 'lone'"):
+        assign_folds(["common"] * 20 + ["lone"], None, 5, seed=0)
 
 
 def test_split_is_written_once_beside_the_data_and_reused(tmp_path):

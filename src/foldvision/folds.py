@@ -33,9 +33,11 @@ def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed
     small = counts[counts < n_folds]
     if len(small):
         name, n = small.index[-1], int(small.iloc[-1])
+        fix = (f"use cv.n_folds={n} or add images" if n >= 2 else
+               f"no K works for a class of one image: add images of '{name}' or drop its row")
         raise UserError(
-            f"class '{name}' has {n} images, fewer than cv.n_folds={n_folds} "
-            f"({len(small)} such classes): use cv.n_folds={max(2, int(small.min()))} or add images"
+            f"class '{name}' has {n} image{'s' * (n != 1)}, fewer than cv.n_folds={n_folds} "
+            f"({len(small)} such classes): {fix}"
         )
     y = np.asarray(labels)
     if groups is None:
