@@ -90,3 +90,12 @@ def test_missing_image_names_the_row(tmp_path):
     (tmp_path / "train" / "b.png").unlink()
     with pytest.raises(UserError, match=r"train.csv row 3: no image for id 'b'"):
         read_train(cfg)
+
+
+def test_class_folders_in_the_corpus_folder_beside_test_and_hidden_folders(tmp_path):
+    """ImageFolder style right in data.dir: test/ and hidden folders (.cache) are not classes."""
+    for folder in ("ant", "bee", "test", ".cache", "bee/.ipynb_checkpoints"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "0.png")
+    c = read_train(DataConfig(dir=str(tmp_path)))
+    assert c.classes == ["ant", "bee"] and c.table["path"].tolist() == ["ant/0.png", "bee/0.png"]

@@ -71,15 +71,20 @@ def _pick_column(table: pd.DataFrame, given: str | None, names: tuple[str, ...],
 
 
 class ImageIndex:
-    """Every image file under a folder, found by relative path, by path without extension, or by file name."""
+    """Every image file under a folder, found by relative path, by path without extension, or by file name.
 
-    def __init__(self, folder: Path, base: Path | None = None):
+    Hidden folders (.cache, .ipynb_checkpoints) and the folder `exclude` (the test images, when the class
+    folders sit right in the corpus folder beside test/) are not searched.
+    """
+
+    def __init__(self, folder: Path, base: Path | None = None, exclude: Path | None = None):
         if not folder.is_dir():
             raise UserError(f"image folder {folder} not found: check data.dir and the folder name in the config")
         self.folder = folder
         self.prefix = folder.relative_to(base).as_posix() + "/" if base is not None and folder != base else ""
         self.by_key: dict[str, str | None] = {}
-        for root, _, files in os.walk(folder):
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d) != exclude)
             for name in sorted(files):
                 if not name.lower().endswith(IMAGE_EXTENSIONS) or name.startswith("."):
                     continue
@@ -173,7 +178,7 @@ def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
     lay = layout.resolve(cfg)
     if lay.inferred:
         console.print(f"[dim]layout: {lay.describe()}[/]")
-    index = ImageIndex(lay.train_dir, lay.root)
+    index = ImageIndex(lay.train_dir, lay.root, exclude=lay.test_dir)
     if lay.train_table is not None:
         out, where = _rows_from_table(cfg, lay.train_table, index), lay.train_table
     else:
