@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from foldvision.config import load_config, save_run_config
+from foldvision.errors import UserError
 from foldvision.folds import run as make_folds
 from foldvision.predict import main as predict_main
 from foldvision.score import run as score_run
@@ -75,6 +76,14 @@ def tracked_run(tmp_path_factory):
 def test_offline_by_default_and_never_online_in_tests():
     assert os.environ["WANDB_MODE"] == "offline" and wandb_mode() == "offline"
     assert isinstance(create_tracker("none", Path("."), "x", "train", {}), NoTracker)
+
+
+def test_an_empty_wandb_mode_means_unset_and_an_unknown_one_is_named(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "")
+    assert wandb_mode() == "offline" and "WANDB_MODE" not in os.environ  # wandb itself fails on ''
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(UserError, match="WANDB_MODE='ofline' is not a W&B mode"):
+        wandb_mode()
 
 
 def test_one_run_per_fold_then_oof_then_predict(tracked_run):

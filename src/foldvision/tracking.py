@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from foldvision.errors import UserError
+
 
 class NoTracker:
     """Used with `tracking: none`: accepts everything, records nothing."""
@@ -44,9 +46,23 @@ def _logged_in() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.Settings accepts
+
+
 def wandb_mode() -> str:
-    """The user's WANDB_MODE if set, else online when logged in, else offline."""
-    return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
+    """The user's WANDB_MODE if set, else online when logged in, else offline.
+
+    wandb reads WANDB_MODE itself too, and fails deep inside its settings on an empty or unknown value: an
+    empty one is dropped here (unset), an unknown one is the user's error, named before any training.
+    """
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and not mode.strip():
+        del os.environ["WANDB_MODE"]
+        mode = None
+    if mode is not None and mode not in WANDB_MODES:
+        raise UserError(f"WANDB_MODE={mode!r} is not a W&B mode ({', '.join(WANDB_MODES)}); "
+                        "unset it to run offline unless logged in, or use tracking=none")
+    return mode or ("online" if _logged_in() else "offline")
 
 
 class WandbTracker:
