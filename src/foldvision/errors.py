@@ -14,6 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 class UserError(Exception):
     """A problem the user can fix; the message says what and how."""
 
@@ -33,6 +37,7 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; the renamed file gets open()'s usual mode
     os.close(fd)
     try:
         yield Path(tmp)
