@@ -146,11 +146,11 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                           "state": state, "config": train_config}
                 write_atomic(last_path, lambda tmp: torch.save(resume, tmp))
                 tracker.log(row, step=epoch + 1)
+                accuracy = "" if metric == "accuracy" else f"  acc {scores['accuracy']:.4f}"
                 console.print(
                     f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
-                    f"val_loss {scores['log_loss']:.4f}  {metric} {scores[metric]:.4f}"
-                    f"{' *' if improved else ''}  acc {scores['accuracy']:.4f}  "
-                    f"lr {stats['lr']:.2e}  {stats['train_img_s']:.0f} img/s"
+                    f"val_loss {scores['log_loss']:.4f}  {metric} {scores[metric]:.4f}{' *' if improved else ''}"
+                    f"{accuracy}  lr {stats['lr']:.2e}  {stats['train_img_s']:.0f} img/s"
                 )
         if not best_path.is_file():
             raise UserError(f"fold {fold}: no epoch gave a finite {metric}; check the labels of this fold")
