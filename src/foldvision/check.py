@@ -96,7 +96,7 @@ def run(run_dir: Path) -> int:
                           f"delete {folds_path} and re-split with data.group_col set")
 
     facts = inspect_all(corpus.image_dir, table["path"].tolist(), cfg.data.max_image_pixels)
-    test = read_test(cfg.data)
+    test = read_test(cfg.data, verify=False)  # every image is decoded below: all unreadable ones listed
     test_facts = inspect_all(test.image_dir, test.table["path"].tolist(), cfg.data.max_image_pixels) if test else []
     for f in facts + test_facts:
         if f.error:
@@ -118,8 +118,13 @@ def run(run_dir: Path) -> int:
         labels = table["label"].tolist()
         conflicting = [rows for rows in copies if len({labels[i] for i in rows}) > 1]
         ids = table["id"].tolist()
+        folds = table["fold"].tolist() if "fold" in table else None
+        # a copy in another fold is validated on while its twin is trained on: the OOF score is inflated
+        across = [rows for rows in copies if folds is not None and len({folds[i] for i in rows}) > 1]
         warnings.append(f"{sum(len(r) for r in copies)} train images are copies of another ({len(copies)} groups, "
-                        f"e.g. {', '.join(ids[i] for i in copies[0][:3])}); {len(conflicting)} groups disagree on the label")
+                        f"e.g. {', '.join(ids[i] for i in copies[0][:3])}); {len(conflicting)} groups disagree on "
+                        f"the label; {len(across)} groups span folds (a CV leak: drop the copies, or give each "
+                        "group one id in a data.group_col column)")
     leaks = [f for f in test_facts if f.digest in by_digest]
     if leaks:
         warnings.append(f"leak: {len(leaks)} test images are byte-identical to train images "
