@@ -8,9 +8,10 @@ steps × batch_size training images in a fixed shuffle; the first --tta-images t
 per figure as `name: value`:
 
     model_only_img_s    training steps on one synthetic batch already on the device: the limit of this model here
+                        (median of --repeats runs, alternating with the warm loop's)
     train_cold_img_s    foldvision's loop (sampler, augmentations, AMP, device batches) with an empty cache:
                         filling the cache is part of the time
-    train_warm_img_s    the same with the cache filled
+    train_warm_img_s    the same with the cache filled (median of --repeats epochs)
     textbook_img_s      the loop the seeds wrote: PIL decode + torchvision transforms + a DataLoader, every epoch
     tta_img_s           test prediction with 4 TTA views (hflip × vflip) in one forward pass per batch (median
                         of 3 passes over the same cached images)
@@ -30,6 +31,7 @@ import os
 import resource
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +178,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def bench(cfg: Config, steps: int, tta_images: int) -> dict[str, float]:
+def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[str, float]:
     corpus = read_train(cfg.data)
     batch = cfg.train.batch_size
     n_images = steps * batch
@@ -200,25 +202,36 @@ def bench(cfg: Config, steps: int, tta_images: int) -> dict[str, float]:
                   f"images of {cfg.data.dir}), amp {amp.mode}, channels_last {cfg.train.channels_last}, compile "
                   f"{cfg.train.compile}, textbook loader workers {loader_workers(cfg, device)}, TTA forward passes "
                   f"of {cfg.predict.batch_size}, {os.cpu_count()} cores, device {device}")
-    figures = {"model_only_img_s": model_only(net, cfg, data_cfg, len(corpus.classes), optimizer, loss_fn, amp,
-                                              device, steps)}
-
-    textbook_ds = TextbookDataset(corpus.image_dir, rows["path"], targets,
-                                  textbook_transform(cfg.augment.train, data_cfg, train=True), cfg.data.channels)
-    loader = textbook_loader(textbook_ds, batch, True, loader_workers(cfg, device))  # workers as for decoding
-    textbook_s, seen = timed(lambda: textbook_epoch(textbook_model, loader,
-                                                    loss_fn, textbook_optimizer, amp, device))
-    figures["textbook_img_s"] = seen / textbook_s
-    del textbook_model, textbook_optimizer
-
+    figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as cache_dir:
         cfg.data.cache_dir = cache_dir  # an empty cache: the cold run fills it
-        for phase in ("cold", "warm"):
-            def run_epoch():
+
+        def run_epoch() -> float:
+            """img/s of one epoch of foldvision's loop, the loader's set-up (and cache fill) included."""
+            def epoch():
                 loader = create_loader(cfg, data_cfg, device, corpus.image_dir, rows["path"], targets, train=True)
                 return train_one_epoch(net, loader, loss_fn, optimizer, None, amp, device, cfg.train.accumulate)
-            seconds, stats = timed(run_epoch)
-            figures[f"train_{phase}_img_s"] = (len(rows) // batch) * batch / seconds
+            return (len(rows) // batch) * batch / timed(epoch)[0]
+
+        figures["train_cold_img_s"] = run_epoch()
+        # The limit and the warm loop, alternating, each the median of `repeats` runs: a 2-core machine's speed
+        # drifts by ±10% over a minute, which a single pair of runs would read as a loader gap (or a gain).
+        limit, warm = [], []
+        for _ in range(repeats):
+            limit.append(model_only(net, cfg, data_cfg, len(corpus.classes), optimizer, loss_fn, amp, device, steps))
+            warm.append(run_epoch())
+        figures["model_only_img_s"], figures["train_warm_img_s"] = float(np.median(limit)), float(np.median(warm))
+
+        plain = copy.deepcopy(cfg)  # the textbook's kernels warmed up too (its own memory format): untimed
+        plain.train.channels_last = False
+        model_only(textbook_model, plain, data_cfg, len(corpus.classes), textbook_optimizer, loss_fn, amp, device, 1)
+        textbook_ds = TextbookDataset(corpus.image_dir, rows["path"], targets,
+                                      textbook_transform(cfg.augment.train, data_cfg, train=True), cfg.data.channels)
+        loader = textbook_loader(textbook_ds, batch, True, loader_workers(cfg, device))  # workers as for decoding
+        textbook_s, seen = timed(partial(textbook_epoch, textbook_model, loader, loss_fn, textbook_optimizer, amp,
+                                         device))
+        figures["textbook_img_s"] = seen / textbook_s
+        del textbook_model, textbook_optimizer, loader
 
         test = read_test(cfg.data)
         if test is None:
@@ -281,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of experiment configs")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed loop")
     parser.add_argument("--tta-images", type=int, default=256, help="test images for the TTA timings")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of the model-only limit and of the warm loop, alternating; the median is printed")
     parser.add_argument("--textbook-folds", action="store_true",
                         help="train the folds of the run folder EXP the textbook way and print the seconds")
     parser.add_argument("--fold", type=int, nargs="+", help="with --textbook-folds: only these folds")
@@ -289,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         textbook_folds(Path(args.exp), args.fold)
         return
     cfg = load_config(args.exp, args.overrides, args.configs)
-    figures = bench(cfg, args.steps, args.tta_images)
+    figures = bench(cfg, args.steps, args.tta_images, args.repeats)
     for name in ORDER:
         value = figures[name]
         out.print(f"{name}: {value:.0f}" if name == "peak_rss_mb" else
