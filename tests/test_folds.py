@@ -7,7 +7,7 @@ import pytest
 
 from foldvision.config import load_config
 from foldvision.errors import UserError
-from foldvision.folds import assign_folds, corpus_folds, default_folds_path, run
+from foldvision.folds import assign_folds, default_folds_path, run
 from foldvision.config import save_run_config
 
 from conftest import make_corpus, write_config

@@ -5,7 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from foldvision.config import ModelConfig, TrainConfig, load_config
+from foldvision.config import ModelConfig, load_config
 from foldvision.engine import Amp, train_one_epoch
 from foldvision.errors import UserError
 from foldvision.losses import create_loss

@@ -32,7 +32,7 @@ import pandas as pd
 from rich.table import Table
 
 from foldvision.config import CONFIG_DIR, load_config, to_dict
-from foldvision.console import console
+from foldvision.console import console, print_wide
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.results import (
     find_solution,
@@ -41,7 +41,6 @@ from foldvision.results import (
     higher_is_better,
     leaderboard_scores,
     load,
-    print_wide,
     short_value,
 )
 

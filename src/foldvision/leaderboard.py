@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from foldvision.console import console
+from foldvision.console import console, print_wide
 from foldvision.errors import write_atomic, write_text_atomic
 from foldvision.results import (
     Experiment,
@@ -30,7 +30,6 @@ from foldvision.results import (
     higher_is_better,
     leaderboard_scores,
     load_all,
-    print_wide,
     short_value,
 )
 

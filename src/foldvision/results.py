@@ -14,10 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from rich.console import Console
-from rich.table import Table
 
-from foldvision.console import out
 from foldvision.errors import UserError
 from foldvision.evaluate import evaluate
 from foldvision.metrics import LOWER_IS_BETTER
@@ -27,8 +24,6 @@ from foldvision.metrics import LOWER_IS_BETTER
 SOLUTION_NAMES = ("solution.csv", "test_labels.csv")
 # Config keys that differ between any two experiments by definition.
 IGNORED_KEYS = ("name",)
-# Width of printed tables when stdout is not a terminal (CI logs, files): rich would squeeze them into 80.
-LOG_WIDTH = 240
 
 
 @dataclass
@@ -158,11 +153,3 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes}m {seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
-
-
-def print_wide(table: Table) -> None:
-    """A result table on stdout, at full width also when stdout is a log file."""
-    if out.is_terminal:
-        out.print(table)
-    else:
-        Console(file=out.file, width=LOG_WIDTH, soft_wrap=True).print(table)

@@ -18,7 +18,7 @@ import pandas as pd
 from rich.table import Table
 
 from foldvision.config import load_run_config, to_dict
-from foldvision.console import out as console
+from foldvision.console import print_wide
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.metrics import confusion, per_class, resolve_metric, score, task_of
 from foldvision.tracking import create_tracker
@@ -78,7 +78,7 @@ def print_scores(scores: dict) -> None:
     spread = {n: np.array([f[n] for f in scores["folds"]]) for n in names}
     table.add_row("mean ± std", *(f"{spread[n].mean():.4f} ± {spread[n].std(ddof=1):.4f}" for n in names))
     table.add_row("[bold]OOF", *(f"[bold]{scores['oof'][n]:.4f}" for n in names))
-    console.print(table)
+    print_wide(table)
     classes = Table(title="per class (OOF; mean ± std over folds)")
     for col in ("class", "n", "precision", "recall"):
         classes.add_column(col, justify="left" if col == "class" else "right")
@@ -86,7 +86,7 @@ def print_scores(scores: dict) -> None:
         classes.add_row(name, str(c["support"]),
                         f"{c['precision']:.3f} ({c['precision_mean']:.3f} ± {c['precision_std']:.3f})",
                         f"{c['recall']:.3f} ({c['recall_mean']:.3f} ± {c['recall_std']:.3f})")
-    console.print(classes)
+    print_wide(classes)
 
 
 def run(run_dir: Path) -> dict:
