@@ -14,7 +14,7 @@ import pandas as pd
 from foldvision.config import load_config, save_run_config
 from foldvision.folds import run as make_folds
 from foldvision.score import run as score_run
-from foldvision.train import oof_frame, read_split
+from foldvision.tables import oof_frame, read_split
 
 from conftest import write_config
 

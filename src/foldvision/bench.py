@@ -257,7 +257,7 @@ ORDER = ("model_only_img_s", "train_cold_img_s", "train_warm_img_s", "textbook_i
 def textbook_folds(run_dir: Path, folds: list[int] | None) -> None:
     """Train folds of `run_dir` (all by default) the textbook way: the experiment's epochs, a validation pass
     per epoch, nothing cached, nothing written."""
-    from foldvision.train import read_split
+    from foldvision.tables import read_split
 
     cfg = load_run_config(run_dir)
     table, classes = read_split(run_dir)

@@ -29,7 +29,7 @@ from foldvision.score import read_fold_oofs
 from foldvision.submission import build, infer_format, write
 from foldvision.tracking import create_tracker
 from foldvision.loader import create_loader
-from foldvision.train import prob_columns, read_split
+from foldvision.tables import prob_columns, read_split
 from foldvision.tta import tta_compose, tta_forward
 
 

@@ -21,8 +21,8 @@ from foldvision.config import load_run_config, to_dict
 from foldvision.console import print_wide
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.metrics import confusion, per_class, resolve_metric, score, task_of
+from foldvision.tables import prob_columns, read_split
 from foldvision.tracking import create_tracker
-from foldvision.train import prob_columns, read_split
 
 
 def read_fold_oofs(run_dir: Path, folds: list[int]) -> pd.DataFrame:

@@ -12,7 +12,6 @@ resume it after an interruption; it is deleted when the fold finishes.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from foldvision.losses import create_loss
 from foldvision.metrics import is_better, resolve_metric, score
 from foldvision.models import create_model, data_config
 from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
+from foldvision.tables import oof_frame, read_split
 from foldvision.tracking import create_tracker
 
 
@@ -37,27 +37,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def read_split(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    for name in ("folds.csv", "classes.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir / name} not found: run the folds stage first (make folds EXP={run_dir.name})")
-    table = pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False)
-    classes = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
-    table["fold"] = table["fold"].astype(int)
-    table["target"] = table["label"].map({c: i for i, c in enumerate(classes)})
-    return table, classes
-
-
-def prob_columns(classes: list[str]) -> list[str]:
-    return [f"prob_{c}" for c in classes]
-
-
-def oof_frame(ids: list[str], fold: int, labels: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """The OOF/test table layout: id, fold, label, prob_<class>..."""
-    frame = pd.DataFrame({"id": ids, "fold": fold, "label": labels})
-    return pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
 
 
 def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
