@@ -52,3 +52,14 @@ def test_per_class_mean_and_std_over_folds():
     assert entry["recall_mean"] == pytest.approx(np.mean(recalls))
     assert entry["recall_std"] == pytest.approx(np.std(recalls, ddof=1))
     assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}
+
+
+def test_the_score_stage_imports_no_torch():
+    """Scoring joins CSV files: it must not pay torch's, timm's and albumentations' imports (5 s per call)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "timm", "albumentations")
+    code = f"import sys, foldvision.score; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
