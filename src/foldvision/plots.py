@@ -29,6 +29,7 @@ from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from foldvision.errors import UserError, write_atomic
+from foldvision.tables import prob_columns
 
 PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")
 MAX_LABELLED_CLASSES = 20  # beyond this, tick labels and cell values are unreadable: left out
@@ -131,7 +132,7 @@ def per_class_bars(per_class: dict) -> Figure:
 def most_wrong(oof: pd.DataFrame, classes: list[str], n: int = 12) -> pd.DataFrame:
     """The `n` wrong OOF predictions made with the highest confidence: id, fold, label, pred, confidence,
     p_true (the probability given to the true class)."""
-    probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
     truth = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     pred = probs.argmax(axis=1)
     table = pd.DataFrame({"id": oof["id"].astype(str), "fold": oof["fold"], "label": oof["label"].astype(str),
@@ -196,7 +197,7 @@ def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
     classes = scores["classes"]
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
     folds = pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False).set_index("id")
     wrong = most_wrong(oof, classes, n_wrong)
     data_dir = Path(config["data"]["dir"])

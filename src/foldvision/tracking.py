@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from foldvision.errors import UserError
+from foldvision.tables import prob_columns
 
 
 class NoTracker:
@@ -96,7 +97,7 @@ class WandbTracker:
 
         classes = scores["classes"]
         y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-        probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
         per_class = pd.DataFrame([{"class": name, **entry} for name, entry in scores["per_class"].items()])
         self.run.summary.update({f"oof_{k}": v for k, v in scores["oof"].items()})
         self.run.log({
