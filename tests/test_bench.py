@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from foldvision.bench import ORDER, TextbookDataset, main, textbook_transform
-from foldvision.data import load_image
+from foldvision.images import load_image
 
 from conftest import make_corpus, write_config
 

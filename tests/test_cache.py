@@ -16,7 +16,7 @@ from PIL import Image
 import foldvision.cache as cache_module
 from foldvision.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
 from foldvision.config import DataConfig, load_config, save_run_config
-from foldvision.data import load_image
+from foldvision.images import load_image
 from foldvision.errors import UserError
 from foldvision.folds import run as make_folds
 from foldvision.predict import run as predict_run

@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from foldvision.config import DataConfig
-from foldvision.data import ImageIndex, load_image, read_table, read_train, sort_classes
+from foldvision.corpus import ImageIndex, read_table, read_train, sort_classes
+from foldvision.images import load_image
 from foldvision.errors import UserError
 
 

@@ -72,7 +72,7 @@ def test_batches_arrive_normalised_as_albumentations_would(tmp_path):
     (images, targets), = list(loader)
     assert images.dtype == torch.float32 and images.shape == (5, 3, 16, 16)
     assert images.is_contiguous(memory_format=torch.channels_last)
-    from foldvision.data import load_image
+    from foldvision.images import load_image
 
     reference = A.Compose([A.Resize(16, 16), A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"])])
     for got, rel in zip(images, paths):

@@ -43,7 +43,7 @@ from torch import nn
 
 from foldvision.config import CONFIG_DIR, Config, load_config, load_run_config
 from foldvision.console import console, out
-from foldvision.data import read_test, read_train
+from foldvision.corpus import read_test, read_train
 from foldvision.engine import Amp, predict, resolve_device, train_one_epoch
 from foldvision.errors import UserError
 from foldvision.loader import create_loader, loader_workers

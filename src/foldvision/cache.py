@@ -40,7 +40,7 @@ import torch
 
 from foldvision.config import DataConfig
 from foldvision.console import console
-from foldvision.data import load_image
+from foldvision.images import load_image
 from foldvision.errors import UserError, write_text_atomic
 from foldvision.transforms import INTERPOLATION
 

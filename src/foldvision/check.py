@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from foldvision.config import load_run_config
 from foldvision.console import out as console
-from foldvision.data import read_table, read_test, read_train
+from foldvision.corpus import read_table, read_test, read_train
 from foldvision.errors import UserError
 from foldvision.folds import assign_folds, default_folds_path
 

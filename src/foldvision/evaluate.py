@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from foldvision.data import read_table, sort_classes
+from foldvision.corpus import read_table, sort_classes
 from foldvision.errors import UserError
 
 

@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config, load_run_config
 from foldvision.console import console
-from foldvision.data import read_table, read_train
+from foldvision.corpus import read_table, read_train
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 
 

@@ -22,7 +22,7 @@ from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.cache import open_images, preprocessing
 from foldvision.config import Config
-from foldvision.data import ImageDataset, seed_worker
+from foldvision.images import ImageDataset, seed_worker
 from foldvision.errors import UserError
 from foldvision.transforms import _augmentation, build_transform
 

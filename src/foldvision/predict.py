@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from foldvision.config import ModelConfig, load_run_config, to_dict
-from foldvision.data import read_test
+from foldvision.corpus import read_test
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device
 from foldvision.decision import DecisionRule, fit_rule

@@ -1,4 +1,4 @@
-"""Reading a corpus: the label table, the image files it names, the class order, and the images themselves.
+"""Reading a corpus: the label table, the image files it names, the class order; no image is decoded here.
 
 A corpus is a folder (`data.dir`) holding a label table (`train.csv`: an id and a label per row), a folder of
 training images, a folder of test images and a sample submission. Ids may name files with or without their
@@ -11,19 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from foldvision import layout
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.errors import UserError
-
-# verify_images applies data.max_image_pixels (with a message naming the file and the key) before any
-# image is decoded, so PIL's own global guard, which cannot be configured per corpus, is turned off.
-Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path")
@@ -261,13 +255,20 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
     return TestSet(pd.DataFrame({"id": list(ids), "path": paths}), lay.root, sample, lay.sample, header)
 
 
+def open_image(path: Path) -> Image.Image:
+    """`Image.open` without PIL's own decompression-bomb guard: foldvision applies data.max_image_pixels instead
+    (with a message naming the file and the key), and PIL's global limit cannot be set per corpus."""
+    Image.MAX_IMAGE_PIXELS = None  # set here, where images are opened, so importing foldvision changes nothing
+    return Image.open(path)
+
+
 def verify_images(root: Path, paths, max_pixels: int | None) -> None:
     """Open every image's header (no decoding: fast): zero-byte, non-image and oversized files fail here,
     before any training, with the file named. Truncated data is only found when decoding (load_image)."""
     for rel in paths:
         path = root / rel
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 width, height = im.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             reason = "empty file (0 bytes)" if path.is_file() and path.stat().st_size == 0 else str(e)
@@ -275,52 +276,3 @@ def verify_images(root: Path, paths, max_pixels: int | None) -> None:
         if max_pixels is not None and width * height > max_pixels:
             raise UserError(f"{path}: {width}x{height} = {width * height:,} pixels, over data.max_image_pixels="
                             f"{max_pixels:,} (decompression-bomb guard); raise the limit if the image is genuine")
-
-
-def load_image(path: Path, channels: int) -> np.ndarray:
-    """An image file as a uint8 HxWxC array (C = `channels`), EXIF orientation applied.
-
-    16- and 32-bit grayscale are scaled to 8 bits; palette, alpha and CMYK images are converted.
-    """
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if im.mode.startswith("I") and arr.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-            elif im.mode in ("P", "PA", "LA"):
-                im = im.convert("RGBA")
-            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: cannot read the image ({e}); replace the file or drop its row") from None
-    return arr if arr.ndim == 3 else arr[:, :, None]
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, class index) pairs; the class index is -1 for unlabelled (test) images."""
-
-    def __init__(self, image_dir: Path, paths: list[str], targets: np.ndarray | None, transform, channels: int,
-                 images=None):
-        self.image_dir = image_dir
-        self.paths = list(paths)
-        self.targets = np.full(len(self.paths), -1) if targets is None else np.asarray(targets)
-        self.transform = transform
-        self.channels = channels
-        self.images = images  # images[path]: decoded and resized already (foldvision.cache); None: decode here
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if self.images is not None:
-            image = self.images[self.paths[i]]
-        else:
-            image = load_image(self.image_dir / self.paths[i], self.channels)
-        return self.transform(image=image)["image"], int(self.targets[i])
-
-
-def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own albumentations stream (its RNG ignores torch's and numpy's seeds)."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
