@@ -2,17 +2,19 @@
 #
 #   EXP=name        configs/<name>.yaml (default: digits, the built-in demo)
 #   ARGS="k=v ..."  config overrides, e.g. ARGS="train.epochs=3 model.name=convnext_tiny"
-#   DATA=path       shorthand for ARGS+="data.dir=path"
+#   DATA=path       shorthand for ARGS+="data.dir=path" (spaces in the path are fine)
 #   FOLDS="0 2"     train only these folds
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
 #                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
 #   BENCH="--steps 40"  make bench: timed steps per loop (default 20) and --tta-images (default 256)
 #
-# The stage targets are files: runs/<exp>/folds.csv, runs/<exp>/fold<k>/oof.csv, runs/<exp>/scores.json,
-# submissions/<exp>.csv. Each user target first resolves the config (`foldvision config` rewrites
-# runs/<exp>/stage-*.yaml only when the settings a stage depends on change), then makes its files, so a
-# re-run redoes only what is missing or stale: an interrupted `make train` trains only the unfinished folds.
+# The stage targets are files: runs/<name>/folds.csv, fold<k>/oof.csv, scores.json, fold<k>/test.csv and
+# submissions/<name>.csv. Each user target first resolves the config (`foldvision config` rewrites
+# runs/<name>/stage-*.yaml only when what a stage depends on changes: its config sections, or the label table,
+# images, sample submission or folds file it reads), then makes its files, so a re-run redoes only what is
+# missing or stale: an interrupted `make train` trains only the unfinished folds. No config value is ever
+# written into make's syntax: config.mk holds N_FOLDS, a number.
 
 SHELL := bash
 .DELETE_ON_ERROR:
@@ -35,15 +37,23 @@ PY ?= $(VENV)/bin/python
 FV := $(PY) -m foldvision
 RUN := $(RUNS)/$(NAME)
 SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
-OVERRIDES := $(ARGS) $(if $(DATA),data.dir=$(DATA))
+# one shell word, whatever it holds: DATA='my corpus' stays one argument
+quote = '$(subst ','\'',$(1))'
+OVERRIDES := $(ARGS) $(if $(DATA),$(call quote,data.dir=$(DATA)))
 INSTALLED := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 # what the inner make needs to name the files (the config is already resolved into $(RUN))
 PASS = EXP=$(EXP) NAME=$(NAME) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS)
 
--include $(RUN)/config.mk  # N_FOLDS and TRAIN_TABLE, written by `foldvision config`
+# names that become make targets must be one word: a space would split a target in two
+$(foreach v,EXP NAME RUNS SUBMISSIONS CONFIGS,$(if $(filter-out 1,$(words $($(v)))),\
+  $(error $(v)='$($(v))' has spaces: a run or folder name must be one word)))
+
+-include $(RUN)/config.mk  # N_FOLDS, a number, written by `foldvision config`
 N_FOLDS ?= 5
 ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
+FOLD_TESTS = $(foreach k,$(1),$(RUN)/fold$(k)/test.csv)
+RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 
 # ---- user targets ---------------------------------------------------------------------------------
 .PHONY: help venv check folds train score predict ablate leaderboard report bench demo browser test clean-run FORCE
@@ -53,24 +63,23 @@ help:  ## list the targets
 
 venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
 
-check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, train/test leaks
-	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
-	@$(FV) check $(RUN)
+check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, leaks (writes nothing)
+	@$(FV) check $(EXP) $(OVERRIDES) --configs $(CONFIGS)
 
 folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
-	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
 
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores
-	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
-	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/scores.json $(PASS)
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
-	@$(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
 ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
@@ -80,8 +89,13 @@ ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,c
 leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Public/Private scores when known
 	@$(FV) leaderboard $(RUNS) --submissions $(SUBMISSIONS)
 
-report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on one self-contained page
-	@$(MAKE) --no-print-directory $(RUN)/report.html $(PASS)
+# the report renders what the run folder holds and never trains: `make -q` (question mode, runs nothing)
+# tells it whether the scores or the submission are stale, and it says so on the page and in one line
+report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on one page (reads results only)
+	@stale=; $(MAKE) --no-print-directory -q $(RUN)/scores.json $(PASS) 2>/dev/null || stale="$$stale scores"; \
+	[ ! -e $(SUBMISSION) ] || $(MAKE) --no-print-directory -q $(SUBMISSION) $(PASS) 2>/dev/null \
+		|| stale="$$stale submission"; \
+	$(FV) report $(RUN) --submission $(SUBMISSION) $${stale:+--stale $$stale}
 
 bench: | $(INSTALLED)  ## img/s of EXP on DATA: model-only limit, cached loop cold/warm, textbook loop, TTA vs ttach
 	@$(PY) -m foldvision.bench $(EXP) $(OVERRIDES) --configs $(CONFIGS) $(BENCH)
@@ -113,7 +127,7 @@ $(VENV)/.installed: pyproject.toml
 inputs/digits/train.csv: | $(INSTALLED)
 	$(FV) demo-data inputs/digits
 
-$(RUN)/folds.csv: $(RUN)/stage-folds.yaml $(TRAIN_TABLE)
+$(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
@@ -122,9 +136,11 @@ $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
 
-$(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_OOFS,$(ALL_FOLDS))
-	$(FV) predict $(RUN) --out $@
+# one fold model's TTA probabilities of the test images; stage-predict.yaml carries the test images' and the
+# sample submission's digest, so replacing either re-predicts
+$(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv
+	$(FV) predict $(RUN) --fold $*
 
-# the report only reads results: it never trains (no scores.json is the report's own error)
-$(RUN)/report.html: $(wildcard $(RUN)/scores.json $(RUN)/ablation.csv $(SUBMISSION))
-	$(FV) report $(RUN) --submission $(SUBMISSION)
+# the fold ensemble in the sample's format (labels use the decision rule fitted on the OOF predictions)
+$(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_TESTS,$(ALL_FOLDS)) $(call FOLD_OOFS,$(ALL_FOLDS))
+	$(FV) predict $(RUN) --out $@

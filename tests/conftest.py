@@ -143,6 +143,10 @@ class Project:
         return self._stage(capsys, "config", "exp", *overrides, "--configs", str(self.configs),
                            "--run-dir", str(self.run))
 
+    def check(self, capsys, *overrides):
+        """`foldvision check`: resolves the config in memory, writes nothing."""
+        return stage(capsys, "check", "exp", *overrides, "--configs", str(self.configs), stdout=True)
+
     def folds(self, capsys, *overrides):
         code, err = self.config(capsys, *overrides)
         assert code == 0, err
@@ -156,6 +160,10 @@ class Project:
     def predict(self, capsys, *overrides):
         code, err = self.train(capsys, *overrides)
         assert code == 0, err
+        for fold in ("0", "1"):  # what make does: each fold's test.csv, then their ensemble
+            code, err = self._stage(capsys, "predict", str(self.run), "--fold", fold)
+            if code != 0:
+                return code, err
         return self._stage(capsys, "predict", str(self.run), "--out", str(self.submission))
 
     @property

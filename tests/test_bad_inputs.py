@@ -71,7 +71,7 @@ def test_truncated_jpeg_fails_training_cleanly_and_check_finds_it(tmp_path, caps
     p = Project(tmp_path, truncated_corpus(tmp_path, "dog_002"), train={"num_workers": workers})
     code, err = p.folds(capsys)
     assert code == 0, err  # the header is fine: only decoding finds it
-    code, report = stage(capsys, "check", str(p.run), stdout=True)
+    code, report = p.check(capsys)
     assert code == 1 and "dog_002.jpg: OSError: image file is truncated" in report
     fold = validation_fold(p.run, "dog_002")
     one_line(*stage(capsys, "train", str(p.run), "--fold", fold), "dog_002.jpg", "cannot read the image",

@@ -9,9 +9,7 @@ from conftest import Project, make_corpus, stage
 
 
 def check(p: Project, capsys) -> tuple[int, str]:
-    code, err = p.config(capsys)
-    assert code == 0, err
-    return stage(capsys, "check", str(p.run), stdout=True)
+    return p.check(capsys)
 
 
 def test_counts_sizes_modes_and_no_findings_on_a_clean_corpus(tmp_path, capsys):
@@ -53,7 +51,7 @@ def test_a_saved_split_that_breaks_a_group_is_an_error(tmp_path, capsys):
     saved = pd.read_csv(split, dtype=str)
     saved.loc[0, "fold"] = str((int(saved.loc[1, "fold"]) + 1) % 2)  # p0's two images now in two folds
     saved.to_csv(split, index=False)
-    code, report = stage(capsys, "check", str(p.run), stdout=True)
+    code, report = p.check(capsys)
     assert code == 1
     assert "error: 1 groups span several folds (e.g. 'p0')" in report and "re-split" in report
 

@@ -1,6 +1,8 @@
 """Validate a corpus before any training.
 
-    python -m foldvision.check runs/<exp>        (make check EXP=<exp> DATA=<corpus>)
+    python -m foldvision.check <exp> [key=value ...]        (make check EXP=<exp> DATA=<corpus>)
+
+The config is resolved in memory: check writes nothing, into a run folder or anywhere else.
 
 Reports images per class and per fold, image sizes/modes/formats, unreadable files (every image is decoded),
 duplicate images (same bytes) inside train and between train and test (a leak), and groups split across
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from foldvision.config import load_run_config
+from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
 from foldvision.corpus import read_table, read_test, read_train
 from foldvision.errors import UserError
@@ -66,8 +68,7 @@ def _spread(values: list[int]) -> str:
     return f"{min(values)} / {int(np.median(values))} / {max(values)}"
 
 
-def run(run_dir: Path) -> int:
-    cfg = load_run_config(run_dir)
+def run(cfg: Config) -> int:
     errors: list[str] = []
     warnings: list[str] = []
     corpus = read_train(cfg.data, verify=False)
@@ -142,8 +143,11 @@ def run(run_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="runs/<exp> holding the resolved config.yaml")
-    sys.exit(run(parser.parse_args(argv).run_dir))
+    parser.add_argument("exp", help="experiment name (configs/<exp>.yaml) or a YAML path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.dir=inputs/<corpus>")
+    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of experiment configs")
+    args = parser.parse_args(argv)
+    sys.exit(run(load_config(args.exp, args.overrides, args.configs)))
 
 
 if __name__ == "__main__":

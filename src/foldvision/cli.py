@@ -26,7 +26,7 @@ from collections.abc import Callable
 from foldvision.errors import UserError
 
 COMMANDS = {
-    "config": "foldvision.config",
+    "config": "foldvision.run",
     "check": "foldvision.check",
     "folds": "foldvision.folds",
     "train": "foldvision.train",

@@ -1,10 +1,7 @@
 """Experiment configuration: typed defaults, `configs/<exp>.yaml` on top, `key=value` overrides last.
 
-    python -m foldvision.config digits train.epochs=3 --run-dir runs/digits
-
-writes the resolved config to `runs/<exp>/config.yaml`, one small file per stage holding only the sections
-that stage depends on (`stage-folds.yaml`, `stage-train.yaml`, `stage-predict.yaml`, rewritten only when they
-change, so make re-runs exactly the stages a change touches) and `config.mk` with the values make needs.
+`load_config("digits", ["train.lr=1e-4"])` gives a checked `Config`; `foldvision config` (foldvision.run) saves
+it into a run folder. YAML is read safely with YAML 1.2's numbers (`1e-4` is a float), everywhere.
 
 Every default below has a comment; an experiment file holds only what differs. A key that does not exist
 is an error naming the closest valid key; a value of the wrong type is an error naming the expected type.
@@ -12,10 +9,11 @@ is an error naming the closest valid key; a value of the wrong type is an error 
 
 from __future__ import annotations
 
-import argparse
+import codecs
+import copy
 import dataclasses
-import subprocess
-import sys
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,14 +22,42 @@ from typing import Any, Literal
 
 import yaml
 
-from foldvision import __version__
-from foldvision.errors import UserError, did_you_mean, write_text_atomic
+from foldvision.errors import UserError, did_you_mean
 
 CONFIG_DIR = Path("configs")
 
 # Test-time views, each a ttach transform (see foldvision.tta); a list of them gives their product, so
 # [hflip, vflip, rot90] is all 8 flips/rotations. Named here so config checks need no torch import.
 TTA_VIEWS = ("hflip", "vflip", "rot90", "rot90x4")
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load with YAML 1.2's numbers: PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string.
+
+    Scientific notation is what everyone types (`lr: 1e-4`, `train.lr=3e-5`), so the float rule is YAML 1.2's.
+    """
+
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# a deep copy: add_implicit_resolver shares the parent's lists and would change yaml.SafeLoader for everyone
+_Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != _FLOAT_TAG]
+    for first, resolvers in copy.deepcopy(yaml.SafeLoader.yaml_implicit_resolvers).items()
+}
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    """YAML as foldvision reads it everywhere (configs, overrides, saved run configs): safe, YAML 1.2 numbers."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 @dataclass
@@ -47,6 +73,7 @@ class DataConfig:
     max_image_pixels: int | None = 178956970  # larger images are refused (decompression bombs); null: no limit
     id_col: str | None = None  # null: first of id/image_id/image/file_name/filename/... found
     label_col: str | None = None  # null: first of label/target/class/... found
+    encoding: str | None = None  # tables' text encoding; null: UTF-8 (BOM or not), else an error naming the file
     group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
     channels: Literal[1, 3] = 3  # 3: every image becomes RGB; 1: grayscale, timm adapts the stem
     folds_file: str | None = None  # null: <dir>/folds_k<K>_seed<S>[_<group>].csv (inputs/ if dir is read-only)
@@ -225,7 +252,7 @@ def parse_overrides(args: list[str]) -> dict:
         if not sep or not key:
             raise UserError(f"override '{arg}': write it as key=value, e.g. train.epochs=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw  # an unquoted string YAML cannot parse (e.g. 'a: b') stays a string
         node = nested
@@ -240,7 +267,7 @@ def parse_overrides(args: list[str]) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -284,21 +311,60 @@ def load_config(exp_or_path: str, overrides: list[str] = (), config_dir: Path = 
     return cfg
 
 
+SEED_MAX = 2**31 - 1  # numpy's and scikit-learn's seeds are 32-bit; folds and epochs add to the train seed
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _require(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r}: {need}")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def validate(cfg: Config) -> None:
-    """Checks that span keys or need more than a type."""
-    if cfg.cv.n_folds < 2:
-        raise UserError(f"cv.n_folds={cfg.cv.n_folds}: cross-validation needs at least 2 folds")
-    for key in ("epochs", "batch_size", "accumulate"):
-        if getattr(cfg.train, key) < 1:
-            raise UserError(f"train.{key} must be at least 1, got {getattr(cfg.train, key)}")
-    if cfg.train.patience < 1:
-        raise UserError(f"train.patience must be at least 1, got {cfg.train.patience}")
-    if cfg.model.img_size is not None and cfg.model.img_size < 8:
-        raise UserError(f"model.img_size={cfg.model.img_size}: use at least 8 pixels")
-    if cfg.data.cache_size is not None and cfg.data.cache_size < 8:
-        raise UserError(f"data.cache_size={cfg.data.cache_size}: use at least 8 pixels (or null: the input size)")
-    if cfg.train.optimizer.lower() == "ranger21" and cfg.train.scheduler != "none":
-        if not cfg.train.optimizer_args.get("disable_lr_scheduler", False):
+    """Ranges and checks that span keys: every value a library would reject later is refused here, before any
+    work, with the key named (a user never meets a traceback from torch, scikit-learn or pytorch-optimizer)."""
+    d, t, m = cfg.data, cfg.train, cfg.model
+    _require(cfg.cv.n_folds >= 2, "cv.n_folds", cfg.cv.n_folds, "cross-validation needs at least 2 folds")
+    for key, seed in (("cv.seed", cfg.cv.seed), ("train.seed", t.seed)):
+        _require(0 <= seed <= SEED_MAX - 1000 * cfg.cv.n_folds - t.epochs, key, seed,
+                 f"use a seed from 0 to {SEED_MAX - 1000 * cfg.cv.n_folds - t.epochs:,}")
+    for key in ("epochs", "batch_size", "accumulate", "patience"):
+        _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be at least 1")
+    _require(cfg.predict.batch_size >= 1, "predict.batch_size", cfg.predict.batch_size, "must be at least 1")
+    _require(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "the learning rate must be a number above 0 (e.g. 1e-4)")
+    _require(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
+             "must be 0 or more")
+    _require(_finite(t.warmup_frac) and 0 <= t.warmup_frac < 1, "train.warmup_frac", t.warmup_frac,
+             "a fraction of the steps, from 0 up to (not including) 1")
+    _require(t.num_workers is None or 0 <= t.num_workers <= 256, "train.num_workers", t.num_workers,
+             "0 (load in the main process) or more, or null for one per core")
+    _require(bool(DEVICE.match(t.device)), "train.device", t.device, "use auto, cpu, cuda, cuda:<index> or mps")
+    for key in ("drop_rate", "drop_path_rate"):
+        _require(_finite(getattr(m, key)) and 0 <= getattr(m, key) < 1, f"model.{key}", getattr(m, key),
+                 "a probability from 0 up to (not including) 1")
+    _require(m.img_size is None or m.img_size >= 8, "model.img_size", m.img_size, "use at least 8 pixels")
+    _require(d.cache_size is None or d.cache_size >= 8, "data.cache_size", d.cache_size,
+             "use at least 8 pixels (or null: the input size)")
+    _require(d.max_image_pixels is None or d.max_image_pixels >= 1, "data.max_image_pixels", d.max_image_pixels,
+             "a pixel count above 0, or null for no limit")
+    if d.encoding is not None:
+        try:
+            codecs.lookup(d.encoding)
+        except LookupError:
+            raise UserError(f"data.encoding={d.encoding!r}: not an encoding Python knows; e.g. utf-8, cp1252, "
+                            "cp932, latin-1") from None
+    loss = cfg.loss
+    _require(_finite(loss.smoothing) and 0 <= loss.smoothing < 1, "loss.smoothing", loss.smoothing,
+             "from 0 up to (not including) 1")
+    for key in ("cce_gamma", "focal_gamma"):
+        _require(_finite(getattr(loss, key)) and getattr(loss, key) >= 0, f"loss.{key}", getattr(loss, key),
+                 "must be 0 or more")
+    if t.optimizer.lower() == "ranger21" and t.scheduler != "none":
+        if not t.optimizer_args.get("disable_lr_scheduler", False):
             raise UserError(
                 "train.scheduler with ranger21: Ranger21's own warm-up/warm-down overrides external "
                 "schedulers; set train.optimizer_args.disable_lr_scheduler=true or train.scheduler=none"
@@ -309,7 +375,7 @@ def validate(cfg: Config) -> None:
                 f"augment.train[{i}]: write each transform as {{Name: {{arg: value}}}}, got {item!r}"
             )
     for view in cfg.predict.tta:
-        if view not in TTA_VIEWS:
+        if not isinstance(view, str) or view not in TTA_VIEWS:
             raise UserError(
                 f"predict.tta: unknown view '{view}'{did_you_mean(str(view), TTA_VIEWS)}; "
                 f"views: {', '.join(TTA_VIEWS)}"
@@ -320,82 +386,12 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _dump(data: dict) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    write_text_atomic(path, text)
-    return True
-
-
-def save_run_config(cfg: Config, run_dir: Path) -> None:
-    """Write config.yaml (with package version and git commit), the per-stage files and config.mk.
-
-    Each file is rewritten only when its content changes, so its mtime tells make what is stale.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    full = to_dict(cfg)
-    body = _dump(full)
-    config_path = run_dir / "config.yaml"
-    old = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
-    if old is None or {k: v for k, v in old.items() if k != "_meta"} != full:
-        meta = {"foldvision": __version__, "git_commit": _git_commit()}
-        write_text_atomic(config_path, body + _dump({"_meta": meta}))
-    for stage, sections in STAGE_SECTIONS.items():
-        _write_if_changed(run_dir / f"stage-{stage}.yaml", _dump({s: full[s] for s in sections}))
-    train_table = ""  # make re-splits when the label table changes; a corpus not there yet is the folds stage's error
-    try:
-        from foldvision import layout  # late: layout imports this module
-
-        train_table = layout.resolve(cfg.data).train_table or ""
-    except UserError:
-        pass
-    _write_if_changed(run_dir / "config.mk", f"N_FOLDS := {cfg.cv.n_folds}\nTRAIN_TABLE := {train_table}\n")
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{path} not found: resolve the experiment first (make folds EXP=<name>)")
+def from_dict(data: dict, source: str) -> Config:
+    """A saved config (e.g. runs/<exp>/config.yaml) back into a checked `Config`."""
     cfg = Config()
-    data = _read_yaml(path)
-    data.pop("_meta", None)
-    _merge(cfg, data, str(path))
+    _merge(cfg, {k: v for k, v in data.items() if k != "_meta"}, source)
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="foldvision config", description=__doc__.split("\n\n")[0])
-    parser.add_argument("exp", help="experiment name (configs/<exp>.yaml) or a YAML path")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
-    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of experiment configs")
-    parser.add_argument("--run-dir", type=Path, help="save the resolved config here (default runs/<exp>)")
-    parser.add_argument("--print", action="store_true", help="print the resolved config")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.exp, args.overrides, args.configs)
-    run_dir = args.run_dir or Path("runs") / cfg.name
-    cfg.name = run_dir.name  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
-    save_run_config(cfg, run_dir)
-    if args.print:
-        sys.stdout.write(_dump(to_dict(cfg)))
-
-
-if __name__ == "__main__":
-    from foldvision.cli import run_stage
-
-    run_stage(main)
+def dump(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

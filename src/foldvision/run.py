@@ -1,0 +1,455 @@
+"""The run folder `runs/<exp>/`: every artifact's name, and the one reader and writer of each.
+
+    foldvision config <exp> [key=value ...] --run-dir runs/<name>     (what every make target runs first)
+
+resolves the config and saves it into the run folder. The folder's files, and the stage that writes each:
+
+    config.yaml              config   the resolved config, with foldvision's version and the git commit
+    stage-<stage>.yaml       config   what a stage depends on: its config sections and a digest of its inputs
+                                      (label table, images, sample submission, folds file), rewritten only
+                                      when that changes, so make re-runs exactly the stale stages
+    config.mk                config   N_FOLDS, a number: no user string ever reaches make's syntax
+    folds.csv, classes.json  folds    the split (id, path, label, [group], fold) and the class order
+    fold<k>/best.pt ...      train    best.pt, last.pt (while running), oof.csv, history.csv
+    fold<k>/test.csv         predict  that fold model's TTA probabilities of the test images
+    oof.csv, scores.json     score    every training image's OOF probabilities, and their scores
+    test.csv, decision.json  predict  the fold-averaged test probabilities, the OOF-fitted decision rule
+    ablation.csv/.md, plots/, report.html, wandb/      ablate, report, tracking
+
+A run folder belongs to one corpus and one split: `foldvision config` refuses to point a folder that holds
+results at another corpus, fold count or split seed (one line naming the run and what to do). Tables are read
+and written with polars; `Predictions` is what every consumer of OOF or test probabilities gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from foldvision import __version__
+from foldvision.config import CONFIG_DIR, STAGE_SECTIONS, Config, dump, from_dict, load_config, to_dict, yaml_load
+from foldvision.errors import UserError, write_atomic, write_text_atomic
+
+PROB_PREFIX = "prob_"
+# characters that would change the meaning of a make target or recipe: a run name is one plain word
+_UNSAFE_NAME = re.compile(r"[\s$#:%=;'\"`\\|&<>*?()\[\]{}]")
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"{PROB_PREFIX}{c}" for c in classes]
+
+
+@dataclass(frozen=True)
+class FoldFiles:
+    dir: Path
+
+    @property
+    def best_pt(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def last_pt(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def oof_csv(self) -> Path:
+        return self.dir / "oof.csv"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.dir / "history.csv"
+
+    @property
+    def test_csv(self) -> Path:
+        return self.dir / "test.csv"
+
+
+@dataclass
+class Predictions:
+    """Class probabilities by id: the OOF table (with fold and true label) or a test table (without)."""
+
+    ids: list[str]
+    classes: list[str]
+    probs: np.ndarray  # float64, one row per id, one column per class in `classes` order
+    fold: np.ndarray | None = None  # OOF only: the fold each row was validated in
+    labels: list[str] | None = None  # OOF only: the true label of each row
+
+    @property
+    def y(self) -> np.ndarray:
+        """The true class index of each row."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels], dtype=np.int64)
+
+    def take(self, rows: np.ndarray) -> Predictions:
+        """The rows selected by a boolean mask or an index array."""
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        return Predictions([self.ids[i] for i in rows], self.classes, self.probs[rows],
+                           None if self.fold is None else self.fold[rows],
+                           None if self.labels is None else [self.labels[i] for i in rows])
+
+    def frame(self) -> pl.DataFrame:
+        columns: dict = {"id": self.ids}
+        if self.fold is not None:
+            columns["fold"] = self.fold.astype(np.int64)
+        if self.labels is not None:
+            columns["label"] = self.labels
+        probs = {name: self.probs[:, i].astype(np.float64) for i, name in enumerate(prob_columns(self.classes))}
+        return pl.DataFrame({**columns, **probs})
+
+    def to_pandas(self):
+        """For the edges that want a pandas DataFrame (W&B tables, markdown)."""
+        return self.frame().to_pandas()
+
+
+@dataclass
+class Split:
+    """folds.csv and classes.json: every training image's path, label, group and fold, and the class order."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: list[str]
+    groups: list[str] | None
+    fold: np.ndarray
+    classes: list[str]
+    y: np.ndarray = field(init=False)  # class index of each label
+
+    def __post_init__(self):
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.y = np.array([index[label] for label in self.labels], dtype=np.int64)
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(set(self.fold.tolist()))
+
+
+def read_csv(path: Path, floats: Iterable[str] = (), ints: Iterable[str] = ()) -> pl.DataFrame:
+    """A run-folder table: every column a string (ids such as '007' keep their zeros) except those named."""
+    try:
+        table = pl.read_csv(path, infer_schema=False, missing_utf8_is_empty_string=True)
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as e:
+        raise UserError(f"{path}: cannot be read as a table ({str(e).splitlines()[0]}); delete it and re-run "
+                        "the stage that writes it") from None
+    casts = {c: pl.Float64 for c in floats} | {c: pl.Int64 for c in ints}
+    missing = [c for c in casts if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: no column {missing[0]!r}; delete it and re-run the stage that writes it")
+    try:
+        return table.with_columns(pl.col(c).cast(t) for c, t in casts.items())
+    except pl.exceptions.InvalidOperationError:
+        raise UserError(f"{path}: a value in {', '.join(casts)} is not a number; delete it and re-run "
+                        "the stage that writes it") from None
+
+
+def write_csv(path: Path, table: pl.DataFrame) -> None:
+    write_atomic(path, lambda tmp: table.write_csv(tmp))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             check=True, cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def check_name(name: str) -> None:
+    """A run name is a make target and a folder: one word without make's or the shell's special characters."""
+    bad = _UNSAFE_NAME.search(name)
+    if not name or bad:
+        raise UserError(f"run name {name!r}: use letters, digits, '.', '-', '_' and '+' only"
+                        + (f" (not {bad.group()!r})" if bad else ""))
+
+
+class Run:
+    """`runs/<exp>/`, the one place that names its files and reads and writes them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # ---- names ----------------------------------------------------------------------------------------
+    config_yaml = property(lambda self: self.root / "config.yaml")
+    config_mk = property(lambda self: self.root / "config.mk")
+    folds_csv = property(lambda self: self.root / "folds.csv")
+    classes_json = property(lambda self: self.root / "classes.json")
+    oof_csv = property(lambda self: self.root / "oof.csv")
+    scores_json = property(lambda self: self.root / "scores.json")
+    test_csv = property(lambda self: self.root / "test.csv")
+    decision_json = property(lambda self: self.root / "decision.json")
+    ablation_csv = property(lambda self: self.root / "ablation.csv")
+    ablation_md = property(lambda self: self.root / "ablation.md")
+    report_html = property(lambda self: self.root / "report.html")
+    plots_dir = property(lambda self: self.root / "plots")
+    wandb_dir = property(lambda self: self.root / "wandb")
+
+    def stage_yaml(self, stage: str) -> Path:
+        return self.root / f"stage-{stage}.yaml"
+
+    def fold(self, k: int) -> FoldFiles:
+        return FoldFiles(self.root / f"fold{k}")
+
+    def exists(self) -> bool:
+        return self.config_yaml.is_file()
+
+    # ---- the resolved config ------------------------------------------------------------------------------
+    def load_config(self) -> Config:
+        if not self.config_yaml.is_file():
+            raise UserError(f"{self.config_yaml} not found: resolve the experiment first (make folds EXP=<name>)")
+        try:
+            data = yaml_load(self.config_yaml.read_text(encoding="utf-8")) or {}
+        except Exception as e:  # noqa: BLE001 - any YAML error: the file is ours and was damaged
+            raise UserError(f"{self.config_yaml}: not readable ({str(e).splitlines()[0]}); re-run make folds") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.config_yaml}: not a config; re-run make folds")
+        return from_dict(data, str(self.config_yaml))
+
+    def save_config(self, cfg: Config) -> None:
+        """config.yaml (with version and git commit), the stage stamps and config.mk, each rewritten only when
+        its content changes (its mtime tells make what is stale). Refuses another corpus or split."""
+        check_name(self.name)
+        self.check_owner(cfg)
+        self.root.mkdir(parents=True, exist_ok=True)
+        full = to_dict(cfg)
+        old = yaml_load(self.config_yaml.read_text(encoding="utf-8")) if self.config_yaml.is_file() else None
+        if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "_meta"} != full:
+            meta = {"foldvision": __version__, "git_commit": _git_commit()}
+            write_text_atomic(self.config_yaml, dump(full) + dump({"_meta": meta}))
+        inputs = input_digests(cfg)
+        for stage, sections in STAGE_SECTIONS.items():
+            stamp = {s: full[s] for s in sections} | {"inputs": inputs[stage]}
+            if stage != "folds":  # the code that trains and predicts; the split depends on the data alone
+                stamp["foldvision"] = __version__
+            _write_if_changed(self.stage_yaml(stage), dump(stamp))
+        _write_if_changed(self.config_mk, f"N_FOLDS := {int(cfg.cv.n_folds)}\n")
+
+    def check_owner(self, cfg: Config) -> None:
+        """A folder that holds results keeps its corpus and split: another one is a one-line error."""
+        if not (self.config_yaml.is_file() and self.folds_csv.is_file()):
+            return  # nothing made yet: the folder is free to take another corpus
+        old = corpus_identity(self.load_config())
+        new = corpus_identity(cfg)
+        if old != new:
+            key = next(k for k in new if old.get(k) != new[k])
+            raise UserError(
+                f"{self.root} holds results for {key}={old.get(key)} and this run asks for {key}={new[key]}: "
+                f"name a new run folder (NAME=<name>) or discard this one first (make clean-run NAME={self.name})"
+            )
+
+    # ---- the split ------------------------------------------------------------------------------------
+    def write_split(self, table: pl.DataFrame, classes: list[str]) -> None:
+        """folds.csv (id, path, label, [group], fold) and classes.json; classes.json first, folds.csv last."""
+        write_text_atomic(self.classes_json, json.dumps(classes, ensure_ascii=False) + "\n")
+        write_csv(self.folds_csv, table)
+
+    def read_split(self) -> Split:
+        for path in (self.folds_csv, self.classes_json):
+            if not path.is_file():
+                raise UserError(f"{path} not found: run the folds stage first (make folds EXP={self.name})")
+        table = read_csv(self.folds_csv, ints=["fold"])
+        classes = self.read_classes()
+        unknown = set(table["label"].unique().to_list()) - set(classes)
+        if unknown:
+            raise UserError(f"{self.folds_csv}: label {sorted(unknown)[0]!r} is not in {self.classes_json}; "
+                            f"re-run make folds EXP={self.name}")
+        groups = table["group"].to_list() if "group" in table.columns else None
+        return Split(table["id"].to_list(), table["path"].to_list(), table["label"].to_list(), groups,
+                     table["fold"].to_numpy(), classes)
+
+    def read_classes(self) -> list[str]:
+        return json.loads(self.classes_json.read_text(encoding="utf-8"))
+
+    # ---- probabilities ----------------------------------------------------------------------------------
+    def write_fold_oof(self, k: int, oof: Predictions) -> None:
+        """Written last by the train stage: its presence marks fold k done."""
+        write_csv(self.fold(k).oof_csv, oof.frame())
+
+    def read_fold_oof(self, k: int, classes: list[str]) -> Predictions:
+        path = self.fold(k).oof_csv
+        if not path.is_file():
+            raise UserError(f"{path} not found: train fold {k} first (make train EXP={self.name})")
+        return _predictions(read_csv(path, floats=prob_columns(classes), ints=["fold"]), classes)
+
+    def read_fold_oofs(self, split: Split) -> Predictions:
+        """Every fold's OOF rows joined, in folds.csv order; each training image exactly once."""
+        missing = [k for k in split.folds if not self.fold(k).oof_csv.is_file()]
+        if missing:
+            raise UserError(f"{self.root}: folds {missing} have no oof.csv yet; train them "
+                            f"(make train EXP={self.name})")
+        parts = [self.read_fold_oof(k, split.classes).frame() for k in split.folds]
+        joined = pl.concat(parts)
+        if sorted(joined["id"].to_list()) != sorted(split.ids):
+            raise UserError(f"{self.root}: the fold OOF files do not cover folds.csv exactly; re-train "
+                            f"(make train EXP={self.name})")
+        order = pl.DataFrame({"id": split.ids})
+        return _predictions(order.join(joined, on="id", how="left", maintain_order="left"), split.classes)
+
+    def write_oof(self, oof: Predictions) -> None:
+        write_csv(self.oof_csv, oof.frame())
+
+    def read_oof(self) -> Predictions:
+        """The joined OOF table of a scored run (oof.csv), with the class order from classes.json."""
+        if not self.oof_csv.is_file():
+            raise UserError(f"{self.oof_csv} not found: score the run first (make train EXP={self.name})")
+        classes = self.read_classes()
+        return _predictions(read_csv(self.oof_csv, floats=prob_columns(classes), ints=["fold"]), classes)
+
+    def write_test(self, probs: Predictions, k: int | None = None) -> None:
+        """fold<k>/test.csv (one fold model), or test.csv (the fold ensemble) when k is None."""
+        write_csv(self.fold(k).test_csv if k is not None else self.test_csv, probs.frame())
+
+    def read_test(self, classes: list[str], k: int | None = None) -> Predictions:
+        path = self.fold(k).test_csv if k is not None else self.test_csv
+        if not path.is_file():
+            raise UserError(f"{path} not found: predict the test set first (make predict EXP={self.name})")
+        return _predictions(read_csv(path, floats=prob_columns(classes)), classes)
+
+    # ---- scores, histories, decisions -------------------------------------------------------------------
+    def write_scores(self, scores: dict) -> None:
+        write_text_atomic(self.scores_json, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+
+    def read_scores(self) -> dict:
+        if not self.scores_json.is_file():
+            raise UserError(f"{self.scores_json} not found: train and score the run first (make train "
+                            f"EXP={self.name})")
+        return json.loads(self.scores_json.read_text(encoding="utf-8"))
+
+    def write_history(self, k: int, rows: list[dict]) -> None:
+        write_csv(self.fold(k).history_csv, pl.DataFrame(rows))
+
+    def read_histories(self) -> dict[int, pl.DataFrame]:
+        """fold -> its history table (epoch, train_*, val_*, lr, seconds), for the folds that have one."""
+        out = {}
+        for path in sorted(self.root.glob("fold*/history.csv")):
+            k = path.parent.name.removeprefix("fold")
+            if k.isdigit():
+                out[int(k)] = pl.read_csv(path)
+        return dict(sorted(out.items()))
+
+    def write_decision(self, rule: dict) -> None:
+        write_text_atomic(self.decision_json, json.dumps(rule, indent=2) + "\n")
+
+
+def _predictions(table: pl.DataFrame, classes: list[str]) -> Predictions:
+    probs = table.select(prob_columns(classes)).to_numpy().astype(np.float64)
+    return Predictions(table["id"].to_list(), classes, probs,
+                       table["fold"].to_numpy() if "fold" in table.columns else None,
+                       table["label"].to_list() if "label" in table.columns else None)
+
+
+# ---- what a run folder depends on ----------------------------------------------------------------------
+def corpus_identity(cfg: Config) -> dict:
+    """The keys that make a run folder's corpus and split: another value of any is another experiment."""
+    d = cfg.data
+    return {"data.dir": str(Path(d.dir).resolve()) if d.dir else None, "data.train_csv": d.train_csv,
+            "data.train_images": d.train_images, "data.id_col": d.id_col, "data.label_col": d.label_col,
+            "data.group_col": d.group_col, "data.folds_file": d.folds_file, "cv.n_folds": cfg.cv.n_folds,
+            "cv.seed": cfg.cv.seed}
+
+
+def _digest(parts: Iterable[str]) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _file_stamp(path: Path | None) -> str:
+    """A file's content (tables are small next to images: hashing them is cheap and survives a copy)."""
+    if path is None or not path.is_file():
+        return "-"
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+
+
+def _tree_stamp(folder: Path | None, exclude: Path | None = None) -> str:
+    """Every file under a folder by relative path, size and mtime: replacing an image (same name) counts."""
+    if folder is None or not folder.is_dir():
+        return "-"
+    parts = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d) != exclude)
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            st = os.stat(os.path.join(root, name))
+            parts.append(f"{os.path.relpath(os.path.join(root, name), folder)}|{st.st_size}|{st.st_mtime_ns}")
+    return _digest(parts)
+
+
+def input_digests(cfg: Config) -> dict[str, dict[str, str]]:
+    """Per stage, a digest of the files its outputs are made from; a corpus not there yet digests to '-'
+    (the folds stage then says what is missing)."""
+    from foldvision import layout  # noqa: PLC0415 - only when saving a run: keeps `import run` light
+
+    try:
+        lay = layout.resolve(cfg.data)
+    except UserError:
+        lay = None
+    if lay is None:
+        nothing = {"labels": "-", "train_images": "-", "test_images": "-", "sample": "-"}
+        return {"folds": nothing, "train": nothing, "predict": nothing}
+    user_folds = Path(cfg.data.folds_file) if cfg.data.folds_file else None
+    labels = _file_stamp(lay.train_table) if lay.train_table else _tree_stamp(lay.train_dir, lay.test_dir)
+    train_images = _tree_stamp(lay.train_dir, lay.test_dir)
+    test = {"test_images": _tree_stamp(lay.test_dir), "sample": _file_stamp(lay.sample),
+            "test_table": _file_stamp(lay.test_table)}
+    folds = {"labels": labels, "folds_file": _file_stamp(user_folds)}
+    return {"folds": folds, "train": folds | {"train_images": train_images},
+            "predict": folds | {"train_images": train_images} | test}
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config saved in a run folder."""
+    return Run(run_dir).load_config()
+
+
+def save_run_config(cfg: Config, run_dir: str | Path) -> None:
+    Run(run_dir).save_config(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="foldvision config", description=__doc__.split("\n\n")[0])
+    parser.add_argument("exp", help="experiment name (configs/<exp>.yaml) or a YAML path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
+    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of experiment configs")
+    parser.add_argument("--run-dir", type=Path, help="save the resolved config here (default runs/<exp>)")
+    parser.add_argument("--print", action="store_true", help="print the resolved config")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.exp, args.overrides, args.configs)
+    run = Run(args.run_dir or Path("runs") / cfg.name)
+    cfg.name = run.name  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
+    run.save_config(cfg)
+    if args.print:
+        sys.stdout.write(dump(to_dict(cfg)))
+
+
+if __name__ == "__main__":
+    from foldvision.cli import run_stage
+
+    run_stage(main)
