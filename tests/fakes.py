@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foldvision.config import load_config, save_run_config
+from foldvision.config import load_config
+from foldvision.run import save_run_config
 from foldvision.folds import run as make_folds
 from foldvision.score import run as score_run
 from foldvision.tables import oof_frame, read_split

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foldvision.config import Config, load_config, load_run_config, parse_overrides, save_run_config
+from foldvision.config import Config, load_config, parse_overrides
+from foldvision.run import load_run_config, save_run_config
 from foldvision.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

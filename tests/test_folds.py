@@ -8,7 +8,7 @@ import pytest
 from foldvision.config import load_config
 from foldvision.errors import UserError
 from foldvision.folds import assign_folds, default_folds_path, run
-from foldvision.config import save_run_config
+from foldvision.run import save_run_config
 
 from conftest import make_corpus, write_config
 

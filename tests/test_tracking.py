@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldvision.config import load_config, save_run_config
+from foldvision.config import load_config
+from foldvision.run import save_run_config
 from foldvision.errors import UserError
 from foldvision.folds import run as make_folds
 from foldvision.predict import main as predict_main

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from foldvision.config import load_run_config, to_dict
+from foldvision.config import to_dict
+from foldvision.run import load_run_config
 from foldvision.console import print_wide
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.metrics import confusion, per_class, resolve_metric, score, task_of
