@@ -82,9 +82,21 @@ predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.cs
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
+# ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
+# to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
+# folds side by side, and a finished variant is skipped), and `--table` compares them
 ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
+	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) --plan
+	@$(MAKE) --no-print-directory ablate-variants EXP=$(EXP) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) \
-		--submissions $(SUBMISSIONS) --make "$(MAKE) --no-print-directory PY=$(PY)"
+		--submissions $(SUBMISSIONS) --table
+
+-include $(RUNS)/$(EXP)/ablation.mk  # ABLATION := the variants' run names (checked plain words)
+.PHONY: ablate-variants
+ablate-variants: $(addprefix ablate-variant/,$(ABLATION))
+ablate-variant/%:
+	@$(MAKE) --no-print-directory $(RUNS)/$*/scores.json $(SUBMISSIONS)/$*.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) \
+		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 
 leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Public/Private scores when known
 	@$(FV) leaderboard $(RUNS) --submissions $(SUBMISSIONS)

@@ -1,3 +1,4 @@
+import re
 import time
 from pathlib import Path
 
@@ -95,3 +96,44 @@ def test_saved_stage_files_change_only_with_their_sections(tmp_path):
     assert after["stage-train.yaml"] == stamps["stage-train.yaml"]
     assert after["stage-predict.yaml"] != stamps["stage-predict.yaml"]
     assert load_run_config(run).predict.tta == ["hflip"]
+
+
+# ---- issue 10 §3-4: numbers as users write them; ranges checked when the config is resolved -------------
+@pytest.mark.parametrize("raw, value", [("1e-4", 1e-4), ("3E-5", 3e-5), ("1.5e+2", 150.0), ("-2e-3", -2e-3),
+                                        (".5", 0.5), ("10", 10)])
+def test_scientific_notation_is_a_number_on_the_command_line(raw, value):
+    assert parse_overrides([f"train.lr={raw}"])["train"]["lr"] == value
+
+
+def test_scientific_notation_is_a_number_in_a_config_file(tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("train:\n  lr: 1e-4\n  weight_decay: 5E-2\n")
+    cfg = load_config(str(exp), ["loss.smoothing=1e-1"])
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 0.05 and cfg.loss.smoothing == 0.1
+    assert yaml.safe_load("a: 1e-4")["a"] == "1e-4"  # PyYAML's own loader is left as it is
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lr=0", "train.lr=0"), ("train.lr=-1e-3", "above 0"), ("train.lr=.nan", "train.lr"),
+    ("train.seed=-1", "train.seed"), ("cv.seed=99999999999", "cv.seed"), ("model.drop_rate=1.5", "model.drop_rate"),
+    ("model.drop_path_rate=-0.1", "drop_path_rate"), ("loss.smoothing=1", "loss.smoothing"),
+    ("train.num_workers=-2", "train.num_workers"), ("train.batch_size=0", "train.batch_size"),
+    ("predict.batch_size=0", "predict.batch_size"), ("train.device=gpu0", "train.device"),
+    ("train.device=cuda:x", "train.device"), ("predict.tta=[flip]", "unknown view 'flip'"),
+    ("predict.tta=[[hflip]]", "predict.tta"), ("train.weight_decay=-1", "weight_decay"),
+    ("train.warmup_frac=1", "warmup_frac"), ("loss.focal_gamma=-1", "focal_gamma"),
+    ("data.encoding=klingon", "data.encoding"), ("data.max_image_pixels=0", "max_image_pixels"),
+])
+def test_values_a_library_would_reject_are_refused_when_resolved(tmp_path, override, words):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("{}\n")
+    with pytest.raises(UserError, match=re.escape(words)):
+        load_config(str(exp), [override])
+
+
+@pytest.mark.parametrize("override", ["train.device=cuda:1", "train.device=mps", "data.encoding=cp1252",
+                                      "train.num_workers=0", "model.drop_rate=0.5"])
+def test_valid_values_pass(tmp_path, override):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("{}\n")
+    load_config(str(exp), [override])

@@ -136,7 +136,7 @@ class Split:
 def read_csv(path: Path, floats: Iterable[str] = (), ints: Iterable[str] = ()) -> pl.DataFrame:
     """A run-folder table: every column a string (ids such as '007' keep their zeros) except those named."""
     try:
-        table = pl.read_csv(path, infer_schema=False, missing_utf8_is_empty_string=True)
+        table = pl.read_csv(path, infer_schema=False, empty_string_is_null=False)
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as e:
         raise UserError(f"{path}: cannot be read as a table ({str(e).splitlines()[0]}); delete it and re-run "
                         "the stage that writes it") from None

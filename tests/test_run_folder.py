@@ -1,0 +1,184 @@
+"""The run folder's contract (foldvision.run): what make may read, what may overwrite a run, what is stale.
+
+Issue 10's classes of failure: a config value reaching make's syntax, stale results presented as fresh, a run
+folder silently rewritten for another corpus.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT, Project, make_corpus, write_config
+from foldvision.config import load_config
+from foldvision.errors import UserError
+from foldvision.run import Predictions, Run, check_name, input_digests
+
+
+def make(tmp_path: Path, *targets: str, ok: bool = True, **variables) -> subprocess.CompletedProcess:
+    args = {"CONFIGS": tmp_path / "configs", "RUNS": tmp_path / "runs", "SUBMISSIONS": tmp_path / "subs",
+            "PY": sys.executable, **variables}
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), *targets, *(f"{k}={v}" for k, v in args.items())]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+# ---- 0. no config value reaches make's syntax ------------------------------------------------------------
+def test_config_mk_holds_only_numbers(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    (corpus / "train.csv").rename(corpus / "labels $(shell touch PWNED).csv")
+    p = Project(tmp_path, corpus, data={"train_csv": "labels $(shell touch PWNED).csv"})
+    code, err = p.config(capsys)
+    assert code == 0, err
+    assert (p.run / "config.mk").read_text() == "N_FOLDS := 2\n"
+
+
+@pytest.mark.slow
+def test_make_runs_no_shell_command_from_a_config_value_and_takes_paths_with_spaces(tmp_path):
+    corpus = make_corpus(tmp_path / "my corpus", {"a": 4, "b": 4})
+    hostile = "labels$(shell touch PWNED).csv"
+    (corpus / "train.csv").rename(corpus / hostile)
+    write_config(tmp_path / "configs", "x", corpus, data={"train_csv": hostile})
+    make(tmp_path, "folds", EXP="x", DATA=str(corpus))  # DATA with a space: one argument
+    assert not list(ROOT.glob("PWNED")) and not list(tmp_path.rglob("PWNED"))
+    assert (tmp_path / "runs" / "x" / "folds.csv").is_file()
+    bad = make(tmp_path, "folds", ok=False, EXP="x", NAME="a b")
+    assert bad.returncode != 0 and "NAME='a b' has spaces" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["a$(shell id)", "x:y", "a#b", "50%", "a=b", "", "a;b"])
+def test_run_names_that_make_or_the_shell_would_read_are_refused(name):
+    with pytest.raises(UserError, match="run name"):
+        check_name(name)
+
+
+# ---- 2. one run folder, one corpus ---------------------------------------------------------------------
+def test_a_run_folder_with_results_refuses_another_corpus_or_split(tmp_path, capsys):
+    one = make_corpus(tmp_path / "one", {"a": 4, "b": 4})
+    other = make_corpus(tmp_path / "other", {"a": 4, "b": 4}, seed=1)
+    p = Project(tmp_path, one)
+    code, err = p.folds(capsys)
+    assert code == 0, err
+    before = {f: f.read_bytes() for f in p.run.rglob("*") if f.is_file()}
+    for override in (f"data.dir={other}", "cv.n_folds=3", "cv.seed=7", "data.group_col=label"):
+        code, err = p.config(capsys, override)
+        assert code == 2, override
+        line = err.strip().splitlines()
+        assert len(line) == 1 and "holds results for" in line[0] and "NAME=" in line[0] and "clean-run" in line[0]
+    assert {f: f.read_bytes() for f in p.run.rglob("*") if f.is_file()} == before  # nothing rewritten
+    code, err = p.config(capsys, "train.epochs=2")  # another setting of the same experiment is fine
+    assert code == 0, err
+
+
+def test_check_writes_nothing_into_a_run_folder(tmp_path, capsys):
+    one = make_corpus(tmp_path / "one", {"a": 4, "b": 4})
+    other = make_corpus(tmp_path / "other", {"a": 5, "b": 5}, seed=1)
+    p = Project(tmp_path, one)
+    code, err = p.folds(capsys)
+    assert code == 0, err
+    before = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in p.run.rglob("*") if f.is_file()}
+    code, report = p.check(capsys, f"data.dir={other}")
+    assert code == 0, report
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in p.run.rglob("*") if f.is_file()} == before
+
+
+def test_a_fresh_folder_without_results_may_change_corpus(tmp_path, capsys):
+    one = make_corpus(tmp_path / "one", {"a": 4, "b": 4})
+    other = make_corpus(tmp_path / "other", {"a": 4, "b": 4}, seed=1)
+    p = Project(tmp_path, one)
+    assert p.config(capsys)[0] == 0
+    code, err = p.config(capsys, f"data.dir={other}")  # a mistyped DATA, corrected before any result
+    assert code == 0, err
+
+
+# ---- 1. every output depends on every input -----------------------------------------------------------
+def _stamps(run: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(run.glob("stage-*.yaml"))}
+
+
+def test_stage_stamps_follow_the_inputs(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    p = Project(tmp_path, corpus)
+    assert p.config(capsys)[0] == 0
+    first = _stamps(p.run)
+
+    # a test image replaced under the same name: only predict is stale
+    image = corpus / "test" / "t000.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    assert p.config(capsys)[0] == 0
+    second = _stamps(p.run)
+    assert second["stage-folds.yaml"] == first["stage-folds.yaml"]
+    assert second["stage-train.yaml"] == first["stage-train.yaml"]
+    assert second["stage-predict.yaml"] != first["stage-predict.yaml"]
+
+    # the sample submission edited: predict again
+    sample = corpus / "sample_submission.csv"
+    sample.write_text(sample.read_text().replace("0.5", "0.25"))
+    assert p.config(capsys)[0] == 0
+    third = _stamps(p.run)
+    assert third["stage-predict.yaml"] != second["stage-predict.yaml"]
+    assert third["stage-train.yaml"] == first["stage-train.yaml"]
+
+    # a training image replaced: train and predict, not the split
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(corpus / "train" / "a_000.png")
+    assert p.config(capsys)[0] == 0
+    fourth = _stamps(p.run)
+    assert fourth["stage-folds.yaml"] == first["stage-folds.yaml"]
+    assert fourth["stage-train.yaml"] != third["stage-train.yaml"]
+
+    # the label table edited: everything
+    table = pd.read_csv(corpus / "train.csv", dtype=str)
+    table.loc[0, "label"] = "b"
+    table.to_csv(corpus / "train.csv", index=False)
+    assert p.config(capsys)[0] == 0
+    assert _stamps(p.run)["stage-folds.yaml"] != first["stage-folds.yaml"]
+
+
+def test_digests_ignore_nothing_a_stage_reads(tmp_path):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", corpus)))
+    before = input_digests(cfg)
+    (corpus / "test" / "t001.png").unlink()  # a test image removed
+    after = input_digests(cfg)
+    assert after["predict"]["test_images"] != before["predict"]["test_images"]
+    assert after["train"] == before["train"]
+
+
+# ---- the contract's readers and writers --------------------------------------------------------------
+def test_predictions_round_trip_keeps_ids_as_strings(tmp_path):
+    run = Run(tmp_path / "r")
+    oof = Predictions(["007", "10", "é"], ["0", "1"], np.array([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]]),
+                      np.array([0, 1, 1]), ["1", "0", "1"])
+    run.fold(0).dir.mkdir(parents=True)
+    run.write_fold_oof(0, oof)
+    back = run.read_fold_oof(0, ["0", "1"])
+    assert back.ids == ["007", "10", "é"] and back.labels == ["1", "0", "1"]
+    assert back.probs.tolist() == oof.probs.tolist() and back.fold.tolist() == [0, 1, 1]
+    assert back.y.tolist() == [1, 0, 1]
+
+
+def test_a_damaged_run_table_is_one_line(tmp_path):
+    run = Run(tmp_path / "r")
+    run.fold(0).dir.mkdir(parents=True)
+    run.fold(0).oof_csv.write_text("id,fold,label,prob_0,prob_1\na,0,0,x,0.5\n")
+    with pytest.raises(UserError, match="not a number.*re-run"):
+        run.read_fold_oof(0, ["0", "1"])
+    run.fold(0).oof_csv.write_text("id,label\na,0\n")
+    with pytest.raises(UserError, match="no column"):
+        run.read_fold_oof(0, ["0", "1"])
+
+
+def test_saved_config_reads_back_with_yaml_1_2_numbers(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    p = Project(tmp_path, corpus)
+    assert p.config(capsys, "train.lr=3e-5", "train.weight_decay=1E-2")[0] == 0
+    saved = Run(p.run).load_config()
+    assert saved.train.lr == 3e-5 and saved.train.weight_decay == 0.01
+    assert yaml.safe_load((p.run / "config.yaml").read_text())["train"]["lr"] == 3e-5  # written as a float
