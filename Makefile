@@ -129,11 +129,12 @@ clean-run:  ## delete runs/<exp> and its submission (the corpus folds stay)
 	rm -rf $(RUN) $(SUBMISSION)
 
 # ---- files ----------------------------------------------------------------------------------------
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the version the suite passed with (a fresh machine gets the same stack)
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 inputs/digits/train.csv: | $(INSTALLED)
