@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import foldvision.train as train_module
-from foldvision.config import load_config, save_run_config
+from foldvision.config import load_config
+from foldvision.run import save_run_config
 from foldvision.folds import run as make_folds
 from foldvision.train import fit_fold
 

@@ -41,7 +41,8 @@ import ttach
 from PIL import Image
 from torch import nn
 
-from foldvision.config import CONFIG_DIR, Config, load_config, load_run_config
+from foldvision.config import CONFIG_DIR, Config, load_config
+from foldvision.run import load_run_config
 from foldvision.console import console, out
 from foldvision.corpus import read_test, read_train
 from foldvision.engine import Amp, predict, resolve_device, train_one_epoch

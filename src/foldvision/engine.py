@@ -18,6 +18,24 @@ from foldvision.metrics import score
 from foldvision.optim import current_lr
 
 
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; `where` names the epoch and step, the caller adds what to try."""
+
+    def __init__(self, description: str, value: float, step: int, steps: int):
+        self.where = f"{description}: the training loss is {value} at step {step} of {steps}"
+        super().__init__(f"{self.where}; try a lower train.lr or train.amp=off")
+
+
+def check_finite(probs: np.ndarray, description: str) -> np.ndarray:
+    """`probs`, or a UserError when a row holds NaN or inf: scikit-learn's metrics and the OOF and test tables
+    would otherwise fail later (a traceback) or carry NaN silently."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise UserError(f"{description}: {int(bad.sum())} of {len(probs)} rows of predicted probabilities are not "
+                        "finite (NaN or inf): the model diverged; try a lower train.lr or train.amp=off")
+    return probs
+
+
 def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,9 +128,8 @@ def train_one_epoch(
         with amp.autocast():
             logits = model(images)
             loss = loss_fn(logits, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{description}: loss is {loss.item()} at batch {i}; lower train.lr "
-                                     "or use train.amp=off")
+        if not torch.isfinite(loss):  # a step on it would turn every weight into NaN
+            raise NonFiniteLoss(description, loss.item(), i + 1, len(loader))
         amp.backward(loss / accumulate)
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
             amp.step(optimizer)
@@ -161,4 +178,6 @@ def predict(
     if task is not None:
         progress.remove_task(task)
     probs = np.concatenate(out) if out else np.zeros((0, 0))
-    return probs / probs.sum(axis=1, keepdims=True)  # softmax in low precision sums to 1 only roughly
+    with np.errstate(invalid="ignore", divide="ignore"):  # a row of NaN (or zeros) is reported just below
+        probs = probs / probs.sum(axis=1, keepdims=True)  # softmax in low precision sums to 1 only roughly
+    return check_finite(probs, description)

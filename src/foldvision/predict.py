@@ -17,14 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldvision.config import ModelConfig, load_run_config, to_dict
+from foldvision.config import ModelConfig, to_dict
+from foldvision.run import load_run_config
 from foldvision.corpus import read_test
 from foldvision.console import console
 from foldvision.engine import Amp, predict, progress_bar, resolve_device
 from foldvision.decision import DecisionRule, fit_rule
 from foldvision.errors import UserError, write_atomic, write_text_atomic
 from foldvision.metrics import resolve_metric
-from foldvision.models import create_model
+from foldvision.models import CheckpointError, create_model, load_weights, read_checkpoint
 from foldvision.score import read_fold_oofs
 from foldvision.submission import build, infer_format, write
 from foldvision.tracking import create_tracker
@@ -33,13 +34,44 @@ from foldvision.tables import prob_columns, read_split
 from foldvision.tta import tta_compose, tta_forward
 
 
+CHECKPOINT_KEYS = ("model", "classes", "channels", "model_config", "data_config")  # what predict reads of best.pt
+
+
+def retrain(error: CheckpointError, fold: int) -> UserError:
+    """A damaged fold checkpoint, with what to do: the fold is trained again from scratch."""
+    fold_dir = error.path.parent
+    return UserError(f"{error}; delete {fold_dir} and re-train fold {fold} (make train EXP={fold_dir.parent.name} "
+                     f"FOLDS={fold}, then make predict)")
+
+
+def read_fold_checkpoint(path: Path, fold: int) -> dict:
+    """best.pt of fold `fold`, or a one-line error naming it and what to do."""
+    try:
+        return read_checkpoint(path, CHECKPOINT_KEYS)
+    except CheckpointError as e:
+        raise retrain(e, fold) from None
+
+
+def fold_model(ckpt: dict, path: Path, fold: int) -> torch.nn.Module:
+    """The fold's model with its best weights (on the CPU)."""
+    try:
+        model_cfg = ModelConfig(**ckpt["model_config"])
+        model = create_model(model_cfg, len(ckpt["classes"]), ckpt["channels"], pretrained=False)
+        load_weights(model, ckpt["model"], path)
+    except TypeError as e:  # model_config with keys this foldvision does not know
+        raise retrain(CheckpointError(path, f"not a foldvision checkpoint ({e})"), fold) from None
+    except CheckpointError as e:
+        raise retrain(e, fold) from None
+    return model
+
+
 def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path, cfg, device, amp) -> np.ndarray:
     """One fold model's TTA probabilities for the test table, from fold<k>/test.csv when it is current."""
     fold_dir = run_dir / f"fold{fold}"
     best, cached = fold_dir / "best.pt", fold_dir / "test.csv"
     if not best.is_file():
         raise UserError(f"{best} not found: train fold {fold} first (make train EXP={run_dir.name})")
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    ckpt = read_fold_checkpoint(best, fold)
     columns = prob_columns(ckpt["classes"])
     stamp = run_dir / "stage-predict.yaml"
     newest_input = max(best.stat().st_mtime, stamp.stat().st_mtime if stamp.is_file() else 0)
@@ -48,9 +80,7 @@ def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path
         if frame["id"].tolist() == test["id"].tolist():
             console.print(f"fold {fold}: reusing {cached}")
             return frame[columns].to_numpy(dtype=np.float64)
-    model = create_model(ModelConfig(**ckpt["model_config"]), len(ckpt["classes"]), ckpt["channels"], pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
+    model = fold_model(ckpt, best, fold).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
     with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it

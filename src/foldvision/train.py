@@ -20,14 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foldvision.config import Config, load_run_config, to_dict
+from foldvision.config import Config, to_dict
+from foldvision.run import load_run_config
 from foldvision.console import console
-from foldvision.engine import Amp, predict, progress_bar, resolve_device, train_one_epoch
-from foldvision.errors import UserError, write_atomic
+from foldvision.engine import Amp, NonFiniteLoss, predict, progress_bar, resolve_device, train_one_epoch
+from foldvision.errors import UserError, remove_partial_writes, write_atomic
 from foldvision.loader import create_loader
 from foldvision.losses import create_loss
 from foldvision.metrics import is_better, resolve_metric, score
-from foldvision.models import create_model, data_config
+from foldvision.models import CheckpointError, create_model, data_config, load_weights, read_checkpoint
 from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
 from foldvision.tables import oof_frame, read_split
 from foldvision.tracking import create_tracker
@@ -39,6 +40,79 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "config")
+STATE_KEYS = {"epoch", "best_score", "bad_epochs", "history"}
+BEST_KEYS = ("model", "epoch", "metric", "score", "classes", "channels", "model_config", "data_config", "val_ids",
+             "val_probs")
+
+
+def save_checkpoint(path: Path, content: dict) -> None:
+    """torch.save to a temporary name, then renamed: a kill mid-write never leaves a cut-short checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(content, tmp))
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to `<name>.corrupt` (kept for a look, out of the way of the next run)."""
+    aside = path.with_name(path.name + ".corrupt")
+    path.replace(aside)
+    return aside
+
+
+def load_resume(path: Path, fold: int, train_config: dict, device: torch.device) -> dict | None:
+    """The contents of `last.pt` when the fold can resume from it, else None (with one printed line).
+
+    A cut-short or foreign file is set aside as `last.pt.corrupt`; one written under other settings is ignored
+    (and overwritten after the first epoch).
+    """
+    if not path.is_file():
+        return None
+    try:
+        resume = read_checkpoint(path, RESUME_KEYS, device)
+        if not (isinstance(resume["state"], dict) and STATE_KEYS <= set(resume["state"])):
+            raise CheckpointError(path, "not a foldvision checkpoint (no training state)")
+    except CheckpointError as e:
+        set_aside(path)
+        console.print(f"fold {fold}: {e.path} {e.problem}; set aside as {path.name}.corrupt, "
+                      f"starting fold {fold} from scratch")
+        return None
+    if resume["config"] != train_config:
+        console.print(f"fold {fold}: the config changed since {path.name} was written; starting over")
+        return None
+    return resume
+
+
+def apply_resume(resume: dict, path: Path, model, optimizer, scheduler, amp: Amp) -> dict:
+    """Load the resumed weights and optimizer, scheduler and scaler states; returns the training state.
+
+    Raises:
+        CheckpointError: the weights do not fit the model (checked before anything is changed).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = resume["model"]
+    if not isinstance(saved, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()} != expected:
+        raise CheckpointError(path, "its weights do not fit the model")
+    try:  # the optimizer checks its groups before it changes anything
+        optimizer.load_state_dict(resume["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(path, f"its optimizer state does not fit ({type(e).__name__})") from None
+    load_weights(model, saved, path)
+    if scheduler is not None and resume["scheduler"]:
+        scheduler.load_state_dict(resume["scheduler"])
+    if amp.scaler is not None and resume["scaler"]:
+        amp.scaler.load_state_dict(resume["scaler"])
+    return resume["state"]
+
+
+def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
+    """The one line for a NaN/inf loss: where, and the settings that usually cure it, with their values now."""
+    tries = [f"a lower train.lr (train.lr={cfg.train.lr:g} now)"]
+    if amp.mode != "off":
+        tries.append(f"train.amp=off ({amp.mode} now)")
+    if cfg.loss.name == "focal":
+        tries.append("loss.name=ce")
+    return UserError(f"{error.where}; try {', '.join(tries)}")
+
+
 def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     """Train fold `fold` to its best checkpoint and write its OOF predictions. Returns its best scores."""
     table, classes = read_split(run_dir)
@@ -46,6 +120,10 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
         raise UserError(f"--fold {fold}: folds.csv has folds {sorted(set(table['fold']))}")
     fold_dir = run_dir / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
+    left = remove_partial_writes(fold_dir)  # a kill during a checkpoint write: only one process trains a fold
+    if left:
+        console.print(f"fold {fold}: removed {len(left)} file{'s' * (len(left) != 1)} left by an interrupted "
+                      f"write ({', '.join(p.name for p in left)})")
     train_rows, val_rows = table[table["fold"] != fold], table[table["fold"] == fold].reset_index(drop=True)
     metric = resolve_metric(cfg.train.metric)
     seed = cfg.train.seed + 1000 * fold
@@ -74,19 +152,17 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     state = {"epoch": 0, "best_score": None, "bad_epochs": 0, "history": []}
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     train_config = {k: to_dict(cfg)[k] for k in ("data", "cv", "model", "augment", "train", "loss")}
-    if last_path.is_file():
-        resume = torch.load(last_path, map_location=device, weights_only=True)
-        if resume.get("config") == train_config:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(resume["scheduler"])
-            if amp.scaler is not None and resume.get("scaler"):
-                amp.scaler.load_state_dict(resume["scaler"])
-            state = resume["state"]
+    resume = load_resume(last_path, fold, train_config, device)
+    if resume is not None:
+        try:
+            state = apply_resume(resume, last_path, model, optimizer, scheduler, amp)
             console.print(f"fold {fold}: resuming after epoch {state['epoch']}")
-        else:
-            console.print(f"fold {fold}: the config changed since last.pt was written; starting over")
+        except CheckpointError as e:
+            set_aside(last_path)
+            console.print(f"fold {fold}: {e.path} {e.problem}; set aside as {last_path.name}.corrupt, "
+                          f"starting fold {fold} from scratch")
+    if state["epoch"] == 0:
+        best_path.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
 
     y_val = val_rows["target"].to_numpy()
     console.print(f"fold {fold}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
@@ -100,10 +176,13 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                 seed_everything(seed + epoch)  # a resumed epoch draws the same batches and augmentations
                 train_loader.set_epoch(seed + epoch)
                 start = time.perf_counter()
-                stats = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, amp, device,
-                                        cfg.train.accumulate, progress,
-                                        f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}")
-                probs = predict(net, val_loader, amp, device, progress=progress, description="validate")
+                where = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
+                try:
+                    stats = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, amp, device,
+                                            cfg.train.accumulate, progress, where)
+                except NonFiniteLoss as e:
+                    raise diverged(e, cfg, amp) from None
+                probs = predict(net, val_loader, amp, device, progress=progress, description=f"{where} validate")
                 scores = score(y_val, probs)
                 row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
                        **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}
@@ -115,7 +194,7 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                             "score": scores[metric], "classes": classes, "channels": channels,
                             "model_config": to_dict(cfg)["model"], "data_config": dcfg,
                             "val_ids": val_rows["id"].tolist(), "val_probs": torch.from_numpy(probs)}
-                    write_atomic(best_path, lambda tmp: torch.save(best, tmp))
+                    save_checkpoint(best_path, best)
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch + 1
@@ -123,7 +202,7 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                           "scheduler": scheduler.state_dict() if scheduler else None,
                           "scaler": amp.scaler.state_dict() if amp.scaler else None,
                           "state": state, "config": train_config}
-                write_atomic(last_path, lambda tmp: torch.save(resume, tmp))
+                save_checkpoint(last_path, resume)
                 tracker.log(row, step=epoch + 1)
                 accuracy = "" if metric == "accuracy" else f"  acc {scores['accuracy']:.4f}"
                 console.print(
@@ -133,7 +212,7 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                 )
         if not best_path.is_file():
             raise UserError(f"fold {fold}: no epoch gave a finite {metric}; check the labels of this fold")
-        best = torch.load(best_path, map_location="cpu", weights_only=True)
+        best = read_checkpoint(best_path, BEST_KEYS)
         oof = oof_frame(best["val_ids"], fold, val_rows["label"].tolist(), best["val_probs"].numpy(), classes)
         history = pd.DataFrame(state["history"])
         write_atomic(fold_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
