@@ -15,7 +15,8 @@ from PIL import Image
 
 import foldvision.cache as cache_module
 from foldvision.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
-from foldvision.config import DataConfig, load_config, save_run_config
+from foldvision.config import DataConfig, load_config
+from foldvision.run import save_run_config
 from foldvision.images import load_image
 from foldvision.errors import UserError
 from foldvision.folds import run as make_folds

@@ -6,11 +6,17 @@ interpolation) decodes it with `data.load_image`, resizes it with albumentations
 pipeline used to start with, so cached pixels equal a fresh decode + resize) and writes it to the cache;
 every later epoch, fold, experiment and the predict stage with the same preprocessing read it from there.
 
-    <data.cache_dir>/<corpus>-<hash of its absolute path>/<size>px-<channels>ch-<interpolation>-v<FORMAT>/
+    <data.cache_dir>/<corpus>-<hash of its absolute path>/<size>px-<channels>ch-<interpolation>-v<FORMAT>-<libs>/
         pixels.u8    one fixed-size record per image: size × size × channels uint8 in C order
                      (np.memmap(path, np.uint8, "r").reshape(-1, size, size, channels) opens it)
-        index.json   relative image path -> [record, file size, file mtime_ns]: what each record holds
+        index.json   relative image path -> [record, file size, file mtime_ns]: what each record holds; and the
+                     versions of Pillow, OpenCV and albumentations that made the pixels
         .lock        held while the cache is brought up to date, so two runs never build the same records
+
+`<libs>` is a hash of those versions: another Pillow (decoder), OpenCV or albumentations (resizer) may give
+other pixels, so a cache made by other versions is not reused; a new one is built beside it. A damaged index
+(not JSON, not the expected layout, a pixels file shorter than it says) is named, set aside as
+`index.json.corrupt` and rebuilt.
 
 An image whose file size or mtime changed is decoded again into its own record; new images get new records;
 nothing else is touched. Records are read with `os.preadv` straight into a fresh array, not through a memmap:
@@ -35,7 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
+import PIL
 import torch
 
 from foldvision.config import DataConfig
@@ -46,6 +54,11 @@ from foldvision.transforms import INTERPOLATION
 
 FORMAT = 1  # bump when load_image or the resize changes what a record holds: old caches are then not reused
 CHECKPOINT_EVERY = 2000  # images between index writes while building, so an interrupted build keeps its work
+
+
+def library_versions() -> dict[str, str]:
+    """The decoder's and the resizer's versions: what besides the file and the settings decides the pixels."""
+    return {"pillow": PIL.__version__, "opencv": cv2.__version__, "albumentations": A.__version__}
 
 
 @dataclass(frozen=True)
@@ -134,7 +147,8 @@ def cache_folder(data_cfg: DataConfig, root: Path, prep: Preprocess) -> Path:
         raise UserError(f"data.cache_dir={data_cfg.cache_dir} is inside the read-only corpus folder {root}; "
                         "point it elsewhere (the default is inputs/.cache)")
     digest = hashlib.sha1(str(corpus).encode()).hexdigest()[:8]
-    return base / f"{corpus.name}-{digest}" / f"{prep.key}-v{FORMAT}"
+    libs = hashlib.sha1(json.dumps(library_versions(), sort_keys=True).encode()).hexdigest()[:8]
+    return base / f"{corpus.name}-{digest}" / f"{prep.key}-v{FORMAT}-{libs}"
 
 
 class _Build(torch.utils.data.Dataset):
@@ -174,19 +188,49 @@ class ImageCache:
             yield
 
     def _read_index(self) -> dict[str, list[int]]:
+        """The records the index vouches for; {} (rebuild everything) when it is missing or damaged."""
         if not self.index_path.is_file():
             return {}
-        saved = json.loads(self.index_path.read_text(encoding="utf-8"))
-        files = saved["files"] if saved.get("shape") == list(self.prep.shape) else {}
+        try:
+            files = self._parse_index(self.index_path.read_text(encoding="utf-8"))
+        except ValueError as e:  # a kill or a full disk mid-write, or another tool's file
+            aside = self.index_path.with_name(self.index_path.name + ".corrupt")
+            self.index_path.replace(aside)
+            console.print(f"cache: {self.index_path} is damaged ({e}); set aside as {aside.name}, rebuilding")
+            return {}
         rows = max((entry[0] for entry in files.values()), default=-1) + 1
         size = self.pixels.stat().st_size if self.pixels.is_file() else 0
-        return files if size >= rows * self.record else {}  # pixels.u8 deleted or cut: rebuild it all
+        if size < rows * self.record:
+            console.print(f"cache: {self.pixels} is shorter than its index says ({size:,} of {rows * self.record:,} "
+                          "bytes); rebuilding")
+            return {}
+        return files
+
+    def _parse_index(self, text: str) -> dict[str, list[int]]:
+        """index.json's `files`, checked record by record.
+
+        Raises:
+            ValueError: what is wrong with it, in a few words.
+        """
+        try:
+            saved = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON: {e.msg} at character {e.pos}") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("files"), dict):
+            raise ValueError("no table of files")
+        if saved.get("shape") != list(self.prep.shape):
+            raise ValueError(f"records of shape {saved.get('shape')}, not {list(self.prep.shape)}")
+        for rel, entry in saved["files"].items():
+            if not (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int and v >= 0 for v in entry)):
+                raise ValueError(f"the entry of '{rel}' is not [record, size, mtime]")
+        return saved["files"]
 
     def _write_index(self, files: dict[str, list[int]]) -> None:
         if self.pixels.exists():
             with open(self.pixels, "rb+") as f:
                 os.fsync(f.fileno())  # records on disk before the index that vouches for them
-        write_text_atomic(self.index_path, json.dumps({"shape": list(self.prep.shape), "files": files}))
+        index = {"shape": list(self.prep.shape), "versions": library_versions(), "files": files}
+        write_text_atomic(self.index_path, json.dumps(index))
 
     def stale(self, files: dict[str, list[int]], paths: Iterable[str]) -> list[tuple[str, list[int]]]:
         """(path, [record, size, mtime_ns]) of every image not cached as its file is now."""
