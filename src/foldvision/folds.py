@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from foldvision.config import Config, load_run_config
+from foldvision.config import Config
+from foldvision.run import load_run_config
 from foldvision.console import console
 from foldvision.corpus import read_table, read_train
 from foldvision.errors import UserError, write_atomic, write_text_atomic
@@ -69,6 +70,45 @@ def default_folds_path(cfg: Config) -> Path:
     return fallback
 
 
+def _whole_number(text: str) -> int | None:
+    """'3' or '3.0' as 3 (other tools write folds as floats); anything else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def check_folds_file(folds: pd.DataFrame, path: Path, n_folds: int) -> pd.Series:
+    """The fold numbers of a saved or user-supplied split, checked against cv.n_folds: whole numbers in
+    0..K-1, every fold present, every id once. Each problem is one line naming the file and the row."""
+    if not {"id", "label", "fold"} <= set(folds.columns):
+        raise UserError(f"{path}: not a folds file (needs id, label, fold columns); delete it to re-split")
+    numbers = [_whole_number(text.strip()) for text in folds["fold"]]
+    for row, (text, k) in enumerate(zip(folds["fold"], numbers)):
+        if k is None:
+            raise UserError(f"{path} row {row + 2}: fold '{text}' is not a whole number; folds are 0..{n_folds - 1} "
+                            f"(cv.n_folds={n_folds})")
+        if not 0 <= k < n_folds:
+            raise UserError(f"{path} row {row + 2}: fold {k} is outside 0..{n_folds - 1} (cv.n_folds={n_folds}); "
+                            "set cv.n_folds to the file's number of folds or fix the row")
+    empty = sorted(set(range(n_folds)) - set(numbers))
+    if empty:
+        raise UserError(f"{path}: no rows in fold {empty[0]} of 0..{n_folds - 1} (cv.n_folds={n_folds}); set "
+                        f"cv.n_folds to the file's number of folds ({len(set(numbers))}) or fix the file")
+    dupes = folds["id"][folds["id"].duplicated()]
+    if len(dupes):
+        first = dupes.iloc[0]
+        rows = [int(i) + 2 for i in folds.index[folds["id"] == first]]
+        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.nunique()} ids repeated); "
+                        "a split names each id once")
+    return pd.Series(numbers, index=folds.index, dtype=int)
+
+
 def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, source: Path) -> None:
     """A saved split must cover exactly the current images with the current labels."""
     if not {"id", "label", "fold"} <= set(folds.columns):
@@ -91,8 +131,9 @@ def corpus_folds(cfg: Config, table: pd.DataFrame, source: Path) -> pd.Series:
     path = default_folds_path(cfg)
     if path.is_file():
         saved = read_table(path)
+        numbers = check_folds_file(saved, path, cfg.cv.n_folds)
         check_folds_match(saved, table, path, source)
-        fold_of = dict(zip(saved["id"], saved["fold"].astype(int)))
+        fold_of = dict(zip(saved["id"], numbers))
         console.print(f"folds: reusing {path}")
         return table["id"].map(fold_of)
     groups = table["group"].tolist() if "group" in table else None
