@@ -4,6 +4,7 @@
 #   ARGS="k=v ..."  config overrides, e.g. ARGS="train.epochs=3 model.name=convnext_tiny"
 #   DATA=path       shorthand for ARGS+="data.dir=path" (spaces in the path are fine)
 #   FOLDS="0 2"     train only these folds
+#   GPUS="0 1 2 3"  with make -j 4: fold jobs side by side, each pinned to a free GPU of these
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
 #                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
@@ -27,6 +28,8 @@ BENCH ?=
 ARGS ?=
 DATA ?=
 FOLDS ?=
+GPUS ?=
+LAUNCHER ?=
 CONFIGS ?= configs
 RUNS ?= runs
 SUBMISSIONS ?= submissions
@@ -54,6 +57,8 @@ ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
 FOLD_TESTS = $(foreach k,$(1),$(RUN)/fold$(k)/test.csv)
 RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.slots), pinned by CUDA_VISIBLE_DEVICES
+SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
 .PHONY: help venv check folds train score predict ablate leaderboard report bench demo browser test clean-run FORCE
@@ -70,8 +75,17 @@ folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made on
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
 
-train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores
+# One job (no -j, no GPUS): the stale folds (`make -q` says which) train in one process, paying Python's and
+# torch's start-up once; an interrupted run still re-trains only the unfinished folds. Under `make -j N` or with
+# GPUS, each fold is its own job: the fold rules below run side by side, one GPU each.
+train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores; -j N GPUS="0 1" fans out
 	@$(RESOLVE)
+	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
+	@if [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null || [ -n "$(GPUS)" ] \
+		|| [ -n "$(LAUNCHER)" ]; then :; else \
+		stale=$$(for k in $(or $(FOLDS),$(ALL_FOLDS)); do \
+			$(MAKE) --no-print-directory -q $(RUN)/fold$$k/oof.csv $(PASS) || echo $$k; done); \
+		[ -z "$$stale" ] || $(FV) train $(RUN) --fold $$stale; fi
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
@@ -144,7 +158,7 @@ $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
-	$(FV) train $(RUN) --fold $*
+	$(SLOT) $(FV) train $(RUN) --fold $*
 
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
@@ -152,7 +166,7 @@ $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 # one fold model's TTA probabilities of the test images; stage-predict.yaml carries the test images' and the
 # sample submission's digest, so replacing either re-predicts
 $(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv
-	$(FV) predict $(RUN) --fold $*
+	$(SLOT) $(FV) predict $(RUN) --fold $*
 
 # the fold ensemble in the sample's format (labels use the decision rule fitted on the OOF predictions)
 $(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_TESTS,$(ALL_FOLDS)) $(call FOLD_OOFS,$(ALL_FOLDS))

@@ -13,6 +13,7 @@
     foldvision plots runs/<exp>                 the report's plots as PNG files
     foldvision bench <exp> [key=value ...]      img/s: model-only limit, cached loop, textbook loop, TTA vs ttach
     foldvision demo-data inputs/digits          build the built-in demo corpus
+    foldvision slot --gpus "0 1" -- CMD         run CMD on the first free GPU (make -j N GPUS=...)
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
 """
@@ -20,6 +21,8 @@ Mistakes in data, config or command line end with one `error:` line and exit sta
 from __future__ import annotations
 
 import importlib
+import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -39,7 +42,22 @@ COMMANDS = {
     "plots": "foldvision.plots",
     "bench": "foldvision.bench",
     "demo-data": "foldvision.demo",
+    "slot": "foldvision.slots",
 }
+
+
+def make_jobs(makeflags: str) -> int:
+    """N of the `make -j N` this process runs under (1 outside make or without -j)."""
+    match = re.search(r"(?:^|\s)-j(\d+)", makeflags)
+    return int(match.group(1)) if match else 1
+
+
+def share_cores() -> None:
+    """Under `make -j N`, N stage processes share the cores: each gets 1/N of them as torch/BLAS threads
+    (else N processes each start one thread per core and slow one another down). Set before torch loads."""
+    jobs = make_jobs(os.environ.get("MAKEFLAGS", ""))
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
 
 def user_message(error: UserError) -> str:
@@ -68,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    share_cores()
     module = importlib.import_module(COMMANDS[argv[0]])
     run_stage(module.main, argv[1:])
 
