@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+
+from foldvision.metrics import accuracy, macro_f1
 
 LABEL_METRICS = ("accuracy", "macro_f1")
 
@@ -24,9 +25,7 @@ def label_metric(metric: str) -> str:
 
 
 def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
-    if metric == "accuracy":
-        return float(accuracy_score(y, pred))
-    return float(f1_score(y, pred, average="macro", zero_division=0))
+    return accuracy(y, pred) if metric == "accuracy" else macro_f1(y, pred)
 
 
 @dataclass

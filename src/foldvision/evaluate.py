@@ -16,29 +16,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from foldvision.corpus import read_table, sort_classes
 from foldvision.errors import UserError
+from foldvision.metrics import accuracy, auc, macro_f1, score
 
 
 def _scores(truth: pd.Series, sub: pd.DataFrame) -> dict[str, float]:
+    """The leaderboard's scores of one part: computed by `foldvision.metrics`, as the OOF scores are."""
     values = sub.apply(pd.to_numeric, errors="coerce")
     if values.notna().all().all() and not (len(sub.columns) == 1 and set(sub.iloc[:, 0]) <= set(truth)):
         if len(sub.columns) == 1:  # P(positive): the larger of the two true labels
             positive = sort_classes(truth.tolist())[-1]
-            return {"auc": float(roc_auc_score(truth == positive, values.iloc[:, 0]))}
+            p = values.iloc[:, 0].to_numpy(dtype=np.float64)
+            return {"auc": auc((truth == positive).to_numpy().astype(np.int64), np.stack([1 - p, p], axis=1))}
         classes = [str(c) for c in sub.columns]
-        probs = values.to_numpy(dtype=np.float64)
         y = truth.map({c: i for i, c in enumerate(classes)})
         if y.isna().any():
             raise UserError(f"solution labels {sorted(set(truth) - set(classes))} are not submission columns")
-        return {"auc": float(roc_auc_score(y, probs, multi_class="ovr", labels=np.arange(len(classes)))),
-                "accuracy": float(accuracy_score(y, probs.argmax(1))),
-                "log_loss": float(log_loss(y, np.clip(probs, 1e-15, 1), labels=np.arange(len(classes))))}
+        scores = score(y.to_numpy(dtype=np.int64), values.to_numpy(dtype=np.float64))
+        return {name: scores[name] for name in ("auc", "accuracy", "log_loss")}
     predicted = sub.iloc[:, 0].astype(str)
-    return {"accuracy": float(accuracy_score(truth, predicted)),
-            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+    return {"accuracy": accuracy(truth, predicted), "macro_f1": macro_f1(truth, predicted)}
 
 
 def evaluate(submission_path: Path, solution_path: Path) -> dict[str, dict[str, float]]:

@@ -37,17 +37,28 @@ def auc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=np.arange(num_classes)))
 
 
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(accuracy_score(y, pred))
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """Macro-F1 of class decisions over `labels` (default: the classes in y or pred); a class never
+    predicted counts as 0 (sklearn's warning about it is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+
+
 def score(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """auc, accuracy, macro_f1 (of the argmax) and log_loss of one set of predictions."""
-    num_classes = probs.shape[1]
     pred = probs.argmax(axis=1)
-    labels = np.arange(num_classes)
+    labels = np.arange(probs.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns on classes never predicted; F1 counts them as 0
         return {
             "auc": auc(y, probs),
-            "accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            "accuracy": accuracy(y, pred),
+            "macro_f1": macro_f1(y, pred, labels),
             "log_loss": float(log_loss(y, np.clip(probs, 1e-15, 1), labels=labels)),
         }
 
