@@ -44,7 +44,8 @@ def deep_update(base: dict, extra: dict) -> dict:
 def write_config(config_dir: Path, name: str, data_dir: Path, **sections) -> Path:
     """configs/<name>.yaml: TINY + the data folder (its image cache beside the configs) + any section overrides."""
     config_dir.mkdir(parents=True, exist_ok=True)
-    data = {"dir": str(data_dir), "cache_dir": str(config_dir.parent / "cache")}
+    data = {"dir": str(data_dir), "cache_dir": str(config_dir.parent / "cache"),
+            "folds_dir": str(config_dir.parent / "folds")}
     body = deep_update(deep_update(TINY, {"data": data, "cv": {"n_folds": 2}}), sections)
     path = config_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body), encoding="utf-8")

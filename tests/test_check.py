@@ -47,7 +47,7 @@ def test_a_saved_split_that_breaks_a_group_is_an_error(tmp_path, capsys):
     p = Project(tmp_path, corpus, data={"group_col": "patient"})
     code, err = p.folds(capsys)
     assert code == 0, err
-    split = next(corpus.glob("folds_*.csv"))
+    split = next((tmp_path / "folds").glob("*/folds_*.csv"))
     saved = pd.read_csv(split, dtype=str)
     saved.loc[0, "fold"] = str((int(saved.loc[1, "fold"]) + 1) % 2)  # p0's two images now in two folds
     saved.to_csv(split, index=False)

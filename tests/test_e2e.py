@@ -35,7 +35,8 @@ def test_make_chain_on_digits(tmp_path, digits_corpus):
     for name in ("config.yaml", "folds.csv", "classes.json", "oof.csv", "scores.json", "test.csv",
                  "fold0/best.pt", "fold0/oof.csv", "fold0/history.csv", "fold1/oof.csv", "fold1/test.csv"):
         assert (run / name).is_file(), name
-    assert (digits_corpus / "folds_k2_seed42.csv").is_file()  # the corpus split, beside the data
+    assert list((tmp_path / "folds").glob("digits-*/folds_k2_seed42.csv"))  # the corpus split, kept once
+    assert not list(digits_corpus.glob("folds*"))  # nothing written inside the corpus
 
     # scores.json is what scikit-learn computes from oof.csv
     oof = pd.read_csv(run / "oof.csv", dtype={"label": str})

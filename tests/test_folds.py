@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,8 @@ import pytest
 
 from foldvision.config import load_config
 from foldvision.errors import UserError
-from foldvision.folds import assign_folds, default_folds_path, run
+from foldvision.folds import run
+from foldvision.splits import assign_folds, corpus_folds_path, corpus_key
 from foldvision.run import save_run_config
 
 from conftest import make_corpus, write_config
@@ -39,14 +41,15 @@ def test_a_class_smaller_than_k_names_the_class_and_a_k_that_works():
         assign_folds(["common"] * 20 + ["lone"], None, 5, seed=0)
 
 
-def test_split_is_written_once_beside_the_data_and_reused(tmp_path):
+def test_split_is_written_once_per_corpus_and_reused(tmp_path):
     data = make_corpus(tmp_path / "c", {"a": 6, "b": 6})
     cfg = load_config(str(write_config(tmp_path / "configs", "e1", data)))
     run_dir = tmp_path / "runs" / "e1"
     save_run_config(cfg, run_dir)
     run(run_dir)
-    corpus_file = data / "folds_k2_seed42.csv"
+    corpus_file = tmp_path / "folds" / corpus_key(data) / "folds_k2_seed42.csv"
     assert corpus_file.is_file()
+    assert not list(data.glob("folds*"))  # nothing is written inside the corpus
     first = pd.read_csv(run_dir / "folds.csv")
     assert set(first.columns) == {"id", "path", "label", "fold"}
     # a second experiment reads the same split, even with another model seed
@@ -70,12 +73,17 @@ def test_a_folds_file_that_no_longer_matches_the_table_is_explained(tmp_path):
         run(tmp_path / "run")
 
 
-def test_read_only_corpus_gets_its_folds_under_inputs(tmp_path, monkeypatch):
+def test_read_only_corpus_gets_its_folds_under_inputs_keyed_by_the_corpus(tmp_path, monkeypatch):
     data = make_corpus(tmp_path / "ro", {"a": 4, "b": 4})
+    twin = make_corpus(tmp_path / "elsewhere" / "ro", {"a": 4, "b": 4})  # same folder name, another corpus
     os.chmod(data, stat.S_IRUSR | stat.S_IXUSR)
-    monkeypatch.chdir(tmp_path)
     try:
         cfg = load_config(str(write_config(tmp_path / "configs", "e", data)))
-        assert default_folds_path(cfg) == tmp_path.joinpath("inputs", "folds", "ro", "folds_k2_seed42.csv").relative_to(tmp_path)
+        cfg.data.folds_dir = "inputs/folds"  # the default
+        path = corpus_folds_path(cfg)
+        assert path.parent.parent == Path("inputs/folds") and path.name == "folds_k2_seed42.csv"
+        assert path.parent.name.startswith("ro-") and corpus_key(twin) != corpus_key(data)
+        save_run_config(load_config(str(write_config(tmp_path / "configs", "e", data))), tmp_path / "run")
+        run(tmp_path / "run")  # a read-only corpus needs no write permission
     finally:
         os.chmod(data, stat.S_IRWXU)

@@ -27,7 +27,7 @@ from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
 from foldvision.corpus import read_table, read_test, read_train
 from foldvision.errors import UserError
-from foldvision.folds import assign_folds, default_folds_path
+from foldvision.splits import assign_folds, corpus_folds_path
 
 
 @dataclass
@@ -76,7 +76,7 @@ def run(cfg: Config) -> int:
     console.print(f"[bold]{corpus.source}[/]: {len(table)} images, {len(corpus.classes)} classes")
 
     # folds: the saved corpus split if there is one, else the one `make folds` would write
-    folds_path = default_folds_path(cfg)
+    folds_path = corpus_folds_path(cfg)
     if folds_path.is_file():
         saved = read_table(folds_path)
         table = table.assign(fold=table["id"].map(dict(zip(saved["id"], saved["fold"]))))

@@ -76,7 +76,8 @@ class DataConfig:
     encoding: str | None = None  # tables' text encoding; null: UTF-8 (BOM or not), else an error naming the file
     group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
     channels: Literal[1, 3] = 3  # 3: every image becomes RGB; 1: grayscale, timm adapts the stem
-    folds_file: str | None = None  # null: <dir>/folds_k<K>_seed<S>[_<group>].csv (inputs/ if dir is read-only)
+    folds_file: str | None = None  # a split of your own (id, label, fold); null: made once per corpus in folds_dir
+    folds_dir: str = "inputs/folds"  # the corpora's splits: <folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>.csv
     cache: bool = True  # decode + resize each image once into a uint8 cache on disk; false: on every read
     cache_dir: str = "inputs/.cache"  # the cache (git-ignored): a folder per corpus and preprocessing, never the corpus
     cache_size: int | None = None  # null: training images cached at the input size; larger: a margin for random crops

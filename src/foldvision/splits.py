@@ -1,0 +1,138 @@
+"""The corpus split, made once per corpus and reused by every experiment on it (torch-free).
+
+`assign_folds` is (Group)StratifiedKFold with a clear error for classes too small to split; `corpus_folds`
+reads the corpus's saved split (checked against the label table and cv.n_folds) or makes and saves it. The
+split lives at `data.folds_file` when the user gives one, else under `data.folds_dir` (inputs/folds), in a
+folder named for the corpus: foldvision writes nothing inside a corpus folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from foldvision.config import Config
+from foldvision.console import console
+from foldvision.corpus import read_table
+from foldvision.errors import UserError, write_atomic
+
+
+def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number (0..K-1) of every row: class proportions kept per fold, groups never split."""
+    counts = pd.Series(labels).value_counts()
+    small = counts[counts < n_folds]
+    if len(small):
+        name, n = small.index[-1], int(small.iloc[-1])
+        fix = (f"use cv.n_folds={n} or add images" if n >= 2 else
+               f"no K works for a class of one image: add images of '{name}' or drop its row")
+        raise UserError(
+            f"class '{name}' has {n} image{'s' * (n != 1)}, fewer than cv.n_folds={n_folds} "
+            f"({len(small)} such classes): {fix}"
+        )
+    y = np.asarray(labels)
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y)
+    else:
+        n_groups = len(set(groups))
+        if n_groups < n_folds:
+            raise UserError(f"only {n_groups} groups for cv.n_folds={n_folds}: lower cv.n_folds or drop data.group_col")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y, groups=np.asarray(groups))
+    folds = np.full(len(y), -1, dtype=int)
+    for k, (_, val_idx) in enumerate(splits):
+        folds[val_idx] = k
+    return folds
+
+
+def corpus_key(root: Path) -> str:
+    """`<corpus folder name>-<hash of its absolute path>`: one name per corpus, two corpora never share it."""
+    corpus = Path(root).resolve()
+    return f"{corpus.name}-{hashlib.sha1(str(corpus).encode()).hexdigest()[:8]}"
+
+
+def corpus_folds_path(cfg: Config) -> Path:
+    """The corpus's split: `data.folds_file` when the user gives one, else
+    `<data.folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>[_<group>].csv` — never inside the corpus folder."""
+    if cfg.data.folds_file:
+        return Path(cfg.data.folds_file)
+    name = f"folds_k{cfg.cv.n_folds}_seed{cfg.cv.seed}" + (f"_{cfg.data.group_col}" if cfg.data.group_col else "")
+    return Path(cfg.data.folds_dir) / corpus_key(Path(cfg.data.dir)) / f"{name}.csv"
+
+
+def _whole_number(text: str) -> int | None:
+    """'3' or '3.0' as 3 (other tools write folds as floats); anything else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def check_folds_file(folds: pd.DataFrame, path: Path, n_folds: int) -> pd.Series:
+    """The fold numbers of a saved or user-supplied split, checked against cv.n_folds: whole numbers in
+    0..K-1, every fold present, every id once. Each problem is one line naming the file and the row."""
+    if not {"id", "label", "fold"} <= set(folds.columns):
+        raise UserError(f"{path}: not a folds file (needs id, label, fold columns); delete it to re-split")
+    numbers = [_whole_number(text.strip()) for text in folds["fold"]]
+    for row, (text, k) in enumerate(zip(folds["fold"], numbers)):
+        if k is None:
+            raise UserError(f"{path} row {row + 2}: fold '{text}' is not a whole number; folds are 0..{n_folds - 1} "
+                            f"(cv.n_folds={n_folds})")
+        if not 0 <= k < n_folds:
+            raise UserError(f"{path} row {row + 2}: fold {k} is outside 0..{n_folds - 1} (cv.n_folds={n_folds}); "
+                            "set cv.n_folds to the file's number of folds or fix the row")
+    empty = sorted(set(range(n_folds)) - set(numbers))
+    if empty:
+        raise UserError(f"{path}: no rows in fold {empty[0]} of 0..{n_folds - 1} (cv.n_folds={n_folds}); set "
+                        f"cv.n_folds to the file's number of folds ({len(set(numbers))}) or fix the file")
+    dupes = folds["id"][folds["id"].duplicated()]
+    if len(dupes):
+        first = dupes.iloc[0]
+        rows = [int(i) + 2 for i in folds.index[folds["id"] == first]]
+        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.nunique()} ids repeated); "
+                        "a split names each id once")
+    return pd.Series(numbers, index=folds.index, dtype=int)
+
+
+def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, source: Path) -> None:
+    """A saved split must cover exactly the current images with the current labels."""
+    if not {"id", "label", "fold"} <= set(folds.columns):
+        raise UserError(f"{path}: not a folds file (needs id, label, fold columns); delete it to re-split")
+    saved = dict(zip(folds["id"], folds["label"]))
+    now = dict(zip(table["id"], table["label"]))
+    added, removed = now.keys() - saved.keys(), saved.keys() - now.keys()
+    relabelled = [i for i in now.keys() & saved.keys() if now[i] != saved[i]]
+    if added or removed or relabelled:
+        example = next(iter(sorted(added) or sorted(removed) or relabelled))
+        raise UserError(
+            f"{path} no longer matches {source}: {len(added)} ids added, {len(removed)} removed, "
+            f"{len(relabelled)} relabelled (e.g. '{example}'); delete {path} to re-split "
+            "(experiments scored on the old split are then not comparable)"
+        )
+
+
+def corpus_folds(cfg: Config, table: pd.DataFrame, source: Path) -> pd.Series:
+    """The corpus's saved split (made now if it does not exist yet), as a fold number per row of `table`."""
+    path = corpus_folds_path(cfg)
+    if path.is_file():
+        saved = read_table(path)
+        numbers = check_folds_file(saved, path, cfg.cv.n_folds)
+        check_folds_match(saved, table, path, source)
+        fold_of = dict(zip(saved["id"], numbers))
+        console.print(f"folds: reusing {path}")
+        return table["id"].map(fold_of)
+    groups = table["group"].tolist() if "group" in table else None
+    folds = assign_folds(table["label"].tolist(), groups, cfg.cv.n_folds, cfg.cv.seed)
+    split = table[["id", "label"] + (["group"] if groups else [])].assign(fold=folds)
+    write_atomic(path, lambda tmp: split.to_csv(tmp, index=False))
+    console.print(f"folds: wrote {path}")
+    return pd.Series(folds, index=table.index)
