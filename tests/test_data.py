@@ -52,12 +52,15 @@ def test_ids_with_or_without_extension_in_nested_folders(tmp_path):
 
 
 def test_bom_and_shift_jis_tables(tmp_path):
+    """UTF-8 with a BOM reads as it is; Shift-JIS only when named (data.encoding), never guessed."""
     frame = pd.DataFrame({"id": ["一", "二"], "label": ["猫", "犬"]})
     frame.to_csv(tmp_path / "bom.csv", index=False, encoding="utf-8-sig")
     frame.to_csv(tmp_path / "sjis.csv", index=False, encoding="cp932")
-    for name in ("bom.csv", "sjis.csv"):
-        table = read_table(tmp_path / name)
+    for name, encoding in (("bom.csv", None), ("sjis.csv", "cp932")):
+        table = read_table(tmp_path / name, encoding)
         assert list(table.columns) == ["id", "label"] and table["label"].tolist() == ["猫", "犬"]
+    with pytest.raises(UserError, match="sjis.csv: not UTF-8"):
+        read_table(tmp_path / "sjis.csv")
 
 
 def corpus(tmp_path, rows, name="train.csv", sep=","):

@@ -3,16 +3,30 @@
 A corpus is a folder (`data.dir`) holding a label table (`train.csv`: an id and a label per row), a folder of
 training images, a folder of test images and a sample submission. Ids may name files with or without their
 extension, and images may sit in nested folders.
+
+Tables are parsed by polars with every cell a string ('007' keeps its zeros, 'NA' stays text until it is
+checked), then checked as a whole: missing-value marks, repeated ids, two ids naming one file, numbers spelt two
+ways. Every mistake is one UserError naming the file and the row. The stages downstream get pandas DataFrames.
+Nothing here imports torch, so the stages that only read tables stay light.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
+import re
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
+import polars as pl
 from PIL import Image, UnidentifiedImageError
+from rich.markup import escape
 
 from foldvision import layout
 from foldvision.config import DataConfig
@@ -23,72 +37,322 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", "
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path")
 LABEL_NAMES = ("label", "target", "class", "category", "y", "labels", "class_name")
 
+# Cells that mean "no value" in exported tables (pandas', R's, Excel's and SQL's marks, a lone dash), compared
+# in lower case after stripping: a label or group that reads so is missing, never a class or a group of its own.
+MISSING_MARKS = ("", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "nan", "-nan", "null", "none", "-")
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV/TSV as strings (ids such as '007' keep their zeros); UTF-8 with or without BOM, else Shift-JIS."""
+# The legacy code pages a table that is not UTF-8 most often comes from. They are offered, never guessed:
+# the same bytes often decode in both ('crème' in Windows-1252 reads 'cr鑪e' in Shift-JIS).
+CODE_PAGES = {"cp1252": "Western European Excel", "cp932": "Japanese Excel"}
+
+ROW = "\x00row"  # the column that carries each row's line number in the file, for messages; never shown
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_PLAIN_INTEGER = re.compile(r"-?\d+")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+# ---- text and tables ---------------------------------------------------------------------------------------------
+
+def _decode(path: Path, encoding: str | None) -> bytes:
+    """The file's text as UTF-8 bytes (what polars parses): UTF-8 (BOM or not) unless `encoding` names another.
+
+    Nothing is guessed: a file that is not UTF-8 is an error naming the first bad byte's line and the code pages
+    the file would decode in; `data.encoding` then says which one it is.
+    """
+    data = path.read_bytes()
+    codec = "utf-8" if encoding is None else _codec(encoding)
+    if codec == "utf-8":
+        data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as e:
+        raise UserError(_undecodable(path, data, e, encoding)) from None
+    if encoding is not None:
+        console.print(f"[yellow]note[/]: {escape(str(path))} read as {encoding}")
+    if "\n" not in text and "\r" in text:  # classic Mac line ends, which polars does not split on
+        text = text.replace("\r", "\n")
+    elif codec == "utf-8":
+        return data
+    return text.encode("utf-8")
+
+
+def _codec(encoding: str) -> str:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise UserError(f"data.encoding: unknown encoding '{encoding}'; name a Python codec such as "
+                        f"{', '.join(CODE_PAGES)} or utf-8") from None
+
+
+def _undecodable(path: Path, data: bytes, error: UnicodeDecodeError, encoding: str | None) -> str:
+    line = data.count(b"\n", 0, error.start) + 1
+    where = f"{path}: not {encoding or 'UTF-8'} (line {line}, byte 0x{data[error.start]:02x})"
+    if encoding is not None:
+        return f"{where}; set data.encoding to the encoding it was saved in, or re-save it as UTF-8"
+    fits = [f"data.encoding={name} ({what})" for name, what in CODE_PAGES.items() if _decodes(data, name)]
+    if fits:
+        return f"{where}; name its encoding: {' or '.join(fits)}, or re-save it as UTF-8"
+    return f"{where}; name its encoding with data.encoding=<codec>, or re-save it as UTF-8"
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    try:
+        data.decode(codec)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _separator(path: Path, data: bytes) -> str:
+    """Tab for .tsv; otherwise whichever of , ; and tab the header line holds most of (',' when none)."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    header = data[: data.find(b"\n")] if b"\n" in data else data
+    counts = {sep: header.count(sep.encode()) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _parse(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
+    """Every cell a string; the line number of each row in ROW; blank lines dropped."""
+    try:
+        table = pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False,
+                            empty_string_is_null=False, row_index_name=ROW, row_index_offset=1 + has_header)
+    except pl.exceptions.NoDataError:
+        raise UserError(f"{path}: the file is empty") from None
+    except pl.exceptions.ComputeError:
+        table = _parse_lenient(path, data, sep, has_header)  # a stray quote or a ragged row: say where
+    cells = [c for c in table.columns if c != ROW]
+    table = table.rename(dict(zip(cells, _unique_names([c.strip() for c in cells]))))
+    cells = [c for c in table.columns if c != ROW]
+    return table.filter(~pl.all_horizontal(pl.col(c) == "" for c in cells)) if table.height else table
+
+
+def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
+    """What polars refuses, read by Python's csv module (a quote inside a cell is kept), or a row-named error."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)
+    lines, numbers, read = [], [], 0
+    try:
+        for line in reader:
+            if line:  # not a blank line
+                lines.append(line)
+                numbers.append(read + 1)  # where the row starts (a quoted cell may span lines)
+            read = reader.line_num
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable CSV/TSV (line {reader.line_num}: {e}); fix the quoting") from None
+    if not lines:
+        raise UserError(f"{path}: the file is empty")
+    header = lines[0] if has_header else [f"column_{i + 1}" for i in range(len(lines[0]))]
+    body, numbers = (lines[1:], numbers[1:]) if has_header else (lines, numbers)
+    for line, number in zip(body, numbers):
+        if len(line) > len(header):
+            raise UserError(f"{path}: row {number} has {len(line)} cells, the header {len(header)}; "
+                            f"quote cells that hold '{sep}', or fix the row")
+    body = [line + [""] * (len(header) - len(line)) for line in body]
+    columns = {name: [line[i] for line in body] for i, name in enumerate(_unique_names(header))}
+    return pl.DataFrame({ROW: numbers, **columns}, schema={ROW: pl.Int64, **{name: pl.String for name in columns}})
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        out.append(name if name not in seen else f"{name}.{seen[name]}")
+        seen[name] = seen.get(name, 0) + 1
+    return out
+
+
+def _read(path: Path, encoding: str | None = None, has_header: bool = True) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"{path} not found: check data.dir and the file name in the config")
-    sep = "\t" if path.suffix.lower() == ".tsv" else None  # None: let pandas sniff , or ;
-    for encoding in ("utf-8-sig", "cp932"):
-        try:
-            table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding,
-                                engine="python")
-            break
-        except UnicodeDecodeError:
-            continue
-        except pd.errors.ParserError as e:
-            raise UserError(f"{path}: not a readable CSV/TSV ({str(e).splitlines()[0]})") from None
-        except pd.errors.EmptyDataError:
-            raise UserError(f"{path}: the file is empty") from None
-    else:
-        raise UserError(f"{path}: neither UTF-8 nor Shift-JIS; re-save it as UTF-8")
-    if encoding == "cp932":
-        console.print(f"[yellow]note[/]: {path} read as Shift-JIS (cp932)")
-    table.columns = [str(c).strip() for c in table.columns]
-    return table
+    data = _decode(path, encoding)
+    return _parse(path, data, _separator(path, data), has_header)
 
 
-def _pick_column(table: pd.DataFrame, given: str | None, names: tuple[str, ...], what: str, key: str,
+def _to_pandas(table: pl.DataFrame) -> pd.DataFrame:
+    """Without pyarrow (which polars' own to_pandas needs): one list per column."""
+    return pd.DataFrame({c: table.get_column(c).to_list() for c in table.columns if c != ROW})
+
+
+def read_table(path: Path, encoding: str | None = None) -> pd.DataFrame:
+    """A CSV/TSV as strings (ids such as '007' keep their zeros): UTF-8, BOM or not, unless `encoding` says."""
+    return _to_pandas(_read(path, encoding))
+
+
+def _pick_column(columns: list[str], given: str | None, names: tuple[str, ...], what: str, key: str,
                  path: Path, exclude: tuple[str, ...] = ()) -> str:
+    columns = [c for c in columns if c != ROW]
     if given is not None:
-        if given not in table.columns:
-            raise UserError(f"{path}: no column '{given}' ({key}); columns are {', '.join(table.columns)}")
+        if given not in columns:
+            raise UserError(f"{path}: no column '{given}' ({key}); columns are {', '.join(columns)}")
         return given
-    lower = {c.lower(): c for c in table.columns if c not in exclude}
+    lower = {c.lower(): c for c in columns if c not in exclude}
     for name in names:
         if name in lower:
-            console.print(f"[dim]{path.name}: using column '{lower[name]}' as the {what} (set {key} to change)[/]")
+            console.print(f"[dim]{escape(path.name)}: using column '{escape(lower[name])}' as the {what} "
+                          f"(set {key} to change)[/]")
             return lower[name]
-    raise UserError(
-        f"{path}: no {what} column among {', '.join(table.columns)}; name it with {key}=<column>"
-    )
+    raise UserError(f"{path}: no {what} column among {', '.join(columns)}; name it with {key}=<column>")
+
+
+# ---- checks over whole columns -----------------------------------------------------------------------------------
+
+def _refuse_missing(table: pl.DataFrame, column: str, name: str, path: Path, fix: str) -> None:
+    """A cell that is empty or a missing-value mark ('N/A', 'null', '-') is an error naming its row."""
+    missing = table.filter(pl.col(column).str.to_lowercase().is_in(MISSING_MARKS))
+    if missing.height:
+        first = missing.row(0, named=True)
+        row, value = first[ROW], first[column]
+        mark = f"{value!r} marks a missing value; " if value else ""
+        raise UserError(f"{path}: row {row} has an empty {name!r} ({mark}{_plural(missing.height, 'row')} in all); "
+                        f"{fix}")
+
+
+def _refuse_multiline(table: pl.DataFrame, column: str, name: str, path: Path) -> None:
+    """A line break inside an id or a label is a quote left open, which swallowed the rows after it."""
+    broken = table.filter(pl.col(column).str.contains("[\r\n]"))
+    if broken.height:
+        raise UserError(f"{path}: row {broken.get_column(ROW)[0]}: the {name!r} cell runs over several lines "
+                        "(a quote left open?); close or remove the quote")
+
+
+def _refuse_repeats(table: pl.DataFrame, column: str, path: Path, fix: str) -> None:
+    """An id on two rows is an error naming the rows of the first one repeated."""
+    repeated = ~table.get_column(column).is_first_distinct()
+    if repeated.any():
+        first = table.filter(repeated).get_column(column)[0]
+        rows = table.filter(pl.col(column) == first).get_column(ROW).to_list()
+        n = table.filter(repeated).get_column(column).n_unique()
+        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({_plural(n, 'repeated id')}); {fix}")
+
+
+def _refuse_shared_files(table: pl.DataFrame, path: Path) -> None:
+    """Two ids ('a' and 'a.jpg') that name one image file would train on it twice, perhaps under two labels."""
+    shared = ~table.get_column("path").is_first_distinct()
+    if not shared.any():
+        return
+    image = table.filter(shared).get_column("path")[0]
+    rows = table.filter(pl.col("path") == image)
+    named = [f"{r[ROW]} ({r['id']!r})" for r in rows.iter_rows(named=True)]
+    labels = rows.get_column("label").unique(maintain_order=True).to_list() if "label" in rows.columns else []
+    differ = f", with different labels ({', '.join(map(repr, labels))})" if len(labels) > 1 else ""
+    more = table.filter(shared).get_column("path").n_unique() - 1
+    also = f" ({_plural(more, 'more file')} so named)" if more else ""
+    raise UserError(f"{path}: rows {', '.join(named[:-1])} and {named[-1]} name the same image {image}{differ}{also}; "
+                    "keep one row per image")
+
+
+def canonical_numbers(labels: list[str]) -> dict[str, str]:
+    """When every label is a number: the spellings to read as another ('1.0' -> '1'), so one number is one class.
+
+    An integer written as a float ('1.0', '2.00', '1e2') always becomes the integer. Zero-padded integers ('01')
+    are category codes and stay as written, unless another spelling of the same number is there too ('01' and
+    '1'); then every integer is written plainly. A fractional label ('1.5') stays as written.
+    """
+    if not labels or not all(_NUMBER.fullmatch(s) for s in labels):
+        return {}
+    values = {s: Decimal(s) for s in labels}
+    # a huge exponent ('1e999') is no class index: left as written rather than expanded
+    plain = {s: str(int(v)) for s, v in values.items() if abs(v.adjusted()) < 30 and v == v.to_integral_value()}
+    mapping = {s: c for s, c in plain.items() if s != c and not _PLAIN_INTEGER.fullmatch(s)}
+    spellings: dict[Decimal, set[str]] = defaultdict(set)
+    for s in labels:
+        spellings[values[s]].add(mapping.get(s, s))
+    if any(len(names) > 1 for names in spellings.values()):
+        mapping = {s: c for s, c in plain.items() if s != c}
+    return mapping
+
+
+def _canonical_labels(table: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Numbers spelt two ways made one class, said in one line."""
+    labels = table.get_column("label").unique(maintain_order=True).to_list()
+    mapping = canonical_numbers(labels)
+    if not mapping:
+        return table
+    counts = dict(table.get_column("label").value_counts().iter_rows())
+    said = [f"'{s}' read as class '{mapping[s]}' ({_plural(counts[s], 'row')})" for s in labels if s in mapping]
+    more = f", and {len(said) - 5} more" if len(said) > 5 else ""
+    console.print(f"[yellow]note[/]: {escape(path.name)}: labels: {escape(', '.join(said[:5]))}{more}: "
+                  "one number, one class")
+    return table.with_columns(pl.col("label").replace(mapping))
+
+
+# ---- the image files ---------------------------------------------------------------------------------------------
+
+def _nfc(text: str) -> str:
+    # ASCII is NFC already: the common case skips the Unicode tables
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def _nfc_all(texts: pl.Series) -> pl.Series:
+    return texts.str.normalize("NFC") if texts.str.contains(r"[^\x00-\x7F]").any() else texts
 
 
 class ImageIndex:
     """Every image file under a folder, found by relative path, by path without extension, or by file name.
 
-    Hidden folders (.cache, .ipynb_checkpoints) and the folder `exclude` (the test images, when the class
-    folders sit right in the corpus folder beside test/) are not searched.
+    Keys are in Unicode NFC, as are the ids looked up: a name macOS wrote decomposed (NFD) matches an id typed
+    composed; the path returned is always the name on disk. A relative path names its own file even when it is
+    another file's name elsewhere; any other key two files share (a.jpg and a.png) is ambiguous. Hidden folders
+    (.cache, .ipynb_checkpoints) and the folder `exclude` (the test images, when the class folders sit right in
+    the corpus folder beside test/) are not searched.
     """
 
     def __init__(self, folder: Path, base: Path | None = None, exclude: Path | None = None):
         if not folder.is_dir():
             raise UserError(f"image folder {folder} not found: check data.dir and the folder name in the config")
-        self.folder = folder
-        self.prefix = folder.relative_to(base).as_posix() + "/" if base is not None and folder != base else ""
-        self.by_key: dict[str, str | None] = {}
+        paths = []
         for root, dirs, files in os.walk(folder):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d) != exclude)
-            for name in sorted(files):
-                if not name.lower().endswith(IMAGE_EXTENSIONS) or name.startswith("."):
-                    continue
-                rel = Path(root, name).relative_to(folder).as_posix()
-                for key in dict.fromkeys((rel, rel.rsplit(".", 1)[0], name, name.rsplit(".", 1)[0])):
-                    # a key two files share (a.jpg and a.png) is ambiguous: None marks it
-                    self.by_key[key] = None if key in self.by_key and key != rel else rel
-        self.files = sorted({v for v in self.by_key.values() if v})
+            rel_root = Path(root).relative_to(folder).as_posix()
+            prefix = "" if rel_root == "." else rel_root + "/"
+            paths.extend(prefix + name for name in files)
+        self._build(folder, paths, base)
         if not self.files:
             raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found in it")
+
+    @classmethod
+    def from_paths(cls, folder: Path, paths: list[str], base: Path | None = None) -> ImageIndex:
+        """The index of `paths` ('/'-separated, relative to `folder`) without looking at the disk; the walk of
+        a folder builds its index the same way. For file lists known already (a listing, a benchmark)."""
+        index = cls.__new__(cls)
+        index._build(folder, list(paths), base)
+        return index
+
+    def _build(self, folder: Path, paths: list[str], base: Path | None) -> None:
+        self.folder = folder
+        self.prefix = folder.relative_to(base).as_posix() + "/" if base is not None and folder != base else ""
+        pattern = "(?i)(^|/)[^./][^/]*(" + "|".join(re.escape(e) for e in IMAGE_EXTENSIONS) + ")$"
+        listed = pl.Series("rel", paths, dtype=pl.String)
+        rel = listed.filter(listed.str.contains(pattern))
+        self.files = rel.sort().to_list()
+        frame = pl.DataFrame({"rel": rel, "key": _nfc_all(rel)})
+        strip_ext = r"\.[^./]*$"
+        frame = frame.with_columns(name=pl.col("key").str.split("/").list.last(),
+                                   stem=pl.col("key").str.replace(strip_ext, ""))
+        frame = frame.with_columns(name_stem=pl.col("name").str.replace(strip_ext, ""))
+        # exact paths first: within a group polars keeps the rows' order, so first() is the exact match if any.
+        # A file at the top of the folder has name == path and name stem == stem: those rows are left out.
+        keys = pl.concat([
+            frame.select("key", "rel", exact=pl.lit(True)),
+            frame.select(key="stem", rel="rel", exact=pl.lit(False)),
+            frame.filter(pl.col("name") != pl.col("key")).select(key="name", rel="rel", exact=pl.lit(False)),
+            frame.filter(pl.col("name_stem") != pl.col("stem")).select(key="name_stem", rel="rel", exact=pl.lit(False)),
+        ])
+        self._keys = keys.group_by("key").agg(
+            n=pl.len(), n_exact=pl.col("exact").sum(), rel=pl.col("rel").first()
+        ).select(
+            "key",
+            # one exact path wins; else one file; else null: ambiguous (a.jpg and a.png, or two NFC-equal paths)
+            path=pl.when((pl.col("n_exact") == 1) | (pl.col("n") == 1)).then("rel"),
+        )
+
+    def __contains__(self, image_id: str) -> bool:
+        return self._keys.filter(pl.col("key") == _nfc(image_id.strip().replace("\\", "/"))).height > 0
 
     def relative(self, rel: str) -> str:
         """A path relative to the folder, made relative to the base the index was given."""
@@ -96,15 +360,29 @@ class ImageIndex:
 
     def resolve(self, image_id: str, where: str) -> str:
         """The path of `image_id` relative to the base, or a UserError naming `where` it came from."""
-        key = image_id.strip().replace("\\", "/")
-        if key in self.by_key:
-            rel = self.by_key[key]
-            if rel is None:
-                raise UserError(f"{where}: id '{image_id}' matches several files in {self.folder}; "
-                                "use ids with the file extension")
-            return self.relative(rel)
-        raise UserError(f"{where}: no image for id '{image_id}' in {self.folder}; add the file or drop the row")
+        return self.resolve_all(pl.Series([image_id]), pl.Series([0]), where)[0]
 
+    def resolve_all(self, ids: pl.Series, rows: pl.Series, where: str) -> pl.Series:
+        """The path of every id (relative to the base), in order; an id with no file, or with several, is an
+        error naming its row (`rows`: line numbers in the file `where`; 0 names no row)."""
+        keys = _nfc_all(ids.str.strip_chars().str.replace_all("\\", "/", literal=True))
+        found = pl.DataFrame({ROW: rows, "id": ids, "key": keys}).join(
+            self._keys.with_columns(known=pl.lit(True)), on="key", how="left", maintain_order="left")
+        bad = found.filter(pl.col("path").is_null())
+        if bad.height:
+            first = bad.row(0, named=True)
+            at = f"{where} row {first[ROW]}" if first[ROW] else where
+            if first["known"]:
+                raise UserError(f"{at}: id '{first['id']}' matches several files in {self.folder}; "
+                                "use ids with the file extension")
+            missing = bad.filter(pl.col("known").is_null()).height
+            more = f" (and {_plural(missing - 1, 'more id')} without one)" if missing > 1 else ""
+            raise UserError(f"{at}: no image for id '{first['id']}' in {self.folder}{more}; "
+                            "add the file or drop the row")
+        return found.select(pl.lit(self.prefix) + pl.col("path")).to_series().alias("path")
+
+
+# ---- the training set --------------------------------------------------------------------------------------------
 
 @dataclass
 class Corpus:
@@ -125,32 +403,32 @@ def sort_classes(labels: list[str]) -> list[str]:
         return unique
 
 
-def _rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pd.DataFrame:
-    table = read_table(path)
-    id_col = _pick_column(table, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
-    label_col = _pick_column(table, cfg.label_col, LABEL_NAMES, "label", "data.label_col", path, exclude=(id_col,))
-    if len(table) == 0:
+def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pd.DataFrame:
+    """The label table read, checked and matched to the image files: id, path, label[, group]."""
+    table = _read(path, cfg.encoding)
+    id_col = _pick_column(table.columns, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
+    label_col = _pick_column(table.columns, cfg.label_col, LABEL_NAMES, "label", "data.label_col", path,
+                             exclude=(id_col,))
+    if table.height == 0:
         raise UserError(f"{path}: the table has a header but no rows")
-    columns = {"id": table[id_col].str.strip(), "label": table[label_col].str.strip()}
+    columns = {"id": pl.col(id_col).str.strip_chars(), "label": pl.col(label_col).str.strip_chars()}
     if cfg.group_col is not None:
         if cfg.group_col not in table.columns:
             raise UserError(f"{path}: no column '{cfg.group_col}' (data.group_col); "
-                            f"columns are {', '.join(table.columns)}")
-        columns["group"] = table[cfg.group_col].str.strip()
-    out = pd.DataFrame(columns)
-    for column, name in (("id", id_col), ("label", label_col)):
-        empty = out.index[out[column].isin(["", "nan", "NaN", "NA", "None"])]
-        if len(empty):
-            raise UserError(f"{path}: row {empty[0] + 2} has an empty {name!r} ({len(empty)} rows in all); "
-                            "fill or drop them")
-    dupes = out["id"][out["id"].duplicated()]
-    if len(dupes):
-        first = dupes.iloc[0]
-        rows = [int(i) + 2 for i in out.index[out["id"] == first]]
-        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.nunique()} duplicated ids); "
-                        "keep one row per image")
-    out.insert(1, "path", [index.resolve(i, f"{path} row {n + 2}") for n, i in enumerate(out["id"])])
-    return out
+                            f"columns are {', '.join(c for c in table.columns if c != ROW)}")
+        columns["group"] = pl.col(cfg.group_col).str.strip_chars()
+    out = table.select(ROW, **columns)
+    _refuse_missing(out, "id", id_col, path, "fill or drop them")
+    _refuse_missing(out, "label", label_col, path, "fill or drop them")
+    _refuse_multiline(out, "id", id_col, path)
+    _refuse_multiline(out, "label", label_col, path)
+    if cfg.group_col is not None:
+        _refuse_missing(out, "group", cfg.group_col, path, "fill in the groups, or drop data.group_col")
+    _refuse_repeats(out, "id", path, "keep one row per image")
+    out = _canonical_labels(out, path)
+    out = out.with_columns(index.resolve_all(out.get_column("id"), out.get_column(ROW), str(path)))
+    _refuse_shared_files(out, path)
+    return _to_pandas(out.select("id", "path", "label", *(["group"] if cfg.group_col is not None else [])))
 
 
 def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
@@ -162,19 +440,21 @@ def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
     if not paths:
         raise UserError(f"{index.folder}: no label table and no class folders; add train.csv or one folder per class")
     if loose:
-        console.print(f"[yellow]warning[/]: {loose} images lie outside the class folders of {index.folder}; skipped")
+        console.print(f"[yellow]warning[/]: {loose} images lie outside the class folders of "
+                      f"{escape(str(index.folder))}; skipped")
+    # a class is a name, not a path: a folder macOS wrote decomposed (NFD) is the class typed composed
     return pd.DataFrame({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
-                         "label": [p.split("/", 1)[0] for p in paths]})
+                         "label": [_nfc(p.split("/", 1)[0]) for p in paths]})
 
 
 def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
     """The training table; `verify` opens every image's header (check.py decodes them all instead)."""
     lay = layout.resolve(cfg)
     if lay.inferred:
-        console.print(f"[dim]layout: {lay.describe()}[/]")
+        console.print(f"[dim]layout: {escape(lay.describe())}[/]")
     index = ImageIndex(lay.train_dir, lay.root, exclude=lay.test_dir)
     if lay.train_table is not None:
-        out, where = _rows_from_table(cfg, lay.train_table, index), lay.train_table
+        out, where = rows_from_table(cfg, lay.train_table, index), lay.train_table
     else:
         out, where = _rows_from_folders(cfg, index), lay.train_dir
     classes = sort_classes(out["label"].tolist())
@@ -185,34 +465,39 @@ def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
     return Corpus(out, lay.root, classes, where)
 
 
-def read_sample(path: Path, header: str, index: ImageIndex | None) -> tuple[pd.DataFrame, bool]:
-    """The sample submission and whether it has a header row.
+# ---- the test set ------------------------------------------------------------------------------------------------
+
+def _sample(path: Path, header: str, index: ImageIndex | None, encoding: str | None) -> tuple[pl.DataFrame, bool]:
+    """The sample submission (with ROW) and whether it has a header row.
 
     SIGNATE samples often have none: with header="auto" the first row is data when its first cell names
     a test image (or, without a test folder, when its other cells are all numbers).
     """
-    table = read_table(path)
+    raw = _read(path, encoding, has_header=False)
+    first = [str(c or "").strip() for c in raw.drop(ROW).row(0)] if raw.height else []
     if header == "auto":
-        first = [str(c) for c in table.columns]
-        if index is not None:
-            headerless = first[0] in index.by_key
+        if not first:
+            headerless = False
+        elif index is not None:
+            headerless = first[0] in index
         else:
-            headerless = len(first) > 1 and all(_is_number(c) for c in first[1:])
+            headerless = len(first) > 1 and all(_NUMBER.fullmatch(c) for c in first[1:])
         header = "no" if headerless else "yes"
         if headerless:
-            console.print(f"[dim]{path.name}: no header row (its first row is test image '{first[0]}')[/]")
+            console.print(f"[dim]{escape(path.name)}: no header row (its first row is test image "
+                          f"'{escape(first[0])}')[/]")
+    cells = [c for c in raw.columns if c != ROW]
     if header == "no":
-        table = pd.concat([pd.DataFrame([table.columns], columns=table.columns), table], ignore_index=True)
-        table.columns = [f"column{i}" for i in range(table.shape[1])]
-    return table, header == "yes"
+        return raw.rename({c: f"column{i}" for i, c in enumerate(cells)}), False
+    named = raw.slice(1).rename(dict(zip(cells, _unique_names(first))))
+    return named, True
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+def read_sample(path: Path, header: str, index: ImageIndex | None,
+                encoding: str | None = None) -> tuple[pd.DataFrame, bool]:
+    """The sample submission as strings, and whether it has a header row (see `_sample`)."""
+    table, has_header = _sample(path, header, index, encoding)
+    return _to_pandas(table), has_header
 
 
 @dataclass
@@ -224,6 +509,18 @@ class TestSet:
     sample_header: bool
 
 
+def _test_ids(table: pl.DataFrame, path: Path, what: str) -> pl.DataFrame:
+    """ROW and id (the first column) of a sample submission or test table, checked: rows, no gaps, no repeats."""
+    if table.height == 0:
+        raise UserError(f"{path}: a header but no rows; {what} must list every test id")
+    id_col = next(c for c in table.columns if c != ROW)
+    out = table.select(ROW, id=pl.col(id_col).str.strip_chars())
+    _refuse_missing(out, "id", id_col, path, "fill or drop them")
+    _refuse_multiline(out, "id", id_col, path)
+    _refuse_repeats(out, "id", path, "keep one row per test image")
+    return out
+
+
 def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
     """The test images in the sample submission's order (or the test table's, or the test folder's),
     or None when the corpus has no test set; `verify` opens every image's header (check.py decodes them all
@@ -232,11 +529,10 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
     index = ImageIndex(lay.test_dir, lay.root) if lay.test_dir is not None else None
     sample, header = None, True
     if lay.sample is not None:
-        sample, header = read_sample(lay.sample, cfg.sample_header, index)
-        ids, where = sample.iloc[:, 0].str.strip(), lay.sample
-        first_row = 2 if header else 1
+        sample, header = _sample(lay.sample, cfg.sample_header, index, cfg.encoding)
+        ids, where = _test_ids(sample, lay.sample, "the sample submission"), lay.sample
     elif lay.test_table is not None:
-        ids, where, first_row = read_table(lay.test_table).iloc[:, 0].str.strip(), lay.test_table, 2
+        ids, where = _test_ids(_read(lay.test_table, cfg.encoding), lay.test_table, "the test table"), lay.test_table
     elif index is not None:
         files = index.files
         return TestSet(pd.DataFrame({"id": [f.rsplit(".", 1)[0] for f in files],
@@ -245,15 +541,18 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
         return None
     if index is None:
         raise UserError(f"{where} lists test ids but the corpus has no test image folder; set data.test_images")
-    paths = [index.resolve(i, f"{where} row {n + first_row}") for n, i in enumerate(ids)]
+    paths = index.resolve_all(ids.get_column("id"), ids.get_column(ROW), str(where)).to_list()
     unused = len(index.files) - len(set(paths))
     if unused:
-        console.print(f"[yellow]warning[/]: {unused} images in {index.folder} are not in {where.name}; "
-                      "they are not predicted")
+        console.print(f"[yellow]warning[/]: {unused} images in {escape(str(index.folder))} are not in "
+                      f"{escape(where.name)}; they are not predicted")
     if verify:
         verify_images(lay.root, paths, cfg.max_image_pixels)
-    return TestSet(pd.DataFrame({"id": list(ids), "path": paths}), lay.root, sample, lay.sample, header)
+    return TestSet(pd.DataFrame({"id": ids.get_column("id").to_list(), "path": paths}), lay.root,
+                   None if sample is None else _to_pandas(sample), lay.sample, header)
 
+
+# ---- the images, opened but not decoded --------------------------------------------------------------------------
 
 def open_image(path: Path) -> Image.Image:
     """`Image.open` without PIL's own decompression-bomb guard: foldvision applies data.max_image_pixels instead
