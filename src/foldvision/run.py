@@ -14,7 +14,10 @@ resolves the config and saves it into the run folder. The folder's files, and th
     fold<k>/test.csv         predict  that fold model's TTA probabilities of the test images
     oof.csv, scores.json     score    every training image's OOF probabilities, and their scores
     test.csv, decision.json  predict  the fold-averaged test probabilities, the OOF-fitted decision rule
-    ablation.csv/.md, plots/, report.html, wandb/      ablate, report, tracking
+    ablation.csv/.md/.mk     ablate   the variants compared (numbers; as printed) and their run names for make
+    plots/, report.html      report   the experiment's page and its pictures
+    wandb/                   tracking offline W&B runs
+    ensemble.json            ensemble a blend's method, members and weights (a blend has no fold<k>/ folders)
 
 A run folder belongs to one corpus and one split: `foldvision config` refuses to point a folder that holds
 results at another corpus, fold count or split seed (one line naming the run and what to do). Tables are read
@@ -203,8 +206,10 @@ class Run:
     scores_json = property(lambda self: self.root / "scores.json")
     test_csv = property(lambda self: self.root / "test.csv")
     decision_json = property(lambda self: self.root / "decision.json")
+    ensemble_json = property(lambda self: self.root / "ensemble.json")
     ablation_csv = property(lambda self: self.root / "ablation.csv")
     ablation_md = property(lambda self: self.root / "ablation.md")
+    ablation_mk = property(lambda self: self.root / "ablation.mk")
     report_html = property(lambda self: self.root / "report.html")
     plots_dir = property(lambda self: self.root / "plots")
     wandb_dir = property(lambda self: self.root / "wandb")
@@ -212,11 +217,17 @@ class Run:
     def stage_yaml(self, stage: str) -> Path:
         return self.root / f"stage-{stage}.yaml"
 
+    def plot_png(self, name: str) -> Path:
+        return self.plots_dir / f"{name}.png"
+
     def fold(self, k: int) -> FoldFiles:
         return FoldFiles(self.root / f"fold{k}")
 
     def exists(self) -> bool:
         return self.config_yaml.is_file()
+
+    def is_scored(self) -> bool:
+        return self.config_yaml.is_file() and self.scores_json.is_file()
 
     # ---- the resolved config ------------------------------------------------------------------------------
     def load_config(self) -> Config:
@@ -229,6 +240,20 @@ class Run:
         if not isinstance(data, dict):
             raise UserError(f"{self.config_yaml}: not a config; re-run make folds")
         return from_dict(data, str(self.config_yaml))
+
+    def read_config_dict(self) -> dict:
+        """config.yaml as saved, `_meta` (version, git commit) included, without checking it against this
+        foldvision's keys: comparing runs also reads runs that older versions made."""
+        if not self.config_yaml.is_file():
+            raise UserError(f"{self.config_yaml} not found: resolve the experiment first (make folds EXP={self.name})")
+        data = yaml_load(self.config_yaml.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+
+    def recorded_inputs(self, stage: str) -> dict | None:
+        """The input digests stage-<stage>.yaml recorded when the config was last saved; None without one."""
+        path = self.stage_yaml(stage)
+        data = yaml_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return data.get("inputs") if isinstance(data, dict) else None
 
     def save_config(self, cfg: Config) -> None:
         """config.yaml (with version and git commit), the stage stamps and config.mk, each rewritten only when
@@ -354,6 +379,53 @@ class Run:
 
     def write_decision(self, rule: dict) -> None:
         write_text_atomic(self.decision_json, json.dumps(rule, indent=2) + "\n")
+
+    # ---- blends -----------------------------------------------------------------------------------------------
+    def write_ensemble(self, record: dict) -> None:
+        """ensemble.json: a blend's method, members and weights (foldvision.ensemble)."""
+        write_text_atomic(self.ensemble_json, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+    def read_ensemble(self) -> dict | None:
+        """ensemble.json, or None for a run that is not a blend."""
+        if not self.ensemble_json.is_file():
+            return None
+        return json.loads(self.ensemble_json.read_text(encoding="utf-8"))
+
+    # ---- ablation -------------------------------------------------------------------------------------------
+    def write_ablation_plan(self, names: list[str]) -> Path:
+        """ablation.mk, the variants' run names for make (each checked to be one plain word)."""
+        for name in names:
+            check_name(name)
+        _write_if_changed(self.ablation_mk, f"ABLATION := {' '.join(names)}\n")
+        return self.ablation_mk
+
+    def write_ablation(self, table: pl.DataFrame, markdown: str) -> None:
+        """ablation.csv (raw numbers) and ablation.md (the table as printed)."""
+        write_csv(self.ablation_csv, table)
+        write_text_atomic(self.ablation_md, markdown)
+
+    def read_ablation(self) -> pl.DataFrame | None:
+        """ablation.csv, or None before an ablation: the variants' values as written, the scores as numbers."""
+        if not self.ablation_csv.is_file():
+            return None
+        table = read_csv(self.ablation_csv)
+        numbers = [c for c in table.columns if c.startswith(_ABLATION_NUMBERS)]
+        return table.with_columns(pl.col(c).replace("", None).cast(pl.Float64) for c in numbers)
+
+
+# ablation.csv's columns that hold numbers: scores (oof_<metric>, public_<metric>...), spreads and times
+_ABLATION_NUMBERS = ("oof_", "public_", "private_", "test_", "folds_mean", "folds_std", "delta_vs_base",
+                     "train_seconds")
+
+
+def submission_csv(submissions: str | Path, name: str) -> Path:
+    """A run's submission: submissions/<name>.csv (the Makefile's $(SUBMISSION))."""
+    return Path(submissions) / f"{name}.csv"
+
+
+def leaderboard_files(runs: str | Path) -> tuple[Path, Path]:
+    """runs/leaderboard.csv and runs/leaderboard.md: every run folder under runs/, compared."""
+    return Path(runs) / "leaderboard.csv", Path(runs) / "leaderboard.md"
 
 
 def _predictions(table: pl.DataFrame, classes: list[str]) -> Predictions:
