@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from foldvision.config import load_config
-from foldvision.run import save_run_config
 from foldvision.folds import run as make_folds
+from foldvision.run import Predictions, Run
 from foldvision.score import run as score_run
-from foldvision.tables import oof_frame, read_split
 
 from conftest import write_config
 
@@ -25,25 +23,21 @@ def scored_run(tmp_path: Path, name: str, corpus: Path, skill: float = 2.0, seed
     """runs/<name> with config, folds, fold<k>/oof.csv + history.csv and scores.json; `skill` sets how far
     the made-up probabilities lean to the true class."""
     cfg = load_config(str(write_config(tmp_path / "configs", name, corpus, **sections)))
-    run_dir = tmp_path / "runs" / name
-    save_run_config(cfg, run_dir)
-    make_folds(run_dir)
-    table, classes = read_split(run_dir)
+    run = Run(tmp_path / "runs" / name)
+    run.save_config(cfg)
+    make_folds(run.root)
+    split = run.read_split()
     rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(len(table), len(classes))) + skill * np.eye(len(classes))[table["target"]]
+    logits = rng.normal(size=(len(split.ids), len(split.classes))) + skill * np.eye(len(split.classes))[split.y]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    for fold in sorted(set(table["fold"])):
-        rows = (table["fold"] == fold).to_numpy()
-        fold_dir = run_dir / f"fold{fold}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        part = table[rows]
-        oof_frame(part["id"].tolist(), fold, part["label"].tolist(), probs[rows], classes).to_csv(
-            fold_dir / "oof.csv", index=False)
+    oof = Predictions(split.ids, split.classes, probs, split.fold, split.labels)
+    for fold in split.folds:
+        run.write_fold_oof(fold, oof.take(split.fold == fold))
         epoch = np.arange(1, epochs + 1)
-        pd.DataFrame({"epoch": epoch, "train_loss": 1 / epoch, "train_log_loss": 0.9 / epoch,
-                      "train_auc": 0.7 + 0.1 * epoch / epochs, "train_accuracy": 0.6 + 0.1 * epoch / epochs,
-                      "lr": 1e-3 / epoch, "train_img_s": 100.0, "val_loss": 1.1 / epoch,
-                      "val_auc": 0.65 + 0.1 * epoch / epochs, "val_accuracy": 0.6 + 0.05 * epoch,
-                      "seconds": 1.5 + fold}).to_csv(fold_dir / "history.csv", index=False)
-    score_run(run_dir)
-    return run_dir
+        run.write_history(fold, [
+            {"epoch": int(e), "train_loss": 1 / e, "train_log_loss": 0.9 / e, "train_auc": 0.7 + 0.1 * e / epochs,
+             "train_accuracy": 0.6 + 0.1 * e / epochs, "lr": 1e-3 / e, "train_img_s": 100.0, "val_loss": 1.1 / e,
+             "val_auc": 0.65 + 0.1 * e / epochs, "val_accuracy": 0.6 + 0.05 * e, "seconds": 1.5 + fold}
+            for e in epoch])
+    score_run(run.root)
+    return run.root

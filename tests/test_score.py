@@ -3,7 +3,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from foldvision.score import score_oof
+from foldvision.run import Predictions
+from foldvision.metrics import score_oof
+
+
+def predictions(oof: pd.DataFrame, classes: list[str]) -> Predictions:
+    return Predictions(oof["id"].tolist(), classes, oof[[f"prob_{c}" for c in classes]].to_numpy(),
+                       oof["fold"].to_numpy(), oof["label"].tolist())
 
 
 def fake_oof(num_classes: int, n: int = 120, folds: int = 3, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
@@ -19,7 +25,7 @@ def fake_oof(num_classes: int, n: int = 120, folds: int = 3, seed: int = 0) -> t
 
 def test_binary_oof_scores_equal_sklearn():
     oof, classes = fake_oof(2)
-    scores = score_oof(oof, classes, "auc")
+    scores = score_oof(predictions(oof, classes), "auc")
     y = (oof["label"] == "c1").astype(int)
     assert scores["task"] == "binary"
     assert scores["oof"]["auc"] == pytest.approx(roc_auc_score(y, oof["prob_c1"]))
@@ -30,7 +36,7 @@ def test_binary_oof_scores_equal_sklearn():
 
 def test_multiclass_oof_scores_equal_sklearn():
     oof, classes = fake_oof(4)
-    scores = score_oof(oof, classes, "auc")
+    scores = score_oof(predictions(oof, classes), "auc")
     y = oof["label"].map({c: i for i, c in enumerate(classes)})
     probs = oof[[f"prob_{c}" for c in classes]].to_numpy()
     assert scores["task"] == "multiclass"
@@ -42,7 +48,7 @@ def test_multiclass_oof_scores_equal_sklearn():
 
 def test_per_class_mean_and_std_over_folds():
     oof, classes = fake_oof(3)
-    scores = score_oof(oof, classes, "auc")
+    scores = score_oof(predictions(oof, classes), "auc")
     recalls = []
     for _, part in oof.groupby("fold"):
         pred = part[[f"prob_{c}" for c in classes]].to_numpy().argmax(1)
@@ -54,12 +60,14 @@ def test_per_class_mean_and_std_over_folds():
     assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}
 
 
-def test_the_score_stage_imports_no_torch():
-    """Scoring joins CSV files: it must not pay torch's, timm's and albumentations' imports (5 s per call)."""
+@pytest.mark.parametrize("module", ["folds", "score", "evaluate", "leaderboard", "ablate", "report"])
+def test_the_results_side_imports_no_torch(module):
+    """Splitting, scoring and comparing read and write tables: they must not pay torch's, timm's and
+    albumentations' imports (5 s per call)."""
     import subprocess
     import sys
 
     heavy = ("torch", "timm", "albumentations")
-    code = f"import sys, foldvision.score; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, foldvision.{module}; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,8 +1,9 @@
-"""Scores of class probabilities, all through scikit-learn so they equal what a user computes from oof.csv."""
+"""Scores of class probabilities, all through scikit-learn so they equal what a user computes from the OOF table."""
 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import (
@@ -13,6 +14,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+if TYPE_CHECKING:  # the annotation only: metrics stays a leaf module
+    from foldvision.run import Predictions
 
 # Metrics where lower is better; every other metric is maximised.
 LOWER_IS_BETTER = {"log_loss"}
@@ -81,3 +85,34 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
     if best is None or np.isnan(best):
         return not np.isnan(new)
     return new < best if metric in LOWER_IS_BETTER else new > best
+
+
+def score_oof(oof: Predictions, metric: str) -> dict:
+    """What the score stage writes for an OOF set: the scores of the whole set (not a mean of folds), of each
+    fold, per class (OOF, and mean ± std over folds), and the confusion matrix."""
+    y, probs = oof.y, oof.probs
+    folds, fold_classes = [], []
+    for k in sorted(set(oof.fold.tolist())):
+        mask = oof.fold == k
+        folds.append({"fold": int(k), "n": int(mask.sum()), **score(y[mask], probs[mask])})
+        fold_classes.append(per_class(y[mask], probs[mask]))
+    overall = per_class(y, probs)
+    per_class_scores = {}
+    for i, name in enumerate(oof.classes):
+        entry = {"support": int(overall["support"][i])}
+        for stat in ("precision", "recall"):
+            values = np.array([fc[stat][i] for fc in fold_classes])
+            entry[stat] = float(overall[stat][i])
+            entry[f"{stat}_mean"] = float(values.mean())
+            entry[f"{stat}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        per_class_scores[name] = entry
+    return {
+        "task": task_of(len(oof.classes)),
+        "metric": metric,
+        "classes": oof.classes,
+        "n": len(oof.ids),
+        "oof": score(y, probs),
+        "folds": folds,
+        "per_class": per_class_scores,
+        "confusion_matrix": confusion(y, probs).tolist(),
+    }

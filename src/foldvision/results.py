@@ -1,38 +1,45 @@
-"""What a finished experiment left in its run folder, read back for comparison.
+"""Results as people read them: one experiment's score tables, and the comparison of several.
 
-An experiment is a folder `runs/<name>/` with `config.yaml` and, once scored, `scores.json`. `ablate`,
-`leaderboard` and `report` read it through `load`; nothing here trains or writes.
+A scored run folder is read through `foldvision.run` into an `Experiment`; `score` and `report` show its
+tables (`fold_scores`, `per_class`), `ablate` and `leaderboard` compare experiments (`comparison_row`,
+`comparison_frame`, `comparison_shown`). Every table is formatted here once, as a `Shown` (formatted cells),
+and drawn in the terminal (rich), in markdown or in the report's HTML. Nothing here trains or writes.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import yaml
+import numpy as np
+import polars as pl
+from rich.markup import escape
+from rich.table import Table
 
 from foldvision.errors import UserError
 from foldvision.evaluate import evaluate
 from foldvision.metrics import LOWER_IS_BETTER
+from foldvision.run import Run, submission_csv
 
 # A corpus's test labels: Kaggle's published solution (with a Public/Private `Usage` column), or held-back
 # labels such as the demo corpus's.
 SOLUTION_NAMES = ("solution.csv", "test_labels.csv")
 # Config keys that differ between any two experiments by definition.
 IGNORED_KEYS = ("name",)
+METRICS = ("auc", "accuracy", "macro_f1", "log_loss")
+LEADERBOARD_PARTS = ("public_", "private_", "test_")  # column prefixes of a submission's scores
 
 
+# ---- one experiment ----------------------------------------------------------------------------------------
 @dataclass
 class Experiment:
     name: str
     run_dir: Path
-    config: dict  # the resolved config (config.yaml without its _meta)
+    config: dict  # the resolved config as saved (`Run.read_config_dict`), without its _meta
     meta: dict  # foldvision version and git commit
-    scores: dict  # scores.json
+    scores: dict  # the score stage's output (`Run.read_scores`)
     seconds: float  # training wall time: every fold's epoch times added up
 
     @property
@@ -55,25 +62,19 @@ class Experiment:
         return str(self.config.get("data", {}).get("dir"))
 
 
-def train_seconds(run_dir: Path) -> float:
-    """Seconds spent training and validating, from every `fold<k>/history.csv` (a resumed fold counts once)."""
-    total = 0.0
-    for path in sorted(run_dir.glob("fold*/history.csv")):
-        history = pd.read_csv(path)
-        if "seconds" in history:
-            total += float(history["seconds"].sum())
-    return total
+def train_seconds(run: Run) -> float:
+    """Seconds spent training and validating, from every fold's history (a resumed fold counts once)."""
+    return sum(float(h["seconds"].sum()) for h in run.read_histories().values() if "seconds" in h.columns)
 
 
 def load(run_dir: Path) -> Experiment | None:
-    """The experiment in `run_dir`, or None while it has no scores.json yet."""
-    config_path, scores_path = run_dir / "config.yaml", run_dir / "scores.json"
-    if not (config_path.is_file() and scores_path.is_file()):
+    """The experiment in `run_dir`, or None while it is not scored yet."""
+    run = Run(run_dir)
+    if not run.is_scored():
         return None
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    config = run.read_config_dict()
     meta = config.pop("_meta", {}) or {}
-    scores = json.loads(scores_path.read_text(encoding="utf-8"))
-    return Experiment(run_dir.name, run_dir, config, meta, scores, train_seconds(run_dir))
+    return Experiment(run.name, run.root, config, meta, run.read_scores(), train_seconds(run))
 
 
 def load_all(runs: Path) -> tuple[list[Experiment], list[str]]:
@@ -83,11 +84,72 @@ def load_all(runs: Path) -> tuple[list[Experiment], list[str]]:
         experiment = load(run_dir)
         if experiment is not None:
             found.append(experiment)
-        elif (run_dir / "config.yaml").is_file():
+        elif Run(run_dir).exists():
             pending.append(run_dir.name)
     return found, pending
 
 
+# ---- a table as shown -------------------------------------------------------------------------------------
+@dataclass
+class Shown:
+    """A table as people read it: column names, rows of formatted cells, the rows shown bold."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    strong: tuple[int, ...] = ()
+    left: tuple[str, ...] = ()  # text columns, aligned left (the first column always is)
+
+    def column(self, name: str) -> list[str]:
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+    def rich(self, title: str = "") -> Table:
+        table = Table(title=title or None)
+        for i, name in enumerate(self.columns):
+            table.add_column(name, justify="left" if i == 0 or name in self.left else "right", overflow="fold")
+        for i, row in enumerate(self.rows):
+            # escaped: a value such as '[hflip, vflip]' is text, not rich markup
+            table.add_row(*(f"[bold]{escape(v)}" if i in self.strong else escape(v) for v in row))
+        return table
+
+    def markdown(self) -> str:
+        import pandas as pd  # noqa: PLC0415 - the edge where a library (tabulate, via pandas) wants a DataFrame
+
+        return pd.DataFrame(self.rows, columns=self.columns).to_markdown(index=False, disable_numparse=True)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A score as shown: fixed digits; '–' for none (an AUC of a fold without both classes is NaN)."""
+    return "–" if value is None or np.isnan(value) else f"{value:.{digits}f}"
+
+
+def _spread(values: list[float]) -> str:
+    array = np.asarray(values, dtype=float)
+    std = float(np.std(array, ddof=1)) if len(array) > 1 else 0.0
+    return f"{fmt(float(np.mean(array)))} ± {fmt(std)}"
+
+
+def fold_scores(scores: dict) -> Shown:
+    """Every fold's scores, their mean ± std, and (bold) the score of the whole OOF set."""
+    rows = [[f"fold {f['fold']}", str(f["n"]), *(fmt(f[m]) for m in METRICS)] for f in scores["folds"]]
+    rows.append(["mean ± std", "", *(_spread([f[m] for f in scores["folds"]]) for m in METRICS)])
+    rows.append(["OOF", str(scores["n"]), *(fmt(scores["oof"][m]) for m in METRICS)])
+    return Shown(["", "n", *METRICS], rows, strong=(len(rows) - 1,))
+
+
+def per_class(scores: dict) -> Shown:
+    """Precision and recall per class: the whole OOF set, and (in brackets) mean ± std over folds."""
+    rows = [[name, str(c["support"]),
+             *(f"{c[s]:.3f} ({c[f'{s}_mean']:.3f} ± {c[f'{s}_std']:.3f})" for s in ("precision", "recall"))]
+            for name, c in scores["per_class"].items()]
+    return Shown(["class", "n", "precision OOF (folds mean ± std)", "recall OOF (folds mean ± std)"], rows)
+
+
+def scores_title(scores: dict) -> str:
+    return f"{scores['task']} · {scores['n']} OOF images · picked by {scores['metric']}"
+
+
+# ---- comparing experiments --------------------------------------------------------------------------------
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; lists stay values."""
     flat = {}
@@ -142,6 +204,67 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     names = [k for k in results["all"] if k != "n"]
     chosen = metric if metric in names else names[0]
     return chosen, {part: float(values[chosen]) for part, values in parts.items()}
+
+
+def comparison_row(exp: Experiment, metric: str, submissions: Path) -> dict:
+    """One experiment's raw numbers in a comparison: OOF score, fold scores and their spread, its submission's
+    Public/Private scores (when the corpus has a solution file) and training time."""
+    mean, std = exp.fold_spread(metric)
+    lb_metric, lb = leaderboard_scores(submission_csv(submissions, exp.name), find_solution(exp.corpus), metric)
+    return {f"oof_{metric}": exp.oof(metric), "folds": " ".join(f"{s:.4f}" for s in exp.fold_scores(metric)),
+            "folds_mean": mean, "folds_std": std, **{f"{part}_{lb_metric}": v for part, v in lb.items()},
+            "train_seconds": exp.seconds}
+
+
+def comparison_frame(rows: list[dict]) -> pl.DataFrame:
+    """Rows of raw numbers as one table: a column that only some rows have (a Public score) sits where those
+    rows have it, empty elsewhere; NaN scores are empty too, so they sort last and read back as missing."""
+    columns: list[str] = []
+    for row in rows:
+        previous = None
+        for key in row:
+            if key not in columns:
+                columns.insert(columns.index(previous) + 1 if previous else len(columns), key)
+            previous = key
+    table = pl.DataFrame({c: [row.get(c) for row in rows] for c in columns}, strict=False)
+    return table.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def best_row(table: pl.DataFrame, metric: str) -> int | None:
+    scores = table[f"oof_{metric}"].fill_null(np.nan).to_numpy().astype(float)
+    if np.isnan(scores).all():
+        return None
+    return int(np.nanargmax(scores) if higher_is_better(metric) else np.nanargmin(scores))
+
+
+def comparison_shown(table: pl.DataFrame, ranked: bool = False) -> Shown:
+    """A comparison table (the ablation's or the leaderboard's numbers) as it is shown: `ranked` numbers the rows;
+    the columns between `experiment` and the OOF score (the ablated values) are shown as they are."""
+    metric = next(c for c in table.columns if c.startswith("oof_")).removeprefix("oof_")
+    first, oof = table.columns.index("experiment"), table.columns.index(f"oof_{metric}")
+    cells: dict[str, list[str]] = {}
+    if ranked:
+        cells["#"] = [str(i) for i in range(1, len(table) + 1)]
+    cells["experiment"] = table["experiment"].to_list()
+    for column in table.columns[first + 1: oof]:
+        cells[column] = [short_value(v) for v in table[column].to_list()]
+    cells[f"OOF {metric}"] = [fmt(v) for v in table[f"oof_{metric}"].to_list()]
+    if "folds" in table.columns:
+        cells["folds"] = table["folds"].to_list()
+    cells["folds mean ± std"] = [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(table["folds_mean"], table["folds_std"])]
+    if "delta_vs_base" in table.columns:
+        cells["Δ vs base"] = ["base" if i == 0 else "–" if d is None else f"{d:+.4f}"
+                              for i, d in enumerate(table["delta_vs_base"].to_list())]
+    for column in table.columns:
+        if column.startswith(LEADERBOARD_PARTS):
+            part, lb_metric = column.split("_", 1)
+            cells[f"{part.capitalize()} {lb_metric}"] = ["" if v is None else fmt(v) for v in table[column].to_list()]
+    cells["wall time"] = [format_seconds(s) for s in table["train_seconds"].to_list()]
+    if "differs" in table.columns:
+        cells["differs"] = table["differs"].to_list()
+    best = best_row(table, metric)
+    return Shown(list(cells), [list(row) for row in zip(*cells.values())], strong=() if best is None else (best,),
+                 left=("experiment", "folds", "differs"))
 
 
 def format_seconds(seconds: float) -> str:

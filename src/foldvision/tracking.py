@@ -1,6 +1,7 @@
 """Experiment tracking: Weights & Biases, offline unless the user is logged in, or a no-op stand-in.
 
-Offline runs are written under `runs/<exp>/wandb/` and uploaded later with `wandb sync runs/<exp>/wandb/offline-run-*`.
+Offline runs are written into the run folder (`Run.wandb_dir`, runs/<exp>/wandb/) and uploaded later with
+`wandb sync runs/<exp>/wandb/offline-run-*`.
 Nothing here prompts, blocks or reaches the network unless the user has logged in (or set WANDB_MODE=online).
 """
 
@@ -12,11 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from foldvision.errors import UserError
-from foldvision.tables import prob_columns
+from foldvision.run import Predictions, Run
 
 
 class NoTracker:
@@ -28,7 +28,7 @@ class NoTracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def log_oof(self, scores: dict, oof: pd.DataFrame) -> None:
+    def log_oof(self, scores: dict, oof: Predictions) -> None:
         pass
 
     def log_artifact(self, path: Path, name: str, kind: str) -> None:
@@ -72,13 +72,14 @@ class WandbTracker:
     def __init__(self, run_dir: Path, name: str, job_type: str, config: dict):
         import wandb  # late: importing wandb costs a second, and `tracking: none` needs none of it
 
+        folder = Run(run_dir)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "foldvision"),
-            group=run_dir.name,
+            group=folder.name,
             job_type=job_type,
             name=name,
             config=config,
-            dir=str(run_dir),
+            dir=str(folder.wandb_dir.parent),  # wandb writes into <dir>/wandb
             mode=wandb_mode(),
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
@@ -90,14 +91,13 @@ class WandbTracker:
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
 
-    def log_oof(self, scores: dict, oof: pd.DataFrame) -> None:
+    def log_oof(self, scores: dict, oof: Predictions) -> None:
         """The OOF metrics in the summary; per-fold and per-class tables, the confusion matrix and the ROC curve
         (the positive class for binary, one-vs-rest for multi-class) as W&B plots."""
         import wandb
 
-        classes = scores["classes"]
-        y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-        probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
+        classes, y, probs = oof.classes, oof.y, oof.probs
+        # pandas here only: wandb.Table takes a pandas DataFrame
         per_class = pd.DataFrame([{"class": name, **entry} for name, entry in scores["per_class"].items()])
         self.run.summary.update({f"oof_{k}": v for k, v in scores["oof"].items()})
         self.run.log({
