@@ -43,15 +43,15 @@ def test_experiments_ranked_per_corpus_with_public_and_private(tmp_path, capsys)
     assert pending == ["unfinished"]
     by_corpus = {corpus_dir: (metric, table) for corpus_dir, metric, table in boards}
     metric, table = by_corpus[str(corpus)]
-    assert metric == "auc" and table["experiment"].tolist() == ["strong", "weak"]  # best OOF AUC first
-    assert table["differs"].tolist() == ["train.sampler=random", "train.sampler=imbalanced"]
+    assert metric == "auc" and table["experiment"].to_list() == ["strong", "weak"]  # best OOF AUC first
+    assert table["differs"].to_list() == ["train.sampler=random", "train.sampler=imbalanced"]
     expected = evaluate(subs / "strong.csv", corpus / "solution.csv")
-    assert table.loc[0, "public_auc"] == pytest.approx(expected["Public"]["auc"])
-    assert table.loc[0, "private_auc"] == pytest.approx(expected["Private"]["auc"])
-    assert pd.isna(table.loc[1, "public_auc"])  # weak has no submission
-    assert len(table.loc[0, "folds"].split()) == 2  # one score per fold
-    assert table.loc[0, "train_seconds"] == pytest.approx(2 * (1.5 + 2.5))  # 2 epochs × fold seconds
-    assert by_corpus[str(other)][1]["experiment"].tolist() == ["elsewhere"]
+    assert table[0, "public_auc"] == pytest.approx(expected["Public"]["auc"])
+    assert table[0, "private_auc"] == pytest.approx(expected["Private"]["auc"])
+    assert table[1, "public_auc"] is None  # weak has no submission
+    assert len(table[0, "folds"].split()) == 2  # one score per fold
+    assert table[0, "train_seconds"] == pytest.approx(2 * (1.5 + 2.5))  # 2 epochs × fold seconds
+    assert by_corpus[str(other)][1]["experiment"].to_list() == ["elsewhere"]
 
     leaderboard_main([str(tmp_path / "runs"), "--submissions", str(subs)])
     printed = capsys.readouterr().out
