@@ -1,52 +1,45 @@
 """Ablations: every combination of a grid of config values trained as an experiment of its own, then one table.
 
-    make ablate EXP=<exp> GRID="train.sampler=imbalanced,random loss.name=cce,ce"
-    python -m foldvision.ablate <exp> [key=value ...] --grid "train.sampler=imbalanced,random loss.name=cce,ce"
+    make ablate EXP=<exp> GRID="train.sampler=imbalanced,random loss.name=cce,ce"   (make -j N: variants side by side)
+    python -m foldvision.ablate <exp> [key=value ...] --grid "..." --plan     resolve the variants for make
+    python -m foldvision.ablate <exp> [key=value ...] --grid "..." --table    compare the finished variants
 
 The base is the experiment as configured (`runs/<exp>`, with any `key=value` given). A variant is named by
 what it changes from the base, e.g. `runs/<exp>--sampler-random--loss-ce`, so its run folder, W&B group and
 submission say what it is ('=' cannot be used: make reads a target with '=' as a variable); the combination
-equal to the base is the base itself. Every variant is made with
-`make train predict` on the same corpus folds (the split depends only on the data and cv sections), so a
-variant that already ran is not run again and an interrupted one resumes where it stopped. W&B sweeps are not
-used: they need the W&B server, and grid ablations must run offline.
+equal to the base is the base itself.
 
-The comparison table (OOF metric, mean ± std over folds, delta against the base, training time, and the
-submission's Public/Private scores when the corpus has a solution file) is printed and written to
-`runs/<exp>/ablation.md` and `runs/<exp>/ablation.csv`.
+`--plan` resolves every variant's config (so a bad value stops the ablation before any training), saves it into
+the variant's run folder and writes the variant names into the base's run folder for make (`Run.ablation_mk`).
+make then builds every variant's scores and submission as files, on the same corpus folds (the split depends
+only on the data and cv sections): `make -j N` runs variants and folds side by side, a variant that already
+ran is not run again, an interrupted one resumes where it stopped. W&B sweeps are not used: they need the W&B
+server, and grid ablations must run offline.
+
+`--table` prints the comparison (OOF metric, mean ± std over folds, delta against the base, training time, and
+the submission's Public/Private scores when the corpus has a solution file) and writes it into the base's run
+folder (`Run.ablation_csv`, numbers; `Run.ablation_md`, as printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from rich.table import Table
+import polars as pl
 
-from foldvision.config import CONFIG_DIR, load_config, to_dict
+from foldvision.config import CONFIG_DIR, Config, load_config, to_dict
 from foldvision.console import console, print_wide
-from foldvision.errors import UserError, write_atomic, write_text_atomic
-from foldvision.results import (
-    find_solution,
-    flatten,
-    format_seconds,
-    higher_is_better,
-    leaderboard_scores,
-    load,
-    short_value,
-)
+from foldvision.errors import UserError
+from foldvision.results import comparison_frame, comparison_row, comparison_shown, flatten, load, short_value
+from foldvision.run import Run
 
-STAGES = ("train", "predict")
 FOOTNOTE = ("OOF: the whole out-of-fold set scored at once; folds: the per-fold scores; Δ: OOF minus the base's; "
-            "wall time: training and validation of every fold (fold<k>/history.csv).")
+            "wall time: training and validation of every fold (each fold's history).")
 
 
 @dataclass
@@ -54,6 +47,7 @@ class Variant:
     name: str  # the run folder's name: <exp>, or <exp>--<key>-<value>... for what differs from the base
     overrides: list[str]  # key=value for the keys that differ from the base
     values: dict[str, str] = field(default_factory=dict)  # column label -> the value this variant runs with
+    config: Config | None = None  # its resolved config (plan); the run name still to be set
 
 
 def split_values(raw: str) -> list[str]:
@@ -101,92 +95,60 @@ def slug(raw: str) -> str:
 def plan(exp: str, overrides: list[str], axes: list[tuple[str, list[str]]],
          config_dir: Path = CONFIG_DIR) -> list[Variant]:
     """The base and every distinct grid combination, each config resolved (and so checked) before any training."""
-    base = flatten(to_dict(load_config(exp, overrides, config_dir)))
+    base_config = load_config(exp, overrides, config_dir)
+    base = flatten(to_dict(base_config))
     keys = [key for key, _ in axes]
     label = labels(keys)
     for key in keys:
         if key not in base:  # a whole section or an unknown key: load_config names the valid ones
             load_config(exp, [*overrides, f"{key}=0"], config_dir)
             raise UserError(f"GRID key '{key}' is a section; name one of its keys ({key}.<key>=a,b)")
-    variants = {exp: Variant(exp, [], {label[k]: short_value(base[k]) for k in keys})}
+    variants = {exp: Variant(exp, [], {label[k]: short_value(base[k]) for k in keys}, base_config)}
     for combo in itertools.product(*(values for _, values in axes)):
         pairs = [f"{key}={raw}" for key, raw in zip(keys, combo)]
-        flat = flatten(to_dict(load_config(exp, [*overrides, *pairs], config_dir)))
+        config = load_config(exp, [*overrides, *pairs], config_dir)
+        flat = flatten(to_dict(config))
         changed = [(key, raw) for key, raw in zip(keys, combo) if repr(flat[key]) != repr(base[key])]
         name = exp + "".join(f"--{label[key]}-{slug(raw)}" for key, raw in changed)
         variants.setdefault(name, Variant(name, [f"{key}={raw}" for key, raw in changed],
-                                          {label[k]: short_value(flat[k]) for k in keys}))
+                                          {label[k]: short_value(flat[k]) for k in keys}, config))
     return list(variants.values())
 
 
-def run_variant(make: list[str], exp: str, variant: Variant, overrides: list[str], stages: list[str],
-                configs: Path, runs: Path, submissions: Path) -> None:
-    """`make <stages>` for one variant: make's file targets skip what is done and resume what is not."""
-    args = " ".join(shlex.quote(o) for o in [*overrides, *variant.overrides])
-    cmd = [*make, *stages, f"EXP={exp}", f"NAME={variant.name}", f"ARGS={args}", f"CONFIGS={configs}",
-           f"RUNS={runs}", f"SUBMISSIONS={submissions}"]
-    # the outer make's command-line variables (GRID, ARGS, DATA...) travel in MAKEFLAGS: keep them out
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    if subprocess.run(cmd, env=env).returncode != 0:
-        raise UserError(f"variant {variant.name} failed (see above); fix it and run the ablation again: "
-                        "finished variants are kept")
+def write_plan(variants: list[Variant], runs: Path) -> Path:
+    """Each variant's config saved into its run folder (named after the variant, which also refuses a folder
+    that holds another corpus), then the variant names for make, in the base's run folder."""
+    for variant in variants:
+        variant.config.name = variant.name  # an experiment of its own: run folder, W&B group, submission
+        Run(runs / variant.name).check_owner(variant.config)  # all checked before any is written
+    for variant in variants:
+        Run(runs / variant.name).save_config(variant.config)
+    return Run(runs / variants[0].name).write_ablation_plan([v.name for v in variants])
 
 
-def comparison(variants: list[Variant], runs: Path, submissions: Path) -> pd.DataFrame:
-    """One row per variant, raw numbers (ablation.csv): the base first, its OOF score the reference."""
+def comparison(variants: list[Variant], runs: Path, submissions: Path) -> pl.DataFrame:
+    """One row per variant, raw numbers (the ablation CSV): the base first, its OOF score the reference."""
     experiments = [load(runs / v.name) for v in variants]
     missing = [v.name for v, e in zip(variants, experiments) if e is None]
     if missing:
-        raise UserError(f"no scores.json for {', '.join(missing)}: the ablation has not finished")
+        raise UserError(f"{', '.join(missing)} not scored yet: the ablation has not finished (make ablate)")
     metric = experiments[0].metric
     reference = experiments[0].oof(metric)
     rows = []
     for variant, exp in zip(variants, experiments):
-        mean, std = exp.fold_spread(metric)
-        lb_metric, lb = leaderboard_scores(submissions / f"{variant.name}.csv", find_solution(exp.corpus), metric)
-        rows.append({"experiment": variant.name, **variant.values, f"oof_{metric}": exp.oof(metric),
-                     "folds_mean": mean, "folds_std": std, "delta_vs_base": exp.oof(metric) - reference,
-                     **{f"{part}_{lb_metric}": value for part, value in lb.items()},
-                     "train_seconds": exp.seconds})
-    return pd.DataFrame(rows)
+        row = {"experiment": variant.name, **variant.values}
+        for key, value in comparison_row(exp, metric, submissions).items():
+            if key != "folds":  # the spread says enough here; the leaderboard lists each fold
+                row[key] = value
+            if key == "folds_std":
+                row["delta_vs_base"] = exp.oof(metric) - reference
+        rows.append(row)
+    return comparison_frame(rows)
 
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """ablation.csv's numbers as the printed table shows them."""
-    metric = next(c for c in table.columns if c.startswith("oof_")).removeprefix("oof_")
-    shown = pd.DataFrame({"experiment": table["experiment"]})
-    for column in table.columns[1: table.columns.get_loc(f"oof_{metric}")]:
-        shown[column] = table[column]
-    shown[f"OOF {metric}"] = table[f"oof_{metric}"].map("{:.4f}".format)
-    shown["folds mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(table["folds_mean"], table["folds_std"])]
-    shown["Δ vs base"] = ["base" if i == 0 else f"{d:+.4f}" for i, d in enumerate(table["delta_vs_base"])]
-    for column in table.columns:
-        if column.startswith(("public_", "private_", "test_")):
-            part, lb_metric = column.split("_", 1)
-            shown[f"{part.capitalize()} {lb_metric}"] = table[column].map(
-                lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    shown["wall time"] = table["train_seconds"].map(format_seconds)
-    return shown
-
-
-def print_table(table: pd.DataFrame, title: str) -> None:
-    shown = display(table)
-    metric = next(c for c in table.columns if c.startswith("oof_"))
-    scores = table[metric].to_numpy()
-    best = int(np.nanargmax(scores) if higher_is_better(metric.removeprefix("oof_")) else np.nanargmin(scores))
-    rich = Table(title=title)
-    for column in shown.columns:
-        rich.add_column(column, justify="left" if column == "experiment" else "right")
-    for i, row in enumerate(shown.itertuples(index=False)):
-        rich.add_row(*(f"[bold]{v}" if i == best else str(v) for v in row))
-    print_wide(rich)
-    console.print(f"[dim]{FOOTNOTE}[/]")
-
-
-def write_tables(table: pd.DataFrame, run_dir: Path, title: str) -> None:
-    write_atomic(run_dir / "ablation.csv", lambda tmp: table.to_csv(tmp, index=False))
-    markdown = display(table).to_markdown(index=False, disable_numparse=True)  # keep '0.9100' as shown
-    write_text_atomic(run_dir / "ablation.md", f"# {title}\n\n{markdown}\n\n{FOOTNOTE}\n")
+def write_tables(table: pl.DataFrame, run_dir: Path, title: str) -> None:
+    markdown = comparison_shown(table).markdown()
+    Run(run_dir).write_ablation(table, f"# {title}\n\n{markdown}\n\n{FOOTNOTE}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,21 +159,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", type=Path, default=CONFIG_DIR)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--submissions", type=Path, default=Path("submissions"))
-    parser.add_argument("--make", default="make --no-print-directory", help="the make command (with variables)")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), help="make targets per variant")
+    step = parser.add_mutually_exclusive_group(required=True)
+    step.add_argument("--plan", action="store_true", help="resolve every variant into its run folder for make")
+    step.add_argument("--table", action="store_true", help="compare the finished variants")
     args = parser.parse_args(argv)
-    axes = parse_grid(args.grid)
-    variants = plan(args.exp, args.overrides, axes, args.configs)
-    console.print(f"ablate: {len(variants)} experiments: " + ", ".join(v.name for v in variants))
-    for i, variant in enumerate(variants, 1):
-        console.rule(f"ablate {i}/{len(variants)}: {variant.name} ({' '.join(variant.overrides) or 'the base'})")
-        run_variant(shlex.split(args.make), args.exp, variant, args.overrides, args.stages,
-                    args.configs, args.runs, args.submissions)
+    variants = plan(args.exp, args.overrides, parse_grid(args.grid), args.configs)
+    if args.plan:
+        write_plan(variants, args.runs)
+        console.print(f"ablate: {len(variants)} experiments: " + ", ".join(v.name for v in variants))
+        return
     table = comparison(variants, args.runs, args.submissions)
     title = f"Ablation of {args.exp}: {args.grid}"
     write_tables(table, args.runs / args.exp, title)
-    print_table(table, title)
-    console.print(f"ablate: wrote {args.runs / args.exp / 'ablation.md'} and ablation.csv")
+    print_wide(comparison_shown(table).rich(title))
+    console.print(f"[dim]{FOOTNOTE}[/]")
+    console.print(f"ablate: wrote {Run(args.runs / args.exp).ablation_md} and its CSV")
 
 
 if __name__ == "__main__":
