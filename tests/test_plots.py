@@ -1,10 +1,10 @@
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
 from foldvision.errors import UserError
 from foldvision.plots import PLOTS, image_file, most_wrong, write_plots
+from foldvision.run import Predictions
 
 from fakes import scored_run
 
@@ -29,13 +29,13 @@ def test_every_plot_is_written(tmp_path, corpus_fixture, request):
 
 
 def test_most_wrong_ranks_wrong_predictions_by_confidence():
-    oof = pd.DataFrame({"id": ["a", "b", "c", "d"], "fold": [0, 0, 1, 1], "label": ["x", "y", "x", "y"],
-                        "prob_x": [0.9, 0.95, 0.3, 0.6], "prob_y": [0.1, 0.05, 0.7, 0.4]})
-    wrong = most_wrong(oof, ["x", "y"], n=5)
-    assert wrong["id"].tolist() == ["b", "c", "d"]  # a is right; b is the most confident mistake
-    assert wrong["pred"].tolist() == ["x", "y", "x"]
-    assert wrong["confidence"].tolist() == pytest.approx([0.95, 0.7, 0.6])
-    assert wrong["p_true"].tolist() == pytest.approx([0.05, 0.3, 0.4])
+    probs = np.array([[0.9, 0.1], [0.95, 0.05], [0.3, 0.7], [0.6, 0.4]])  # prob_x, prob_y
+    oof = Predictions(["a", "b", "c", "d"], ["x", "y"], probs, np.array([0, 0, 1, 1]), ["x", "y", "x", "y"])
+    wrong = most_wrong(oof, n=5)
+    assert wrong["id"].to_list() == ["b", "c", "d"]  # a is right; b is the most confident mistake
+    assert wrong["pred"].to_list() == ["x", "y", "x"]
+    assert wrong["confidence"].to_list() == pytest.approx([0.95, 0.7, 0.6])
+    assert wrong["p_true"].to_list() == pytest.approx([0.05, 0.3, 0.4])
 
 
 def test_image_paths_relative_to_the_corpus_or_its_image_folder(tmp_path):

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from foldvision.cli import main as cli_main
 from foldvision.plots import PLOTS
 from foldvision.report import build
 from foldvision.report import main as report_main
 
-from conftest import make_corpus
+from conftest import make_corpus, stage
 from fakes import scored_run
+from test_ablate import make
 from test_leaderboard import add_solution, write_submission
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -104,3 +106,44 @@ def test_report_without_submission_or_ablation(tmp_path, binary_corpus):
     html = build(run_dir)
     assert ">Leaderboard</h2>" not in html and ">Ablation</h2>" not in html
     assert html.count("data:image/png;base64,") == len(PLOTS)
+
+
+def test_a_stale_report_says_so_on_the_page_and_in_one_line(tmp_path, binary_corpus, capsys):
+    run_dir = scored_run(tmp_path, "exp", binary_corpus)
+    report_main([str(run_dir)])
+    assert 'class="stale"' not in (run_dir / "report.html").read_text()  # fresh: no banner
+    report_main([str(run_dir), "--stale", "scores", "submission"])
+    html = (run_dir / "report.html").read_text()
+    assert 'class="stale"' in html
+    assert "the scores are older than their inputs; run make train EXP=exp" in html
+    assert "the submission is older than its inputs; run make predict EXP=exp" in html
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("report: stale")]
+    assert len(printed) == 1 and "the scores are older" in printed[0] and "make predict" in printed[0]
+
+    # a training image replaced under the same name: the digest recorded at training no longer matches
+    image = next((binary_corpus / "train").glob("*.png"))
+    Image.new("RGB", (20, 20), "red").save(image)
+    report_main([str(run_dir)])
+    assert "the corpus changed since training (train_images); run make train EXP=exp" in (
+        run_dir / "report.html").read_text()
+    assert "report: stale: the corpus changed since training" in capsys.readouterr().err
+
+
+def test_an_unscored_run_is_one_line_saying_what_to_run(tmp_path, capsys):
+    code, err = stage(capsys, "report", str(tmp_path / "runs" / "nothing"))
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: {tmp_path / 'runs' / 'nothing'}: no scores yet, nothing to report; run make train EXP=nothing first"]
+
+
+def test_make_report_after_the_config_changed_never_trains(tmp_path, binary_corpus):
+    run_dir = scored_run(tmp_path, "exp", binary_corpus)
+    oofs = {p: p.stat().st_mtime_ns for p in run_dir.glob("fold*/oof.csv")}
+    # the config re-resolved with another learning rate: make now finds every fold, and so the scores, stale
+    code = cli_main(["config", "exp", "train.lr=0.01", "--configs", str(tmp_path / "configs"),
+                     "--run-dir", str(run_dir)])
+    assert code is None
+    result = make(tmp_path, "report", EXP="exp")
+    assert "foldvision train" not in result.stdout + result.stderr
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("fold*/oof.csv")} == oofs  # nothing re-trained
+    assert "the scores are older than their inputs" in (run_dir / "report.html").read_text()
+    assert "report: stale: the scores are older than their inputs; run make train EXP=exp" in result.stderr

@@ -2,12 +2,12 @@
 
     python -m foldvision.plots runs/<exp>
 
-Reads `config.yaml`, `scores.json`, `oof.csv`, `folds.csv` and every `fold<k>/history.csv`; writes to
-`runs/<exp>/plots/`: `learning_curves.png` (loss, task metric and learning rate per epoch, train and
-validation, one colour per fold), `confusion.png` (OOF counts and row-normalised), `roc.png` (binary: the
-positive class; multi-class: one-vs-rest per class), `per_class.png` (OOF precision/recall, error bars the
-std over folds) and `wrong.png` (the most confidently wrong OOF images with true and predicted labels).
-`make report` puts them on one page.
+Reads the run folder (config, scores, OOF table, split and every fold's history, through `foldvision.run`) and
+writes one PNG per plot into its plots folder (`Run.plot_png`): learning_curves (loss, task metric and
+learning rate per epoch, train and validation, one colour per fold), confusion (OOF counts and
+row-normalised), roc (binary: the positive class; multi-class: one-vs-rest per class), per_class (OOF
+precision/recall, error bars the std over folds) and wrong (the most confidently wrong OOF images with true
+and predicted labels). `make report` puts them on one page.
 
 Figures are built with matplotlib's object API on the Agg canvas: no display, no pyplot state, safe on a
 server and in CI.
@@ -16,11 +16,10 @@ server and in CI.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -28,8 +27,8 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from foldvision.errors import UserError, write_atomic
-from foldvision.tables import prob_columns
+from foldvision.errors import write_atomic
+from foldvision.run import Predictions, Run
 
 PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")
 MAX_LABELLED_CLASSES = 20  # beyond this, tick labels and cell values are unreadable: left out
@@ -41,7 +40,7 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def learning_curves(histories: dict[int, pd.DataFrame], metric: str) -> Figure:
+def learning_curves(histories: dict[int, pl.DataFrame], metric: str) -> Figure:
     """Loss, the task metric and the learning rate per epoch; solid train, dashed validation, a colour per fold.
 
     The loss panel compares log loss on both sides when the history has it (the training objective, e.g.
@@ -129,37 +128,36 @@ def per_class_bars(per_class: dict) -> Figure:
     return fig
 
 
-def most_wrong(oof: pd.DataFrame, classes: list[str], n: int = 12) -> pd.DataFrame:
+def most_wrong(oof: Predictions, n: int = 12) -> pl.DataFrame:
     """The `n` wrong OOF predictions made with the highest confidence: id, fold, label, pred, confidence,
     p_true (the probability given to the true class)."""
-    probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
-    truth = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs, truth = oof.probs, oof.y
     pred = probs.argmax(axis=1)
-    table = pd.DataFrame({"id": oof["id"].astype(str), "fold": oof["fold"], "label": oof["label"].astype(str),
-                          "pred": [classes[i] for i in pred], "confidence": probs.max(axis=1),
+    table = pl.DataFrame({"id": oof.ids, "fold": oof.fold, "label": oof.labels,
+                          "pred": [oof.classes[i] for i in pred], "confidence": probs.max(axis=1),
                           "p_true": probs[np.arange(len(probs)), truth]})
-    wrong = table[pred != truth].sort_values(["confidence", "id"], ascending=[False, True])
-    return wrong.head(n).reset_index(drop=True)
+    wrong = table.filter(pl.Series(pred != truth)).sort(["confidence", "id"], descending=[True, False])
+    return wrong.head(n)
 
 
 def image_file(data_dir: Path, train_images: str | None, rel: str) -> Path | None:
-    """A folds.csv path on disk: relative to the corpus folder, or to its training image folder."""
+    """A split path (`Split.paths`) on disk: relative to the corpus folder, or to its training image folder."""
     for candidate in (data_dir / rel, data_dir / (train_images or "train") / rel):
         if candidate.is_file():
             return candidate
     return None
 
 
-def wrong_images(wrong: pd.DataFrame, files: list[Path | None], columns: int = 4, thumb: int = 224) -> Figure:
+def wrong_images(wrong: pl.DataFrame, files: list[Path | None], columns: int = 4, thumb: int = 224) -> Figure:
     """A grid of the images in `wrong` (rows of `most_wrong`), each titled with its true and predicted label."""
     rows = max(1, -(-len(wrong) // columns))
     fig = _figure(3 * columns, 3.3 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.set_axis_off()
-    if wrong.empty:
+    if wrong.is_empty():
         axes[0].text(0.5, 0.5, "no wrong OOF predictions", ha="center", va="center")
-    for ax, row, path in zip(axes, wrong.itertuples(), files):
+    for ax, row, path in zip(axes, wrong.iter_rows(named=True), files):
         if path is None:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center")
         else:
@@ -167,7 +165,7 @@ def wrong_images(wrong: pd.DataFrame, files: list[Path | None], columns: int = 4
                 picture = image.convert("RGB")
             picture.thumbnail((thumb, thumb))
             ax.imshow(np.asarray(picture))
-        ax.set_title(f"true {row.label} · pred {row.pred} ({row.confidence:.2f})\n{row.id}", fontsize=9)
+        ax.set_title(f"true {row['label']} · pred {row['pred']} ({row['confidence']:.2f})\n{row['id']}", fontsize=9)
     return fig
 
 
@@ -175,47 +173,28 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
-def read_histories(run_dir: Path) -> dict[int, pd.DataFrame]:
-    histories = {}
-    for path in run_dir.glob("fold*/history.csv"):
-        suffix = path.parent.name.removeprefix("fold")
-        if suffix.isdigit():
-            histories[int(suffix)] = pd.read_csv(path)
-    return histories
-
-
 def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
-    """Every plot of a scored experiment into `run_dir/plots/`; returns name -> PNG path."""
-    import yaml
-
-    for name in ("config.yaml", "scores.json", "oof.csv", "folds.csv"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir / name} not found: train and score the experiment first "
-                            f"(make train EXP={run_dir.name})")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    scores = json.loads((run_dir / "scores.json").read_text(encoding="utf-8"))
-    classes = scores["classes"]
-    oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
-    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
-    folds = pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False).set_index("id")
-    wrong = most_wrong(oof, classes, n_wrong)
-    data_dir = Path(config["data"]["dir"])
-    files = [image_file(data_dir, config["data"].get("train_images"), folds.at[i, "path"]) if i in folds.index
-             else None for i in wrong["id"]]
+    """Every plot of a scored experiment into the run's plots folder; returns name -> PNG path."""
+    run = Run(run_dir)
+    scores = run.read_scores()  # first: an unscored run is told to train and score it
+    oof, split, cfg = run.read_oof(), run.read_split(), run.load_config()
+    wrong = most_wrong(oof, n_wrong)
+    paths = dict(zip(split.ids, split.paths))
+    files = [image_file(Path(cfg.data.dir), cfg.data.train_images, paths[i]) if i in paths else None
+             for i in wrong["id"]]
     figures = {
-        "learning_curves": learning_curves(read_histories(run_dir), scores["metric"]),
-        "confusion": confusion(np.array(scores["confusion_matrix"]), classes),
-        "roc": roc(y, probs, classes),
+        "learning_curves": learning_curves(run.read_histories(), scores["metric"]),
+        "confusion": confusion(np.array(scores["confusion_matrix"]), oof.classes),
+        "roc": roc(oof.y, oof.probs, oof.classes),
         "per_class": per_class_bars(scores["per_class"]),
         "wrong": wrong_images(wrong, files),
     }
-    return {name: save(fig, run_dir / "plots" / f"{name}.png") for name, fig in figures.items()}
+    return {name: save(fig, run.plot_png(name)) for name, fig in figures.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision plots", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="runs/<exp> with scores.json and oof.csv")
+    parser.add_argument("run_dir", type=Path, help="runs/<exp>, scored")
     args = parser.parse_args(argv)
     for path in write_plots(args.run_dir).values():
         print(path)

@@ -1,13 +1,18 @@
 """The experiment's page: its config, score tables and plots in one self-contained HTML file.
 
-    python -m foldvision.report runs/<exp> [--submission submissions/<exp>.csv]
+    python -m foldvision.report runs/<exp> [--submission submissions/<exp>.csv] [--stale scores submission]
     make report EXP=<exp>
 
-Writes the plots (`foldvision.plots`, PNG files under `runs/<exp>/plots/`) and `runs/<exp>/report.html`:
-what was run, the OOF and per-fold scores, the submission's Public/Private scores when the corpus has a
-solution file, the ablation table when the experiment was ablated, per-class scores, the plots and the most
-confidently wrong images. Images are embedded (base64) and the styles inline, so the one file opens offline
-in any browser and can be attached or mailed as it is.
+Writes the plots (`foldvision.plots`, PNG files in the run's plots folder) and the run's page
+(`Run.report_html`): what was run, the OOF and per-fold scores, the submission's Public/Private scores when the
+corpus has a solution file, the ablation table when the experiment was ablated, per-class scores, the plots and
+the most confidently wrong images. Images are embedded (base64) and the styles inline, so the one file opens
+offline in any browser and can be attached or mailed as it is.
+
+The report never trains or predicts: it renders what the run folder holds. What is out of date is said in a
+banner on the page and in one printed line: `--stale` (make's verdict, `make -q`, passed by `make report`)
+and a corpus whose files changed since the run's stages recorded them. A run without scores is one line
+saying what to run.
 """
 
 from __future__ import annotations
@@ -16,28 +21,33 @@ import argparse
 import base64
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import yaml
 from jinja2 import Environment
 
 from foldvision import __version__
-from foldvision.ablate import display
 from foldvision.config import Config, to_dict
 from foldvision.console import console
 from foldvision.errors import UserError, write_text_atomic
 from foldvision.plots import most_wrong, write_plots
 from foldvision.results import (
     Experiment,
+    Shown,
+    comparison_shown,
     find_solution,
     flatten,
+    fmt,
+    fold_scores,
     format_seconds,
     leaderboard_scores,
     load,
+    per_class,
     short_value,
 )
+from foldvision.run import Run, input_digests
 
-METRICS = ("auc", "accuracy", "macro_f1", "log_loss")
+# what --stale names, and what the user runs to bring it up to date
+STALE = {"scores": ("the scores are older than their inputs", "train"),
+         "submission": ("the submission is older than its inputs", "predict")}
 PLOT_TITLES = {
     "learning_curves": ("Learning curves", "Per epoch and fold: solid lines are training (the batches' own "
                         "predictions, as the weights changed), dashed lines validation."),
@@ -70,6 +80,8 @@ TEMPLATE = """<!DOCTYPE html>
   figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
   figcaption { color: #555; font-size: 0.9em; }
   pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+  .stale { background: #fff3cd; border: 1px solid #e0b100; border-radius: 4px; padding: 0.6em 1em; margin: 1em 0; }
+  .stale ul { margin: 0.3em 0 0 0; }
 </style>
 </head>
 <body>
@@ -82,6 +94,8 @@ TEMPLATE = """<!DOCTYPE html>
 <h1>{{ name }}</h1>
 <p class="sub">foldvision {{ version }} · commit {{ commit }} · {{ task }} · {{ n }} OOF images ·
  picked by {{ metric }}</p>
+{% if stale %}<div class="stale" id="stale"><strong>stale:</strong> this page shows results older than their
+inputs.<ul>{% for line in stale %}<li>{{ line }}</li>{% endfor %}</ul></div>{% endif %}
 <dl>{% for label, value in facts %}<dt>{{ label }}</dt><dd>{{ value }}</dd>{% endfor %}</dl>
 
 <h2 id="scores">Scores</h2>
@@ -114,39 +128,11 @@ set. The fold rows are each fold's validation images.</p>
 """
 
 
-def _table(frame: pd.DataFrame, strong: tuple[int, ...] = ()) -> dict:
-    """A table for the template's `table` macro: formatted cells, `strong` rows shown bold."""
-    return {"columns": [str(c) for c in frame.columns], "strong": strong,
-            "rows": [["" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)]}
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    return "–" if value is None or np.isnan(value) else f"{value:.{digits}f}"
-
-
-def scores_table(scores: dict) -> dict:
-    rows = [{"": f"fold {f['fold']}", "n": f["n"], **{m: _fmt(f[m]) for m in METRICS}} for f in scores["folds"]]
-    spread = {m: np.array([f[m] for f in scores["folds"]], dtype=float) for m in METRICS}
-    std = {m: np.std(v, ddof=1) if len(v) > 1 else 0.0 for m, v in spread.items()}
-    rows.append({"": "mean ± std", "n": "", **{m: f"{_fmt(np.mean(v))} ± {_fmt(std[m])}" for m, v in spread.items()}})
-    rows.append({"": "OOF", "n": scores["n"], **{m: _fmt(scores["oof"][m]) for m in METRICS}})
-    return _table(pd.DataFrame(rows), strong=(len(rows) - 1,))
-
-
-def per_class_table(per_class: dict) -> dict:
-    rows = [{"class": name, "n": c["support"],
-             "precision": f"{c['precision']:.3f} ({c['precision_mean']:.3f} ± {c['precision_std']:.3f})",
-             "recall": f"{c['recall']:.3f} ({c['recall_mean']:.3f} ± {c['recall_std']:.3f})"}
-            for name, c in per_class.items()]
-    return _table(pd.DataFrame(rows).rename(columns={"precision": "precision OOF (folds mean ± std)",
-                                                     "recall": "recall OOF (folds mean ± std)"}))
-
-
-def config_differences(config: dict) -> dict:
+def config_differences(config: dict) -> Shown:
     defaults, actual = flatten(to_dict(Config())), flatten({k: v for k, v in config.items() if k != "_meta"})
-    rows = [{"key": key, "value": short_value(value, 80), "default": short_value(defaults.get(key), 80)}
+    rows = [[key, short_value(value, 80), short_value(defaults.get(key), 80)]
             for key, value in actual.items() if key != "name" and repr(value) != repr(defaults.get(key))]
-    return _table(pd.DataFrame(rows, columns=["key", "value", "default"]))
+    return Shown(["key", "value", "default"], rows)
 
 
 def facts(exp: Experiment) -> list[tuple[str, str]]:
@@ -170,43 +156,78 @@ def _png(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def build(run_dir: Path, submission: Path | None = None) -> str:
-    """The report's HTML for a scored experiment (writes its plots on the way)."""
-    exp = load(run_dir)
+def staleness(run: Run, stale: list[str], submission: Path | None) -> list[str]:
+    """What on the page is out of date: make's verdict (`stale`), and corpus files changed since the stages
+    recorded them (the config's input digests now against those in the stage stamps)."""
+    lines = [f"{STALE[what][0]}; run make {STALE[what][1]} EXP={run.name}" for what in stale]
+    now = input_digests(run.load_config())
+    trained = _changed(now["train"], run.recorded_inputs("train"))
+    if trained:
+        lines.append(f"the corpus changed since training ({', '.join(trained)}); run make train EXP={run.name}")
+    if submission is not None and submission.is_file():
+        predicted = [k for k in _changed(now["predict"], run.recorded_inputs("predict")) if k not in now["train"]]
+        if predicted:
+            lines.append(f"the corpus changed since prediction ({', '.join(predicted)}); "
+                         f"run make predict EXP={run.name}")
+    return lines
+
+
+def _changed(now: dict, recorded: dict | None) -> list[str]:
+    """The inputs whose digest differs from the one recorded (none recorded: nothing to compare)."""
+    return [k for k, v in now.items() if recorded is not None and recorded.get(k) != v]
+
+
+def _scored(run: Run) -> Experiment:
+    exp = load(run.root)
     if exp is None:
-        raise UserError(f"{run_dir}: no scores.json yet; train and score it first (make train EXP={run_dir.name})")
+        raise UserError(f"{run.root}: no scores yet, nothing to report; run make train EXP={run.name} first")
+    return exp
+
+
+def build(run_dir: Path, submission: Path | None = None, stale: list[str] = ()) -> str:
+    """The report's HTML for a scored experiment (writes its plots on the way); `stale`: the banner's lines."""
+    run = Run(run_dir)
+    exp = _scored(run)
     plots = write_plots(run_dir)
-    oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
-    wrong = most_wrong(oof, exp.scores["classes"]).assign(
-        confidence=lambda f: f["confidence"].map("{:.3f}".format), p_true=lambda f: f["p_true"].map("{:.3f}".format))
+    wrong = most_wrong(run.read_oof())
+    wrong_rows = [[r["id"], str(r["fold"]), r["label"], r["pred"], f"{r['confidence']:.3f}", f"{r['p_true']:.3f}"]
+                  for r in wrong.iter_rows(named=True)]
     solution = find_solution(exp.config["data"]["dir"])
     lb_metric, lb = leaderboard_scores(submission, solution, exp.metric) if submission else ("", {})
-    ablation = run_dir / "ablation.csv"
+    ablation = run.read_ablation()
     env = Environment(autoescape=True)
     return env.from_string(TEMPLATE).render(
         name=exp.name, version=exp.meta.get("foldvision", __version__), commit=exp.meta.get("git_commit", "unknown"),
         task=exp.scores["task"], n=exp.scores["n"], metric=exp.metric, facts=facts(exp),
-        scores_table=scores_table(exp.scores),
-        leaderboard=_table(pd.DataFrame([{f"{part.capitalize()} {lb_metric}": _fmt(v) for part, v in lb.items()}]))
+        stale=stale,
+        scores_table=fold_scores(exp.scores),
+        leaderboard=Shown([f"{part.capitalize()} {lb_metric}" for part in lb], [[fmt(v) for v in lb.values()]])
         if lb else None,
         submission=submission, solution=solution, lb_metric=lb_metric,
-        ablation=_table(display(pd.read_csv(ablation, keep_default_na=False))) if ablation.is_file() else None,
-        per_class_table=per_class_table(exp.scores["per_class"]),
+        ablation=comparison_shown(ablation) if ablation is not None else None,
+        per_class_table=per_class(exp.scores),
         plots=[{"name": name, "title": PLOT_TITLES[name][0], "caption": PLOT_TITLES[name][1], "data": _png(path)}
                for name, path in plots.items()],
-        wrong_table=_table(wrong), config_table=config_differences(exp.config),
+        wrong_table=Shown(wrong.columns, wrong_rows), config_table=config_differences(exp.config),
         config_yaml=yaml.safe_dump(exp.config, sort_keys=False, allow_unicode=True),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="runs/<exp> with scores.json")
+    parser.add_argument("run_dir", type=Path, help="runs/<exp>, scored")
     parser.add_argument("--submission", type=Path, help="its submission, scored when the corpus has a solution")
-    parser.add_argument("--out", type=Path, help="default runs/<exp>/report.html")
+    parser.add_argument("--stale", nargs="+", choices=list(STALE), default=[],
+                        help="what make found out of date (make report passes it): shown as stale, not redone")
+    parser.add_argument("--out", type=Path, help="default: the run folder's report page")
     args = parser.parse_args(argv)
-    out = args.out or args.run_dir / "report.html"
-    write_text_atomic(out, build(args.run_dir, args.submission))
+    run = Run(args.run_dir)
+    _scored(run)
+    stale = staleness(run, args.stale, args.submission)
+    out = args.out or run.report_html
+    write_text_atomic(out, build(run.root, args.submission, stale))
+    if stale:  # one line, as the page's banner says it
+        console.print(f"report: stale: {'; '.join(stale)}", style="bold yellow", markup=False, highlight=False)
     console.print(f"report: wrote {out}")
 
 
