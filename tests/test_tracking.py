@@ -66,6 +66,8 @@ def tracked_run(tmp_path_factory):
     for fold in (0, 1):
         fit_fold(cfg, run_dir, fold)
     scores = score_run(run_dir)
+    for fold in (0, 1):  # what make does: each fold's test probabilities, then their ensemble
+        predict_main([str(run_dir), "--fold", str(fold)])
     predict_main([str(run_dir), "--out", str(tmp / "subs" / "tracked.csv")])
     runs = {}
     for run_path in sorted((run_dir / "wandb").glob("offline-run-*")):
