@@ -61,3 +61,21 @@ def test_train_one_epoch_scores_its_own_batches():
     assert 0 <= stats["train_accuracy"] <= 1 and 0 <= stats["train_auc"] <= 1
     # with plain cross entropy the objective is the log loss of the batches' own predictions
     assert stats["train_log_loss"] == pytest.approx(stats["train_loss"], rel=1e-5)
+
+
+def test_build_model_for_is_the_one_model_set_up():
+    from foldvision.config import ModelConfig, TrainConfig
+    from foldvision.engine import build_model_for, runtime_kwargs
+
+    cfg = TrainConfig(device="cpu", amp="off")
+    setup = build_model_for(ModelConfig(name="test_convnext", img_size=32), 3, 3, **runtime_kwargs(cfg))
+    assert setup.device.type == "cpu" and setup.amp.mode == "off" and setup.net is setup.model
+    assert setup.data_cfg["size"] == 32 and len(setup.data_cfg["mean"]) == 3
+    weight = next(p for p in setup.model.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)  # as the loader's batches come
+    # a checkpoint's weights and data config, as predict rebuilds a fold model
+    again = build_model_for(ModelConfig(name="test_convnext", img_size=32), 3, 3, **runtime_kwargs(cfg),
+                            pretrained=False, weights=setup.model.state_dict(), data_cfg={"size": 32, "saved": 1})
+    assert again.data_cfg["saved"] == 1
+    for a, b in zip(setup.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)

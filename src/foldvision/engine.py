@@ -1,4 +1,5 @@
-"""The loop: `train_one_epoch` and `predict`, each taking its parts (AMP included) and returning plain values."""
+"""The loop's parts: one model set-up for train, predict and bench (`build_model_for`: model, data config,
+device, AMP), and `train_one_epoch` and `predict`, each taking its parts and returning plain values."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from foldvision.config import ModelConfig, TrainConfig
 from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.metrics import score
+from foldvision.models import create_model, data_config, load_weights
 from foldvision.optim import current_lr
 
 
@@ -83,6 +88,51 @@ class Amp:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class ModelSetup:
+    """A model placed where it runs, with what its inputs need."""
+
+    model: nn.Module  # the weights: what checkpoints save and optimizers update
+    net: nn.Module  # what runs them: `model`, or its torch.compile'd twin
+    data_cfg: dict  # input size, interpolation, mean/std: from the model, or as saved with its checkpoint
+    device: torch.device
+    amp: Amp
+
+
+def runtime_kwargs(cfg: TrainConfig) -> dict:
+    """`build_model_for`'s keyword arguments from the train section (where and how the model runs)."""
+    return {"device": cfg.device, "amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile}
+
+
+def build_model_for(model_cfg: ModelConfig, num_classes: int, channels: int, *, device: str = "auto",
+                    amp: str = "auto", channels_last: bool = True, compile: bool = False,
+                    pretrained: bool | None = None, weights: dict | None = None, weights_path: Path | None = None,
+                    data_cfg: dict | None = None) -> ModelSetup:
+    """The one way train, predict and bench build a model.
+
+    Args:
+        model_cfg, num_classes, channels: what `models.create_model` builds.
+        device, amp: `train.device` and `train.amp` settings, resolved here.
+        channels_last: NHWC weights, matching the loader's channels_last batches.
+        compile: `net` is `torch.compile(model)`.
+        pretrained: passed to `create_model` (False when `weights` follow).
+        weights: a state dict loaded before the model moves (a fold checkpoint's); `weights_path` names its file
+            in the error when it does not fit.
+        data_cfg: the data config saved with those weights; by default the model's own (`models.data_config`).
+    """
+    resolved = resolve_device(device)
+    mixed = Amp(amp, resolved)
+    model = create_model(model_cfg, num_classes, channels, pretrained=pretrained)
+    if weights is not None:
+        load_weights(model, weights, weights_path or Path("<weights>"))
+    data_cfg = data_cfg or data_config(model, model_cfg, channels)
+    model = model.to(resolved)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
+    net = torch.compile(model) if compile else model
+    return ModelSetup(model, net, data_cfg, resolved, mixed)
 
 
 def progress_bar(total_label: str = "") -> Progress:
