@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foldvision.config import Config
-from foldvision.loader import BatchAugment, create_loader, split_augment
+from foldvision.loader import BatchAugment, create_loader, loader_kwargs, split_augment
 
 from conftest import make_corpus
 
@@ -68,7 +68,8 @@ def test_batches_arrive_normalised_as_albumentations_would(tmp_path):
     cfg.data.cache_dir, cfg.train.num_workers = str(tmp_path / "cache"), 0
     data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}
     paths = [f"train/a_00{i}.png" for i in range(5)]
-    loader = create_loader(cfg, data_cfg, torch.device("cpu"), corpus, paths, [0] * 5, train=False, batch_size=5)
+    loader = create_loader(corpus, paths, [0] * 5, data_cfg, torch.device("cpu"),
+                           **loader_kwargs(cfg, train=False, batch_size=5))
     (images, targets), = list(loader)
     assert images.dtype == torch.float32 and images.shape == (5, 3, 16, 16)
     assert images.is_contiguous(memory_format=torch.channels_last)
@@ -85,8 +86,8 @@ def test_a_cache_size_below_the_input_size_is_refused(tmp_path):
     cfg = Config()
     cfg.data.cache_dir, cfg.data.cache_size = str(tmp_path / "cache"), 8
     with pytest.raises(Exception, match="data.cache_size=8 is below the input size 16"):
-        create_loader(cfg, {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3},
-                      torch.device("cpu"), tmp_path, [], [], train=True)
+        create_loader(tmp_path, [], [], {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3,
+                                         "std": (0.5,) * 3}, torch.device("cpu"), **loader_kwargs(cfg, train=True))
 
 
 def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_again(tmp_path):
@@ -97,7 +98,8 @@ def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_agai
     cfg.augment.train = [{"RandomBrightnessContrast": {"p": 1.0}}]  # stays on the CPU, in the worker
     data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
     paths = [f"train/{c}_00{i}.png" for c in "ab" for i in range(6)]
-    loader = create_loader(cfg, data_cfg, torch.device("cpu"), corpus, paths, [0] * 6 + [1] * 6, train=True)
+    loader = create_loader(corpus, paths, [0] * 6 + [1] * 6, data_cfg, torch.device("cpu"),
+                           **loader_kwargs(cfg, train=True))
 
     def epoch(seed):
         torch.manual_seed(seed)
@@ -106,3 +108,18 @@ def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_agai
 
     first, other, again = epoch(7), epoch(8), epoch(7)
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_loader_kwargs_take_each_split_its_settings_and_leave_the_config_alone():
+    cfg = Config()
+    cfg.data.cache_size, cfg.train.sampler, cfg.predict.batch_size = 48, "imbalanced", 7
+    before = repr(cfg)
+    train, test = loader_kwargs(cfg, train=True), loader_kwargs(cfg, train=False, batch_size=3)
+    assert train["augment"] == cfg.augment.train and train["sampler"] == "imbalanced" and train["cache_size"] == 48
+    assert train["batch_size"] == cfg.train.batch_size and train["cache_dir"] == cfg.data.cache_dir
+    assert test["augment"] == [] and test["sampler"] == "random" and test["cache_size"] is None
+    assert test["batch_size"] == 3  # an override wins
+    train["augment"].append({"Blur": {}})  # the caller's copy, not the config's list
+    assert repr(cfg) == before
+    cfg.data.cache = False
+    assert loader_kwargs(cfg, train=False)["cache_dir"] is None  # decode on every read

@@ -45,12 +45,11 @@ from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.run import load_run_config
 from foldvision.console import console, out
 from foldvision.corpus import read_test, read_train
-from foldvision.engine import Amp, predict, resolve_device, train_one_epoch
+from foldvision.engine import Amp, build_model_for, predict, resolve_device, runtime_kwargs, train_one_epoch
 from foldvision.errors import UserError
-from foldvision.loader import create_loader, loader_workers
+from foldvision.loader import create_loader, loader_kwargs, loader_workers
 from foldvision.losses import create_loss
 from foldvision.metrics import score
-from foldvision.models import create_model, data_config
 from foldvision.optim import create_optimizer
 from foldvision.tta import tta_compose, tta_forward
 
@@ -130,12 +129,12 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def model_only(net: nn.Module, cfg: Config, data_cfg: dict, n_classes: int, optimizer, loss_fn, amp: Amp,
-               device: torch.device, steps: int) -> float:
+def model_only(net: nn.Module, data_cfg: dict, channels: int, batch: int, n_classes: int, optimizer, loss_fn,
+               amp: Amp, device: torch.device, steps: int, channels_last: bool) -> float:
     """img/s of training steps on one synthetic batch already on the device, as foldvision's loop runs them."""
-    size, batch = data_cfg["size"], cfg.train.batch_size
-    images = torch.randn(batch, cfg.data.channels, size, size, device=device)
-    if cfg.train.channels_last:
+    size = data_cfg["size"]
+    images = torch.randn(batch, channels, size, size, device=device)
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, n_classes, (batch,), device=device)
     net.train()
@@ -188,29 +187,27 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
                         f"{len(corpus.table)}")
     rows = corpus.table.sample(n=n_images, random_state=0).reset_index(drop=True)
     targets = rows["label"].map({c: i for i, c in enumerate(corpus.classes)}).to_numpy()
-    device = resolve_device(cfg.train.device)
-    amp = Amp(cfg.train.amp, device)
-    model = create_model(cfg.model, len(corpus.classes), cfg.data.channels).to(device)
-    data_cfg = data_config(model, cfg.model, cfg.data.channels)
-    textbook_model = copy.deepcopy(model)  # the textbook keeps the default memory format and runs uncompiled
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if cfg.train.compile else model
+    setup = build_model_for(cfg.model, len(corpus.classes), cfg.data.channels, **runtime_kwargs(cfg.train))
+    model, net, data_cfg, device, amp = setup.model, setup.net, setup.data_cfg, setup.device, setup.amp
+    # the textbook's twin: the same weights in the default memory format, run uncompiled
+    textbook_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    workers = loader_workers(cfg.train.num_workers, device)
     optimizer = create_optimizer(model, cfg.train, 100 * steps)
     textbook_optimizer = create_optimizer(textbook_model, cfg.train, 100 * steps)
     loss_fn = create_loss(cfg.loss)
     console.print(f"bench: {cfg.model.name} at {data_cfg['size']} px, batch {batch}, {steps} steps ({n_images} "
                   f"images of {cfg.data.dir}), amp {amp.mode}, channels_last {cfg.train.channels_last}, compile "
-                  f"{cfg.train.compile}, textbook loader workers {loader_workers(cfg, device)}, TTA forward passes "
+                  f"{cfg.train.compile}, textbook loader workers {workers}, TTA forward passes "
                   f"of {cfg.predict.batch_size}, {os.cpu_count()} cores, device {device}")
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as cache_dir:
-        cfg.data.cache_dir = cache_dir  # an empty cache: the cold run fills it
+        cache = cache_dir if cfg.data.cache else None  # an empty cache: the cold run fills it
+        train_kw = loader_kwargs(cfg, train=True, cache_dir=cache)
 
         def run_epoch() -> float:
             """img/s of one epoch of foldvision's loop, the loader's set-up (and cache fill) included."""
             def epoch():
-                loader = create_loader(cfg, data_cfg, device, corpus.image_dir, rows["path"], targets, train=True)
+                loader = create_loader(corpus.image_dir, rows["path"], targets, data_cfg, device, **train_kw)
                 return train_one_epoch(net, loader, loss_fn, optimizer, None, amp, device, cfg.train.accumulate)
             return (len(rows) // batch) * batch / timed(epoch)[0]
 
@@ -219,16 +216,17 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         # drifts by ±10% over a minute, which a single pair of runs would read as a loader gap (or a gain).
         limit, warm = [], []
         for _ in range(repeats):
-            limit.append(model_only(net, cfg, data_cfg, len(corpus.classes), optimizer, loss_fn, amp, device, steps))
+            limit.append(model_only(net, data_cfg, cfg.data.channels, batch, len(corpus.classes), optimizer, loss_fn,
+                                    amp, device, steps, cfg.train.channels_last))
             warm.append(run_epoch())
         figures["model_only_img_s"], figures["train_warm_img_s"] = float(np.median(limit)), float(np.median(warm))
 
-        plain = copy.deepcopy(cfg)  # the textbook's kernels warmed up too (its own memory format): untimed
-        plain.train.channels_last = False
-        model_only(textbook_model, plain, data_cfg, len(corpus.classes), textbook_optimizer, loss_fn, amp, device, 1)
+        # the textbook's kernels warmed up too (its own memory format): untimed
+        model_only(textbook_model, data_cfg, cfg.data.channels, batch, len(corpus.classes), textbook_optimizer, loss_fn,
+                   amp, device, 1, channels_last=False)
         textbook_ds = TextbookDataset(corpus.image_dir, rows["path"], targets,
                                       textbook_transform(cfg.augment.train, data_cfg, train=True), cfg.data.channels)
-        loader = textbook_loader(textbook_ds, batch, True, loader_workers(cfg, device))  # workers as for decoding
+        loader = textbook_loader(textbook_ds, batch, True, workers)  # workers as for decoding
         textbook_s, seen = timed(partial(textbook_epoch, textbook_model, loader, loss_fn, textbook_optimizer, amp,
                                          device))
         figures["textbook_img_s"] = seen / textbook_s
@@ -239,8 +237,9 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
             raise UserError(f"{cfg.data.dir} has no test images to time TTA on")
         test_rows = test.table.head(tta_images)
         views = len(tta_compose(TTA_VIEWS))  # as predict does: one forward pass of predict.batch_size images
-        tta_loader = create_loader(cfg, data_cfg, device, test.image_dir, test_rows["path"], None, train=False,
-                                   batch_size=max(1, cfg.predict.batch_size // views))  # fills the cache, untimed
+        test_kw = loader_kwargs(cfg, train=False, cache_dir=cache, batch_size=max(1, cfg.predict.batch_size // views))
+        # fills the cache, untimed
+        tta_loader = create_loader(test.image_dir, test_rows["path"], None, data_cfg, device, **test_kw)
         figures["tta_img_s"], figures["ttach_img_s"], gap = tta_figures(net, tta_loader, amp, device)
         console.print(f"bench: batched TTA vs ttach's wrapper, both averaging logits: largest probability "
                       f"difference {gap:.2e}")
@@ -264,19 +263,22 @@ def textbook_folds(run_dir: Path, folds: list[int] | None) -> None:
     table, classes = read_split(run_dir)
     device = resolve_device(cfg.train.device)
     amp = Amp(cfg.train.amp, device)
+    workers = loader_workers(cfg.train.num_workers, device)
     root = Path(cfg.data.dir)
     start = time.perf_counter()
     for fold in folds or sorted(set(table["fold"])):
         torch.manual_seed(cfg.train.seed + 1000 * fold)
         train_rows, val_rows = table[table["fold"] != fold], table[table["fold"] == fold]
-        model = create_model(cfg.model, len(classes), cfg.data.channels).to(device)
-        data_cfg = data_config(model, cfg.model, cfg.data.channels)
+        # built as foldvision builds it, but left in the default memory format and uncompiled
+        setup = build_model_for(cfg.model, len(classes), cfg.data.channels, device=str(device), amp=amp.mode,
+                                channels_last=False, compile=False)
+        model, data_cfg = setup.model, setup.data_cfg
         train_loader = textbook_loader(TextbookDataset(root, train_rows["path"], train_rows["target"],
                                        textbook_transform(cfg.augment.train, data_cfg, True), cfg.data.channels),
-                                       cfg.train.batch_size, True, loader_workers(cfg, device))
+                                       cfg.train.batch_size, True, workers)
         val_loader = textbook_loader(TextbookDataset(root, val_rows["path"], val_rows["target"],
                                      textbook_transform([], data_cfg, False), cfg.data.channels),
-                                     cfg.predict.batch_size, False, loader_workers(cfg, device))
+                                     cfg.predict.batch_size, False, workers)
         optimizer = create_optimizer(model, cfg.train, len(train_loader) * cfg.train.epochs)
         loss_fn = create_loss(cfg.loss)
         for epoch in range(cfg.train.epochs):

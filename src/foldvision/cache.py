@@ -46,7 +46,6 @@ import numpy as np
 import PIL
 import torch
 
-from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.images import load_image
 from foldvision.errors import UserError, write_text_atomic
@@ -139,12 +138,12 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
 
 
-def cache_folder(data_cfg: DataConfig, root: Path, prep: Preprocess) -> Path:
+def cache_folder(cache_dir: str | Path, root: Path, prep: Preprocess) -> Path:
     """`<cache_dir>/<corpus>-<hash>/<preprocessing>`; refused inside a read-only corpus folder."""
-    base = Path(data_cfg.cache_dir)
+    base = Path(cache_dir)
     corpus = root.resolve()
     if base.resolve().is_relative_to(corpus) and not _writable(corpus):
-        raise UserError(f"data.cache_dir={data_cfg.cache_dir} is inside the read-only corpus folder {root}; "
+        raise UserError(f"data.cache_dir={cache_dir} is inside the read-only corpus folder {root}; "
                         "point it elsewhere (the default is inputs/.cache)")
     digest = hashlib.sha1(str(corpus).encode()).hexdigest()[:8]
     libs = hashlib.sha1(json.dumps(library_versions(), sort_keys=True).encode()).hexdigest()[:8]
@@ -288,10 +287,11 @@ class ImageCache:
                 progress.remove_task(task)
 
 
-def open_images(data_cfg: DataConfig, root: Path, paths: Iterable[str], prep: Preprocess, workers: int,
+def open_images(cache_dir: str | Path | None, root: Path, paths: Iterable[str], prep: Preprocess, workers: int,
                 progress=None) -> CachedImages | DecodedImages:
-    """`images[path]` for `paths` (relative to the corpus folder `root`): from the cache, built first where
-    an image is missing or changed, or decoded on every read when `data.cache` is off."""
-    if not data_cfg.cache:
+    """`images[path]` for `paths` (relative to the corpus folder `root`): from the cache under `cache_dir`
+    (data.cache_dir), built first where an image is missing or changed, or decoded on every read when
+    `cache_dir` is None (data.cache: false)."""
+    if cache_dir is None:
         return DecodedImages(root, prep)
-    return ImageCache(cache_folder(data_cfg, root, prep), root, prep).update(paths, workers, progress)
+    return ImageCache(cache_folder(cache_dir, root, prep), root, prep).update(paths, workers, progress)

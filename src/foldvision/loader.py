@@ -35,21 +35,21 @@ def default_workers() -> int:
     return min(8, (os.cpu_count() or 1) - 1)
 
 
-def loader_workers(cfg: Config, device: torch.device, cpu_work: bool = True) -> int:
+def loader_workers(num_workers: int | None, device: torch.device, cpu_work: bool = True) -> int:
     """train.num_workers; when null, one per spare core, or none on a CPU device when the items need no CPU
     work beyond reading cached records (microseconds each): a worker would only take cores from the model,
     and on 2 cores its wake-ups stall torch's threads (measured: 0.83 of the model-only speed with one worker,
     0.98 without)."""
-    if cfg.train.num_workers is not None:
-        return cfg.train.num_workers
+    if num_workers is not None:
+        return num_workers
     return 0 if device.type == "cpu" and not cpu_work else default_workers()
 
 
-def build_workers(cfg: Config) -> int:
+def build_workers(num_workers: int | None) -> int:
     """Processes that fill the cache: every core, since the model is not running yet (none when
     train.num_workers=0 asks for everything in one process)."""
     cores = os.cpu_count() or 1
-    return 0 if cfg.train.num_workers == 0 or cores == 1 else min(16, cores)
+    return 0 if num_workers == 0 or cores == 1 else min(16, cores)
 
 
 def split_augment(augment: list[dict], on_device: bool) -> tuple[list[dict], list[dict]]:
@@ -139,34 +139,63 @@ class DeviceLoader:
             yield images, targets
 
 
-def create_loader(cfg: Config, data_cfg: dict, device: torch.device, root: Path, paths, targets, train: bool,
-                  seed: int = 0, batch_size: int | None = None, progress=None) -> DeviceLoader:
-    """The loader of one split: `paths` relative to the corpus folder `root`, `targets` class indices (None
-    for test images). Images come from the cache (built first where missing), at data.cache_size for
-    training when set."""
-    channels = cfg.data.channels
-    size = cfg.data.cache_size if train else None
-    if size is not None and size < data_cfg["size"]:
-        raise UserError(f"data.cache_size={size} is below the input size {data_cfg['size']}; "
+def loader_kwargs(cfg: Config, train: bool, **overrides) -> dict:
+    """`create_loader`'s keyword arguments from the config (timm's adapter pattern): the training split's
+    (augmentations, sampler, train.batch_size, data.cache_size) or a validation/test split's (none of them,
+    predict.batch_size); `overrides` win."""
+    return {
+        "train": train,
+        "batch_size": cfg.train.batch_size if train else cfg.predict.batch_size,
+        "channels": cfg.data.channels,
+        "augment": list(cfg.augment.train) if train else [],
+        "device_augment": cfg.train.device_augment,
+        "sampler": cfg.train.sampler if train else "random",
+        "num_workers": cfg.train.num_workers,
+        "channels_last": cfg.train.channels_last,
+        "cache_dir": cfg.data.cache_dir if cfg.data.cache else None,
+        "cache_size": cfg.data.cache_size if train else None,
+        **overrides,
+    }
+
+
+def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.device, *, train: bool, batch_size: int,
+                  channels: int = 3, augment: list[dict] | None = None, device_augment: bool = True,
+                  sampler: str = "random", num_workers: int | None = None, channels_last: bool = True,
+                  cache_dir: str | None = None, cache_size: int | None = None, seed: int = 0,
+                  progress=None) -> DeviceLoader:
+    """The loader of one split.
+
+    Args:
+        root: the corpus folder; `paths` are relative to it.
+        targets: class indices, or None for test images.
+        data_cfg: the model's input size, interpolation and normalisation (`models.data_config`).
+        train: shuffle (or `sampler="imbalanced"`: torchsampler's weighted draw), drop a last 1-image batch,
+            apply `augment` (albumentations by name; trailing flips/rot90 on the device when `device_augment`).
+        num_workers: loader processes; None picks them for the machine (`loader_workers`).
+        cache_dir: the decoded-image cache (data.cache_dir), built first where missing; None decodes on every
+            read. `cache_size` caches training images larger than the input size (a margin for random crops).
+    """
+    augment = augment or []
+    if cache_size is not None and cache_size < data_cfg["size"]:
+        raise UserError(f"data.cache_size={cache_size} is below the input size {data_cfg['size']}; "
                         "use null or a larger size")
-    prep = preprocessing(data_cfg, channels, size)
+    prep = preprocessing(data_cfg, channels, cache_size)
     paths = list(paths)
-    images = open_images(cfg.data, root, paths, prep, build_workers(cfg), progress)
-    cpu_augment, device_augment = split_augment(cfg.augment.train if train else [], cfg.train.device_augment)
+    images = open_images(cache_dir, root, paths, prep, build_workers(num_workers), progress)
+    cpu_augment, device_ops = split_augment(augment, device_augment)
     transform = build_transform(cpu_augment, data_cfg, train, seed, input_size=prep.size, normalize=False)
     dataset = ImageDataset(root, paths, targets, transform, channels, images)
-    batch_size = batch_size or cfg.train.batch_size
-    cpu_work = not cfg.data.cache or bool(cpu_augment) or prep.size != data_cfg["size"]  # decode, augment, resize
-    workers = loader_workers(cfg, device, cpu_work)
-    sampler = None
-    if train and cfg.train.sampler == "imbalanced":
+    cpu_work = cache_dir is None or bool(cpu_augment) or prep.size != data_cfg["size"]  # decode, augment, resize
+    workers = loader_workers(num_workers, device, cpu_work)
+    weighted = None
+    if train and sampler == "imbalanced":
         # labels passed in: torchsampler would otherwise read every image once just to learn its label
-        sampler = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
+        weighted = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
-        shuffle=train and sampler is None,
+        sampler=weighted,
+        shuffle=train and weighted is None,
         drop_last=train and len(dataset) > batch_size,  # no 1-image BatchNorm batch
         num_workers=workers,
         # workers that apply random CPU augmentations start afresh each epoch: seed_worker then seeds them from
@@ -177,5 +206,5 @@ def create_loader(cfg: Config, data_cfg: dict, device: torch.device, root: Path,
         prefetch_factor=max(2, 4 // workers) if workers > 0 else None,
         worker_init_fn=seed_worker if workers > 0 else None,
     )
-    augment = BatchAugment(device_augment, seed, len(cpu_augment)) if device_augment else None
-    return DeviceLoader(loader, data_cfg, channels, device, augment, cfg.train.channels_last)
+    batch_augment = BatchAugment(device_ops, seed, len(cpu_augment)) if device_ops else None
+    return DeviceLoader(loader, data_cfg, channels, device, batch_augment, channels_last)
