@@ -72,3 +72,12 @@ def test_early_stopping_after_patience(tmp_path, binary_corpus, monkeypatch):
     result = fit_fold(cfg, run_dir, 0)
     assert result["epoch"] == 1
     assert len(pd.read_csv(run_dir / "fold0" / "history.csv")) == 2  # epoch 2 was the patience
+
+
+def test_training_leaves_the_loaded_config_as_it_was(tmp_path, binary_corpus):
+    from foldvision.config import to_dict
+
+    cfg, run_dir = prepare(tmp_path, binary_corpus)
+    before = to_dict(cfg)
+    fit_fold(cfg, run_dir, 0)
+    assert to_dict(cfg) == before

@@ -2,11 +2,14 @@
 
     python -m foldvision.train runs/<exp> --fold 0
 
-Reads `runs/<exp>/config.yaml`, `folds.csv` and `classes.json`. Writes to `runs/<exp>/fold<k>/`:
-`best.pt` (weights of the best epoch by the task metric, with their validation predictions), `oof.csv`
-(id, fold, label, one probability column per class) and `history.csv` (one row per epoch). `oof.csv` is
-written last, so its presence means the fold is done. While a fold runs, `last.pt` holds everything needed to
-resume it after an interruption; it is deleted when the fold finishes.
+Reads the run folder's config, split and class order. Writes into `fold<k>/`: `best.pt` (weights of the best
+epoch by the task metric, with their validation predictions), `history.csv` (one row per epoch) and `oof.csv`
+(id, fold, label, one probability column per class), written last, so its presence means the fold is done.
+While a fold runs, `last.pt` holds everything needed to resume it after an interruption; it is deleted when the
+fold finishes. A cut-short or foreign `last.pt` is set aside (`last.pt.corrupt`) and the fold starts over.
+
+Three parts: `build_fold` (the model set-up shared with predict and bench, the loaders, optimizer, schedule and
+loss), the loop in `fit_fold`, and the checkpoint helpers (`save_checkpoint`, `load_resume`, `apply_resume`).
 """
 
 from __future__ import annotations
@@ -14,24 +17,30 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from foldvision.config import Config, to_dict
-from foldvision.run import load_run_config
 from foldvision.console import console
-from foldvision.engine import Amp, NonFiniteLoss, predict, progress_bar, resolve_device, train_one_epoch
+from foldvision.engine import (Amp, ModelSetup, NonFiniteLoss, build_model_for, predict, progress_bar,
+                               runtime_kwargs, train_one_epoch)
 from foldvision.errors import UserError, remove_partial_writes, write_atomic
-from foldvision.loader import create_loader
+from foldvision.loader import DeviceLoader, create_loader, loader_kwargs
 from foldvision.losses import create_loss
 from foldvision.metrics import is_better, resolve_metric, score
-from foldvision.models import CheckpointError, create_model, data_config, load_weights, read_checkpoint
+from foldvision.models import CheckpointError, read_checkpoint
 from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
-from foldvision.tables import oof_frame, read_split
+from foldvision.run import FoldFiles, Predictions, Run, Split, load_run_config
 from foldvision.tracking import create_tracker
+
+TRAIN_SECTIONS = ("data", "cv", "model", "augment", "train", "loss")  # a change in any: last.pt cannot resume
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "config")
+STATE_KEYS = {"epoch", "best_score", "bad_epochs", "history"}
+BEST_KEYS = ("model", "epoch", "metric", "score", "classes", "channels", "model_config", "data_config", "val_ids",
+             "val_probs")
 
 
 def seed_everything(seed: int) -> None:
@@ -40,11 +49,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "config")
-STATE_KEYS = {"epoch", "best_score", "bad_epochs", "history"}
-BEST_KEYS = ("model", "epoch", "metric", "score", "classes", "channels", "model_config", "data_config", "val_ids",
-             "val_probs")
-
+# ---- checkpoints ------------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, content: dict) -> None:
     """torch.save to a temporary name, then renamed: a kill mid-write never leaves a cut-short checkpoint."""
@@ -56,6 +61,12 @@ def set_aside(path: Path) -> Path:
     aside = path.with_name(path.name + ".corrupt")
     path.replace(aside)
     return aside
+
+
+def start_over(error: CheckpointError, fold: int) -> None:
+    set_aside(error.path)
+    console.print(f"fold {fold}: {error.path} {error.problem}; set aside as {error.path.name}.corrupt, "
+                  f"starting fold {fold} from scratch")
 
 
 def load_resume(path: Path, fold: int, train_config: dict, device: torch.device) -> dict | None:
@@ -71,9 +82,7 @@ def load_resume(path: Path, fold: int, train_config: dict, device: torch.device)
         if not (isinstance(resume["state"], dict) and STATE_KEYS <= set(resume["state"])):
             raise CheckpointError(path, "not a foldvision checkpoint (no training state)")
     except CheckpointError as e:
-        set_aside(path)
-        console.print(f"fold {fold}: {e.path} {e.problem}; set aside as {path.name}.corrupt, "
-                      f"starting fold {fold} from scratch")
+        start_over(e, fold)
         return None
     if resume["config"] != train_config:
         console.print(f"fold {fold}: the config changed since {path.name} was written; starting over")
@@ -81,11 +90,11 @@ def load_resume(path: Path, fold: int, train_config: dict, device: torch.device)
     return resume
 
 
-def apply_resume(resume: dict, path: Path, model, optimizer, scheduler, amp: Amp) -> dict:
+def apply_resume(resume: dict, path: Path, model: torch.nn.Module, optimizer, scheduler, amp: Amp) -> dict:
     """Load the resumed weights and optimizer, scheduler and scaler states; returns the training state.
 
     Raises:
-        CheckpointError: the weights do not fit the model (checked before anything is changed).
+        CheckpointError: the weights or the optimizer state do not fit (checked before anything is changed).
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = resume["model"]
@@ -95,12 +104,99 @@ def apply_resume(resume: dict, path: Path, model, optimizer, scheduler, amp: Amp
         optimizer.load_state_dict(resume["optimizer"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(path, f"its optimizer state does not fit ({type(e).__name__})") from None
-    load_weights(model, saved, path)
+    model.load_state_dict(saved)
     if scheduler is not None and resume["scheduler"]:
         scheduler.load_state_dict(resume["scheduler"])
     if amp.scaler is not None and resume["scaler"]:
         amp.scaler.load_state_dict(resume["scaler"])
     return resume["state"]
+
+
+def resume_checkpoint(parts: FoldParts, state: dict) -> dict:
+    """What last.pt holds after an epoch: enough to carry on exactly where the loop stopped."""
+    return {"model": parts.setup.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict() if parts.scheduler else None,
+            "scaler": parts.setup.amp.scaler.state_dict() if parts.setup.amp.scaler else None,
+            "state": state, "config": parts.train_config}
+
+
+def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, probs: np.ndarray) -> dict:
+    """What best.pt holds: the weights and everything predict needs to rebuild the model without the config,
+    and the validation predictions that become the fold's OOF rows."""
+    return {"model": parts.setup.model.state_dict(), "epoch": epoch, "metric": metric, "score": value,
+            "classes": parts.classes, "channels": parts.channels, "model_config": parts.model_config,
+            "data_config": parts.setup.data_cfg, "val_ids": parts.val_ids, "val_probs": torch.from_numpy(probs)}
+
+
+# ---- set-up -----------------------------------------------------------------------------------------------
+
+@dataclass
+class FoldParts:
+    """Everything one fold trains with, built by `build_fold`; the loop only uses it."""
+
+    fold: int
+    files: FoldFiles
+    setup: ModelSetup
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: torch.nn.Module
+    total_steps: int
+    classes: list[str]
+    channels: int
+    model_config: dict
+    train_config: dict
+    val_ids: list[str]
+    val_labels: list[str]
+    y_val: np.ndarray
+
+
+def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int) -> FoldParts:
+    """The fold's model (as predict and bench build theirs), loaders, optimizer, schedule and loss."""
+    setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels, **runtime_kwargs(cfg.train))
+    val = split.fold == fold
+    paths = np.asarray(split.paths, dtype=object)
+    root = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
+    with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
+        train_loader = create_loader(root, paths[~val], split.y[~val], setup.data_cfg, setup.device,
+                                     **loader_kwargs(cfg, train=True), seed=seed, progress=progress)
+        val_loader = create_loader(root, paths[val], split.y[val], setup.data_cfg, setup.device,
+                                   **loader_kwargs(cfg, train=False), progress=progress)
+    total_steps = optimizer_steps(len(train_loader), cfg.train)
+    optimizer = create_optimizer(setup.model, cfg.train, total_steps)
+    full = to_dict(cfg)
+    return FoldParts(fold, files, setup, train_loader, val_loader, optimizer,
+                   create_scheduler(optimizer, cfg.train, total_steps), create_loss(cfg.loss), total_steps,
+                   split.classes, cfg.data.channels, full["model"], {k: full[k] for k in TRAIN_SECTIONS},
+                   [i for i, v in zip(split.ids, val) if v], [label for label, v in zip(split.labels, val) if v],
+                   split.y[val])
+
+
+def clear_leftovers(files: FoldFiles, fold: int) -> None:
+    """Temporary files of a checkpoint write that a kill interrupted (one process trains a fold at a time)."""
+    files.dir.mkdir(parents=True, exist_ok=True)
+    left = remove_partial_writes(files.dir)
+    if left:
+        console.print(f"fold {fold}: removed {len(left)} file{'s' * (len(left) != 1)} left by an interrupted "
+                      f"write ({', '.join(p.name for p in left)})")
+
+
+def initial_state(parts: FoldParts) -> dict:
+    """The training state to start from: last.pt's when it fits, else a fresh one (and no stale best.pt)."""
+    state = {"epoch": 0, "best_score": None, "bad_epochs": 0, "history": []}
+    last = parts.files.last_pt
+    resume = load_resume(last, parts.fold, parts.train_config, parts.setup.device)
+    if resume is not None:
+        try:
+            setup = parts.setup
+            state = apply_resume(resume, last, setup.model, parts.optimizer, parts.scheduler, setup.amp)
+            console.print(f"fold {parts.fold}: resuming after epoch {state['epoch']}")
+        except CheckpointError as e:
+            start_over(e, parts.fold)
+    if state["epoch"] == 0:
+        parts.files.best_pt.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
+    return state
 
 
 def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
@@ -113,116 +209,88 @@ def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
     return UserError(f"{error.where}; try {', '.join(tries)}")
 
 
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+def validate(parts: FoldParts, where: str, progress) -> tuple[dict, np.ndarray]:
+    """The validation scores (log_loss, auc, accuracy...) and probabilities of the model as it is now."""
+    probs = predict(parts.setup.net, parts.val_loader, parts.setup.amp, parts.setup.device, progress=progress,
+                    description=f"{where} validate")
+    return score(parts.y_val, probs), probs
+
+
 def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     """Train fold `fold` to its best checkpoint and write its OOF predictions. Returns its best scores."""
-    table, classes = read_split(run_dir)
-    if fold not in set(table["fold"]):
-        raise UserError(f"--fold {fold}: folds.csv has folds {sorted(set(table['fold']))}")
-    fold_dir = run_dir / f"fold{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    left = remove_partial_writes(fold_dir)  # a kill during a checkpoint write: only one process trains a fold
-    if left:
-        console.print(f"fold {fold}: removed {len(left)} file{'s' * (len(left) != 1)} left by an interrupted "
-                      f"write ({', '.join(p.name for p in left)})")
-    train_rows, val_rows = table[table["fold"] != fold], table[table["fold"] == fold].reset_index(drop=True)
-    metric = resolve_metric(cfg.train.metric)
-    seed = cfg.train.seed + 1000 * fold
+    run = Run(run_dir)
+    split = run.read_split()
+    if fold not in split.folds:
+        raise UserError(f"--fold {fold}: folds.csv has folds {split.folds}")
+    files = run.fold(fold)
+    clear_leftovers(files, fold)
+    metric, epochs, seed = resolve_metric(cfg.train.metric), cfg.train.epochs, cfg.train.seed + 1000 * fold
     seed_everything(seed)
-
-    device = resolve_device(cfg.train.device)
-    channels = cfg.data.channels
-    model = create_model(cfg.model, len(classes), channels).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
-    net = torch.compile(model) if cfg.train.compile else model  # `net` runs, `model` is what checkpoints hold
-    dcfg = data_config(model, cfg.model, channels)
-    image_dir = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
-    with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
-        train_loader = create_loader(cfg, dcfg, device, image_dir, train_rows["path"], train_rows["target"],
-                                     train=True, seed=seed, progress=progress)
-        val_loader = create_loader(cfg, dcfg, device, image_dir, val_rows["path"], val_rows["target"],
-                                   train=False, batch_size=cfg.predict.batch_size, progress=progress)
-
-    total_steps = optimizer_steps(len(train_loader), cfg.train)
-    optimizer = create_optimizer(model, cfg.train, total_steps)
-    scheduler = create_scheduler(optimizer, cfg.train, total_steps)
-    loss_fn = create_loss(cfg.loss)
-    amp = Amp(cfg.train.amp, device)
-
-    state = {"epoch": 0, "best_score": None, "bad_epochs": 0, "history": []}
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    train_config = {k: to_dict(cfg)[k] for k in ("data", "cv", "model", "augment", "train", "loss")}
-    resume = load_resume(last_path, fold, train_config, device)
-    if resume is not None:
-        try:
-            state = apply_resume(resume, last_path, model, optimizer, scheduler, amp)
-            console.print(f"fold {fold}: resuming after epoch {state['epoch']}")
-        except CheckpointError as e:
-            set_aside(last_path)
-            console.print(f"fold {fold}: {e.path} {e.problem}; set aside as {last_path.name}.corrupt, "
-                          f"starting fold {fold} from scratch")
-    if state["epoch"] == 0:
-        best_path.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
-
-    y_val = val_rows["target"].to_numpy()
-    console.print(f"fold {fold}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
-                  f"{cfg.model.name} at {dcfg['size']}px, {total_steps} optimizer steps, amp {amp.mode}, device {device}")
+    parts = build_fold(cfg, split, fold, files, seed)
+    state = initial_state(parts)
+    setup = parts.setup
+    console.print(f"fold {fold}: {len(parts.train_loader.dataset)} train / {len(parts.val_loader.dataset)} val "
+                  f"images, {cfg.model.name} at {setup.data_cfg['size']}px, {parts.total_steps} optimizer steps, "
+                  f"amp {setup.amp.mode}, device {setup.device}")
     tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-fold{fold}", "train", to_dict(cfg))
     try:
         with progress_bar() as progress:
-            for epoch in range(state["epoch"], cfg.train.epochs):
+            for epoch in range(state["epoch"], epochs):
                 if state["bad_epochs"] >= cfg.train.patience:
                     break
                 seed_everything(seed + epoch)  # a resumed epoch draws the same batches and augmentations
-                train_loader.set_epoch(seed + epoch)
-                start = time.perf_counter()
-                where = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
+                parts.train_loader.set_epoch(seed + epoch)
+                start, where = time.perf_counter(), f"fold {fold} epoch {epoch + 1}/{epochs}"
                 try:
-                    stats = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, amp, device,
-                                            cfg.train.accumulate, progress, where)
+                    stats = train_one_epoch(setup.net, parts.train_loader, parts.loss_fn, parts.optimizer,
+                                            parts.scheduler, setup.amp, setup.device, cfg.train.accumulate,
+                                            progress, where)
                 except NonFiniteLoss as e:
-                    raise diverged(e, cfg, amp) from None
-                probs = predict(net, val_loader, amp, device, progress=progress, description=f"{where} validate")
-                scores = score(y_val, probs)
+                    raise diverged(e, cfg, setup.amp) from None
+                scores, probs = validate(parts, where, progress)
                 row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
                        **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}
                 state["history"].append(row)
                 improved = is_better(metric, scores[metric], state["best_score"])
                 if improved:
                     state["best_score"], state["bad_epochs"] = scores[metric], 0
-                    best = {"model": model.state_dict(), "epoch": epoch + 1, "metric": metric,
-                            "score": scores[metric], "classes": classes, "channels": channels,
-                            "model_config": to_dict(cfg)["model"], "data_config": dcfg,
-                            "val_ids": val_rows["id"].tolist(), "val_probs": torch.from_numpy(probs)}
-                    save_checkpoint(best_path, best)
+                    save_checkpoint(files.best_pt, best_checkpoint(parts, epoch + 1, metric, scores[metric], probs))
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch + 1
-                resume = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler else None,
-                          "scaler": amp.scaler.state_dict() if amp.scaler else None,
-                          "state": state, "config": train_config}
-                save_checkpoint(last_path, resume)
+                save_checkpoint(files.last_pt, resume_checkpoint(parts, state))
                 tracker.log(row, step=epoch + 1)
-                accuracy = "" if metric == "accuracy" else f"  acc {scores['accuracy']:.4f}"
-                console.print(
-                    f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
-                    f"val_loss {scores['log_loss']:.4f}  {metric} {scores[metric]:.4f}{' *' if improved else ''}"
-                    f"{accuracy}  lr {stats['lr']:.2e}  {stats['train_img_s']:.0f} img/s"
-                )
-        if not best_path.is_file():
-            raise UserError(f"fold {fold}: no epoch gave a finite {metric}; check the labels of this fold")
-        best = read_checkpoint(best_path, BEST_KEYS)
-        oof = oof_frame(best["val_ids"], fold, val_rows["label"].tolist(), best["val_probs"].numpy(), classes)
-        history = pd.DataFrame(state["history"])
-        write_atomic(fold_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
-        write_atomic(fold_dir / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))  # last: marks the fold done
-        last_path.unlink(missing_ok=True)
+                console.print(epoch_line(where, stats, scores, metric, improved))
+        best = finish_fold(run, parts, state, metric)
         tracker.summary({f"best_{metric}": best["score"], "best_epoch": best["epoch"]})
-        console.print(f"fold {fold}: best {metric} {best['score']:.4f} at epoch {best['epoch']}")
         return {"fold": fold, metric: best["score"], "epoch": best["epoch"]}
     finally:
         tracker.finish()
+
+
+def epoch_line(where: str, stats: dict, scores: dict, metric: str, improved: bool) -> str:
+    accuracy = "" if metric == "accuracy" else f"  acc {scores['accuracy']:.4f}"
+    return (f"{where}  loss {stats['train_loss']:.4f}  val_loss {scores['log_loss']:.4f}  {metric} "
+            f"{scores[metric]:.4f}{' *' if improved else ''}{accuracy}  lr {stats['lr']:.2e}  "
+            f"{stats['train_img_s']:.0f} img/s")
+
+
+def finish_fold(run: Run, parts: FoldParts, state: dict, metric: str) -> dict:
+    """history.csv, then oof.csv (the best epoch's validation predictions: its presence marks the fold done);
+    last.pt goes. Returns the best checkpoint."""
+    if not parts.files.best_pt.is_file():
+        raise UserError(f"fold {parts.fold}: no epoch gave a finite {metric}; check the labels of this fold")
+    best = read_checkpoint(parts.files.best_pt, BEST_KEYS)
+    probs = best["val_probs"].numpy()
+    oof = Predictions(list(best["val_ids"]), parts.classes, probs, np.full(len(probs), parts.fold),
+                      parts.val_labels)
+    run.write_history(parts.fold, state["history"])
+    run.write_fold_oof(parts.fold, oof)
+    parts.files.last_pt.unlink(missing_ok=True)
+    console.print(f"fold {parts.fold}: best {metric} {best['score']:.4f} at epoch {best['epoch']}")
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
