@@ -15,12 +15,12 @@ from PIL import Image
 
 import foldvision.cache as cache_module
 from foldvision.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
-from foldvision.config import DataConfig, load_config
+from foldvision.config import load_config
 from foldvision.run import save_run_config
 from foldvision.images import load_image
 from foldvision.errors import UserError
 from foldvision.folds import run as make_folds
-from foldvision.predict import run as predict_run
+from foldvision.predict import ensemble, predict_fold
 from foldvision.train import fit_fold
 
 from conftest import make_corpus, write_config
@@ -52,8 +52,9 @@ def decodes(monkeypatch):
     return seen
 
 
-def data_cfg(tmp_path, **keys):
-    return DataConfig(cache_dir=str(tmp_path / "cache"), **keys)
+def data_cfg(tmp_path, cache=True):
+    """open_images' cache_dir: a folder under tmp_path, or None for data.cache: false."""
+    return str(tmp_path / "cache") if cache else None
 
 
 @pytest.mark.parametrize("channels,interpolation", [(3, "bicubic"), (1, "bilinear"), (3, "area")])
@@ -149,7 +150,7 @@ def test_never_inside_a_read_only_corpus(tmp_path, corpus):
     os.chmod(corpus, stat.S_IRUSR | stat.S_IXUSR)
     try:
         with pytest.raises(UserError, match="inside the read-only corpus folder"):
-            open_images(DataConfig(cache_dir=str(corpus / ".cache")), corpus, paths(corpus), PREP, workers=0)
+            open_images(str(corpus / ".cache"), corpus, paths(corpus), PREP, workers=0)
     finally:
         os.chmod(corpus, stat.S_IRWXU)
     assert not (corpus / ".cache").exists()
@@ -166,7 +167,8 @@ def test_training_and_prediction_are_the_same_with_or_without_the_cache(tmp_path
         make_folds(run_dir)
         for fold in (0, 1):
             fit_fold(cfg, run_dir, fold)
-        predict_run(run_dir, tmp_path / f"{name}.csv")
+            predict_fold(run_dir, fold)
+        ensemble(run_dir, tmp_path / f"{name}.csv")
         results[name] = (pd.read_csv(run_dir / "fold0" / "oof.csv"), pd.read_csv(tmp_path / f"{name}.csv"))
     assert list((tmp_path / "cache").glob("*/*/pixels.u8"))  # write_config's data.cache_dir
     (oof_a, sub_a), (oof_b, sub_b) = results["cached"], results["decoded"]

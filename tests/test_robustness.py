@@ -25,7 +25,6 @@ import foldvision.cache as cache_module
 import foldvision.train as train_module
 from foldvision import cli
 from foldvision.cache import Preprocess, cache_folder, open_images
-from foldvision.config import DataConfig
 from foldvision.errors import atomic_path, remove_partial_writes
 
 from conftest import Project, make_corpus, stage
@@ -209,8 +208,9 @@ def test_a_broken_best_pt_at_predict_time_says_which_fold_to_retrain(project, ca
 
 
 def predict_commands(p: Project) -> list[tuple[str, ...]]:
-    """The predict stage as make runs it."""
-    return [("predict", str(p.run), "--out", str(p.submission))]
+    """The predict stage as make runs it: each fold's test.csv, then their ensemble."""
+    return [("predict", str(p.run), "--fold", "0"), ("predict", str(p.run), "--fold", "1"),
+            ("predict", str(p.run), "--out", str(p.submission))]
 
 
 # ---- 5. a corrupt cache index: named, set aside, rebuilt -------------------------------------------
@@ -240,7 +240,7 @@ BAD_INDEX = {
 @pytest.mark.parametrize("breakage", list(BAD_INDEX))
 def test_a_corrupt_cache_index_is_set_aside_and_rebuilt(tmp_path, images, capsys, breakage):
     root, rels = images
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
+    cfg = str(tmp_path / "cache")  # open_images' cache_dir
     first = open_images(cfg, root, rels, PREP, workers=0)
     expected = {rel: first[rel] for rel in rels}
     index = cache_folder(cfg, root, PREP) / "index.json"
@@ -256,7 +256,7 @@ def test_a_corrupt_cache_index_is_set_aside_and_rebuilt(tmp_path, images, capsys
 
 def test_a_cut_short_pixels_file_is_named_and_rebuilt(tmp_path, images, capsys):
     root, rels = images
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
+    cfg = str(tmp_path / "cache")  # open_images' cache_dir
     first = open_images(cfg, root, rels, PREP, workers=0)
     expected = {rel: first[rel] for rel in rels}
     pixels = cache_folder(cfg, root, PREP) / "pixels.u8"
@@ -273,7 +273,7 @@ def test_a_cut_short_pixels_file_is_named_and_rebuilt(tmp_path, images, capsys):
 @pytest.mark.parametrize("module", [PIL, cv2, A], ids=["pillow", "opencv", "albumentations"])
 def test_a_cache_made_by_another_library_version_is_rebuilt(tmp_path, images, monkeypatch, module):
     root, rels = images
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
+    cfg = str(tmp_path / "cache")  # open_images' cache_dir
     open_images(cfg, root, rels, PREP, workers=0)
     before = cache_folder(cfg, root, PREP)
     decoded = []

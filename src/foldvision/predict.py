@@ -1,38 +1,35 @@
-"""Stage 4: every fold model predicts the test images with TTA; probabilities are averaged over folds.
+"""Stage 4: each fold model predicts the test images with TTA; the submission is their mean over folds.
 
-    python -m foldvision.predict runs/<exp> --out submissions/<exp>.csv
+    python -m foldvision.predict runs/<exp> --fold K                   fold<K>/test.csv: fold K's TTA probabilities
+    python -m foldvision.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
 
-Writes `fold<k>/test.csv` per fold (id + one probability column per class; reused while newer than the fold's
-checkpoint and the predict settings, so re-ensembling needs no new inference), their mean `test.csv`, and the
-submission in exactly the sample submission's format.
+`--fold` always runs the model; `--out` never does: it averages the existing `fold<k>/test.csv` files (id +
+one probability column per class) into `test.csv` and writes the submission in exactly the sample
+submission's format, joined by id. Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or
+re-labelling needs no new inference.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from foldvision.config import ModelConfig, to_dict
-from foldvision.run import load_run_config
-from foldvision.corpus import read_test
+from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
-from foldvision.engine import Amp, predict, progress_bar, resolve_device
+from foldvision.corpus import TestSet, read_test
 from foldvision.decision import DecisionRule, fit_rule
-from foldvision.errors import UserError, write_atomic, write_text_atomic
+from foldvision.engine import build_model_for, predict, progress_bar, runtime_kwargs
+from foldvision.errors import UserError, write_atomic
+from foldvision.loader import create_loader, loader_kwargs
 from foldvision.metrics import resolve_metric
-from foldvision.models import CheckpointError, create_model, load_weights, read_checkpoint
-from foldvision.score import read_fold_oofs
-from foldvision.submission import build, infer_format, write
+from foldvision.models import CheckpointError, read_checkpoint
+from foldvision.run import Predictions, Run, load_run_config
+from foldvision.submission import Format, build, infer_format, write
 from foldvision.tracking import create_tracker
-from foldvision.loader import create_loader
-from foldvision.tables import prob_columns, read_split
 from foldvision.tta import tta_compose, tta_forward
-
 
 CHECKPOINT_KEYS = ("model", "classes", "channels", "model_config", "data_config")  # what predict reads of best.pt
 
@@ -46,93 +43,128 @@ def retrain(error: CheckpointError, fold: int) -> UserError:
 
 def read_fold_checkpoint(path: Path, fold: int) -> dict:
     """best.pt of fold `fold`, or a one-line error naming it and what to do."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: train fold {fold} first (make train EXP={path.parent.parent.name})")
     try:
         return read_checkpoint(path, CHECKPOINT_KEYS)
     except CheckpointError as e:
         raise retrain(e, fold) from None
 
 
-def fold_model(ckpt: dict, path: Path, fold: int) -> torch.nn.Module:
-    """The fold's model with its best weights (on the CPU)."""
+def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[str], *, tta: list[str],
+                    batch_size: int, runtime: dict, loader: dict, description: str = "test") -> np.ndarray:
+    """One fold model's TTA probabilities of `paths` (relative to `image_dir`), one row per path, in order.
+
+    Args:
+        ckpt: the fold's best.pt (`read_fold_checkpoint`); the model is rebuilt from it alone.
+        ckpt_path: its file, named when its weights do not fit.
+        tta: predict.tta view names. `batch_size`: images per forward pass, TTA views included, so the memory
+            of a pass does not grow with the number of views.
+        runtime: `engine.runtime_kwargs` (device, amp, channels_last); the model runs uncompiled.
+        loader: `loader.loader_kwargs(cfg, train=False)` (cache, workers).
+    """
     try:
         model_cfg = ModelConfig(**ckpt["model_config"])
-        model = create_model(model_cfg, len(ckpt["classes"]), ckpt["channels"], pretrained=False)
-        load_weights(model, ckpt["model"], path)
     except TypeError as e:  # model_config with keys this foldvision does not know
-        raise retrain(CheckpointError(path, f"not a foldvision checkpoint ({e})"), fold) from None
+        raise CheckpointError(ckpt_path, f"not a foldvision checkpoint ({e})") from None
+    setup = build_model_for(model_cfg, len(ckpt["classes"]), ckpt["channels"], **{**runtime, "compile": False},
+                            pretrained=False, weights=ckpt["model"], weights_path=ckpt_path,
+                            data_cfg=ckpt["data_config"])
+    views = len(tta_compose(tta))
+    with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
+        batches = create_loader(image_dir, paths, None, setup.data_cfg, setup.device,
+                                **{**loader, "channels": ckpt["channels"], "batch_size": max(1, batch_size // views)},
+                                progress=progress)
+        return predict(setup.net, batches, setup.amp, setup.device, forward=tta_forward(tta), progress=progress,
+                       description=description)
+
+
+def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Format | None]:
+    """The test images and the submission format, checked before minutes of inference; (None, None) and one
+    printed line when the corpus has no test set."""
+    test = read_test(cfg.data, verify=verify)
+    if test is None:
+        console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
+                      f"submission): nothing to predict; the OOF scores are in {run.scores_json}")
+        return None, None
+    if test.sample is None:
+        return test, None
+    metric = resolve_metric(cfg.train.metric)
+    return test, infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
+
+
+def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
+    """fold<k>/test.csv: fold `fold`'s TTA probabilities of every test image (always computed: make decides
+    whether it is stale)."""
+    cfg, run = load_run_config(run_dir), Run(run_dir)
+    classes = run.read_classes()
+    test, _ = test_set(cfg, run, classes)
+    if test is None:
+        return None
+    files = run.fold(fold)
+    ckpt = read_fold_checkpoint(files.best_pt, fold)
+    if list(ckpt["classes"]) != classes:
+        raise retrain(CheckpointError(files.best_pt, f"its classes are not those of {run.classes_json}"), fold)
+    ids, paths = [str(i) for i in test.table["id"]], [str(p) for p in test.table["path"]]
+    console.print(f"fold {fold}: {len(ids)} test images × {len(tta_compose(cfg.predict.tta))} TTA views")
+    try:
+        probs = fold_test_probs(ckpt, files.best_pt, test.image_dir, paths, tta=cfg.predict.tta,
+                                batch_size=cfg.predict.batch_size, runtime=runtime_kwargs(cfg.train),
+                                loader=loader_kwargs(cfg, train=False), description=f"fold {fold} test")
     except CheckpointError as e:
         raise retrain(e, fold) from None
-    return model
+    out = Predictions(ids, classes, probs)
+    run.write_test(out, fold)
+    console.print(f"fold {fold}: wrote {files.test_csv}")
+    return out
 
 
-def fold_test_probs(run_dir: Path, fold: int, test: pd.DataFrame, test_dir: Path, cfg, device, amp) -> np.ndarray:
-    """One fold model's TTA probabilities for the test table, from fold<k>/test.csv when it is current."""
-    fold_dir = run_dir / f"fold{fold}"
-    best, cached = fold_dir / "best.pt", fold_dir / "test.csv"
-    if not best.is_file():
-        raise UserError(f"{best} not found: train fold {fold} first (make train EXP={run_dir.name})")
-    ckpt = read_fold_checkpoint(best, fold)
-    columns = prob_columns(ckpt["classes"])
-    stamp = run_dir / "stage-predict.yaml"
-    newest_input = max(best.stat().st_mtime, stamp.stat().st_mtime if stamp.is_file() else 0)
-    if cached.is_file() and cached.stat().st_mtime > newest_input:
-        frame = pd.read_csv(cached, dtype={"id": str}, keep_default_na=False)
-        if frame["id"].tolist() == test["id"].tolist():
-            console.print(f"fold {fold}: reusing {cached}")
-            return frame[columns].to_numpy(dtype=np.float64)
-    model = fold_model(ckpt, best, fold).to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
-    with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
-        # every view of a batch goes through one forward pass of predict.batch_size images: the memory of a
-        # pass does not grow with the number of views
-        views = len(tta_compose(cfg.predict.tta))
-        loader = create_loader(cfg, ckpt["data_config"], device, test_dir, test["path"], None, train=False,
-                               batch_size=max(1, cfg.predict.batch_size // views), progress=progress)
-        probs = predict(model, loader, amp, device, forward=tta_forward(cfg.predict.tta), progress=progress,
-                        description=f"fold {fold} test")
-    frame = pd.concat([test[["id"]], pd.DataFrame(probs, columns=columns)], axis=1)
-    write_atomic(cached, lambda tmp: frame.to_csv(tmp, index=False))
-    return probs
+def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], where: Path) -> np.ndarray:
+    """The mean of the folds' test probabilities, row by row in `ids` order (joined by id, never by position)."""
+    total = np.zeros((len(ids), len(classes)))
+    for k in folds:
+        part = run.read_test(classes, k)  # a missing one: one line naming it and `make predict`
+        row_of = {i: n for n, i in enumerate(part.ids)}
+        missing = [i for i in ids if i not in row_of]
+        if missing or len(row_of) != len(ids):
+            raise UserError(f"{run.fold(k).test_csv} predicts other test images than {where} lists "
+                            f"({len(missing)} missing, e.g. '{missing[0] if missing else part.ids[0]}'); "
+                            f"predict them again (make predict EXP={run.name})")
+        total += part.probs[[row_of[i] for i in ids]]
+    return total / len(folds)
 
 
-def label_rule(run_dir: Path, folds: list[int], classes: list[str], metric: str) -> DecisionRule:
+def label_rule(run: Run, classes: list[str], metric: str) -> DecisionRule:
     """The argmax-or-better decision rule, fitted on the OOF predictions and saved in decision.json."""
-    oof = read_fold_oofs(run_dir, folds)
-    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    rule = fit_rule(y, oof[prob_columns(classes)].to_numpy(dtype=np.float64), metric)
-    write_text_atomic(run_dir / "decision.json", json.dumps(rule.to_dict(), indent=2) + "\n")
+    oof = run.read_fold_oofs(run.read_split())
+    rule = fit_rule(oof.y, oof.probs, metric)
+    run.write_decision(rule.to_dict())
     console.print(f"predict: labels by {rule.describe()}")
     return rule
 
 
-def run(run_dir: Path, out: Path) -> pd.DataFrame | None:
-    cfg = load_run_config(run_dir)
-    table, classes = read_split(run_dir)
-    test = read_test(cfg.data)
+def ensemble(run_dir: Path, out: Path) -> pd.DataFrame | None:
+    """test.csv (the fold mean of every fold<k>/test.csv) and the submission `out`; runs no model."""
+    cfg, run = load_run_config(run_dir), Run(run_dir)
+    split = run.read_split()
+    test, fmt = test_set(cfg, run, split.classes, verify=False)  # no image is opened: the fold files hold it all
     if test is None:
-        console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
-                      f"submission): nothing to predict; the OOF scores are in {run_dir / 'scores.json'}")
         return None
-    device = resolve_device(cfg.train.device)
-    metric = resolve_metric(cfg.train.metric)
-    fmt = None  # the sample's format is checked before minutes of inference, not after
-    if test.sample is not None:
-        fmt = infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
-    amp = Amp(cfg.train.amp, device)
-    folds = sorted(set(table["fold"]))
-    console.print(f"predict: {len(test.table)} test images × {len(tta_compose(cfg.predict.tta))} TTA views "
-                  f"× {len(folds)} folds")
-    probs = np.mean([fold_test_probs(run_dir, k, test.table, test.image_dir, cfg, device, amp) for k in folds],
-                    axis=0)
-    ensemble = pd.concat([test.table[["id"]], pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
-    write_atomic(run_dir / "test.csv", lambda tmp: ensemble.to_csv(tmp, index=False))
+    ids = [str(i) for i in test.table["id"]]
+    where = test.sample_path or test.image_dir
+    probs = fold_mean(run, split.folds, split.classes, ids, where)
+    mean = Predictions(ids, split.classes, probs)
+    run.write_test(mean)
+    console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
     if fmt is None:
-        write_atomic(out, lambda tmp: ensemble.to_csv(tmp, index=False))
+        frame = mean.to_pandas()
+        write_atomic(out, lambda tmp: frame.to_csv(tmp, index=False))
         console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
-        return ensemble
-    rule = label_rule(run_dir, folds, classes, metric) if fmt.kind == "label" and cfg.predict.decision == "oof" else None
-    submission = build(test.sample, fmt, test.table["id"].tolist(), probs, classes, rule)
+        return frame
+    metric = resolve_metric(cfg.train.metric)
+    use_rule = fmt.kind == "label" and cfg.predict.decision == "oof"
+    rule = label_rule(run, split.classes, metric) if use_rule else None
+    submission = build(test.sample, fmt, ids, probs, split.classes, rule)
     write(submission, out, fmt)
     console.print(f"predict: wrote {out} ({len(submission)} rows, {fmt.kind} in {', '.join(fmt.columns)}"
                   f"{'' if fmt.header else ', no header'})")
@@ -153,11 +185,18 @@ def track_submission(run_dir: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="runs/<exp> with every fold<k>/best.pt")
-    parser.add_argument("--out", type=Path, help="submission path (default submissions/<exp>.csv)")
+    parser.add_argument("run_dir", type=Path, help="runs/<exp> with fold<k>/best.pt (--fold) or fold<k>/test.csv")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--fold", type=int, nargs="+", help="write these folds' fold<k>/test.csv (runs the model)")
+    what.add_argument("--out", type=Path, help="average every fold<k>/test.csv into test.csv and this submission "
+                                               "(default submissions/<exp>.csv; runs no model)")
     args = parser.parse_args(argv)
+    if args.fold is not None:
+        for fold in args.fold:
+            predict_fold(args.run_dir, fold)
+        return
     out = args.out or Path("submissions") / f"{args.run_dir.name}.csv"
-    if run(args.run_dir, out) is not None:
+    if ensemble(args.run_dir, out) is not None:
         track_submission(args.run_dir, out)
 
 
