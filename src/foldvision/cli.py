@@ -6,6 +6,7 @@
     foldvision train runs/<exp> --fold K        stage 2: one fold's model and OOF predictions
     foldvision score runs/<exp>                 stage 3: OOF scores over all folds
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
+    foldvision ensemble runs/<b> --members R..  blend scored experiments with OOF-fitted weights
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
@@ -35,6 +36,7 @@ COMMANDS = {
     "train": "foldvision.train",
     "score": "foldvision.score",
     "predict": "foldvision.predict",
+    "ensemble": "foldvision.ensemble",
     "evaluate": "foldvision.evaluate",
     "ablate": "foldvision.ablate",
     "leaderboard": "foldvision.leaderboard",

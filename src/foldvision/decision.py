@@ -69,3 +69,18 @@ def fit_rule(y: np.ndarray, probs: np.ndarray, metric: str) -> DecisionRule:
         if score > rule.oof_after + 1e-12:
             rule = DecisionRule(metric, kind, float(value), prior, before, score)
     return rule
+
+
+def nested_rule_score(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, metric: str) -> float:
+    """The label metric of the decision rule fitted honestly: each fold's labels come from the rule fitted on
+    the other folds' rows, and all the labels are scored together (`fit_rule`'s `oof_after` is fitted and
+    scored on the same rows, so it flatters the rule). NaN with fewer than two folds."""
+    metric = label_metric(metric)
+    folds = np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        return float("nan")
+    pred = np.empty(len(y), dtype=np.int64)
+    for k in np.unique(folds):
+        held = folds == k
+        pred[held] = fit_rule(y[~held], probs[~held], metric).apply(probs[held])
+    return _score(metric, y, pred)
