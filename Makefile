@@ -8,6 +8,8 @@
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
 #                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
+#   MEMBERS="a b"   make ensemble NAME=blend: the runs to blend on their OOF predictions (METHOD=hill_climb|mean|
+#                   rank|stack, ROUNDS=50 hill-climbing additions at most)
 #   BENCH="--steps 40"  make bench: timed steps per loop (default 20) and --tta-images (default 256)
 #
 # The stage targets are files: runs/<name>/folds.csv, fold<k>/oof.csv, scores.json, fold<k>/test.csv and
@@ -30,6 +32,9 @@ DATA ?=
 FOLDS ?=
 GPUS ?=
 LAUNCHER ?=
+MEMBERS ?=
+METHOD ?= hill_climb
+ROUNDS ?= 50
 CONFIGS ?= configs
 RUNS ?= runs
 SUBMISSIONS ?= submissions
@@ -61,7 +66,7 @@ RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv check folds train score predict ablate leaderboard report bench demo browser test clean-run FORCE
+.PHONY: help venv check folds train score predict ablate ensemble leaderboard report bench demo browser test clean-run
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
@@ -112,15 +117,22 @@ ablate-variant/%:
 	@$(MAKE) --no-print-directory $(RUNS)/$*/scores.json $(SUBMISSIONS)/$*.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) \
 		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 
+# a blend takes seconds and its method is not a file make can see: it is made again on every call
+ensemble: | $(INSTALLED)  ## NAME=blend MEMBERS="exp_a exp_b" [METHOD=hill_climb|mean|rank|stack]: blend runs on OOF
+	@$(if $(strip $(MEMBERS)),,$(error MEMBERS is empty: name the runs to blend, e.g. MEMBERS="exp_a exp_b"))
+	@$(FV) ensemble $(RUN) --members $(foreach m,$(MEMBERS),$(call quote,$(RUNS)/$(m))) \
+		--method $(call quote,$(METHOD)) --rounds $(call quote,$(ROUNDS)) --out $(SUBMISSION)
+
 leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Public/Private scores when known
 	@$(FV) leaderboard $(RUNS) --submissions $(SUBMISSIONS)
 
 # the report renders what the run folder holds and never trains: `make -q` (question mode, runs nothing)
 # tells it whether the scores or the submission are stale, and it says so on the page and in one line
 report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on one page (reads results only)
-	@stale=; $(MAKE) --no-print-directory -q $(RUN)/scores.json $(PASS) 2>/dev/null || stale="$$stale scores"; \
-	[ ! -e $(SUBMISSION) ] || $(MAKE) --no-print-directory -q $(SUBMISSION) $(PASS) 2>/dev/null \
-		|| stale="$$stale submission"; \
+	@stale=; [ -e $(RUN)/ensemble.json ] || $(MAKE) --no-print-directory -q $(RUN)/scores.json $(PASS) 2>/dev/null \
+		|| stale="$$stale scores"; \
+	[ ! -e $(SUBMISSION) ] || [ -e $(RUN)/ensemble.json ] \
+		|| $(MAKE) --no-print-directory -q $(SUBMISSION) $(PASS) 2>/dev/null || stale="$$stale submission"; \
 	$(FV) report $(RUN) --submission $(SUBMISSION) $${stale:+--stale $$stale}
 
 bench: | $(INSTALLED)  ## img/s of EXP on DATA: model-only limit, cached loop cold/warm, textbook loop, TTA vs ttach
