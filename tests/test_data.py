@@ -1,10 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from foldvision.config import DataConfig
-from foldvision.corpus import ImageIndex, read_table, read_train, sort_classes
+from foldvision.corpus import ImageIndex, open_image, read_table, read_train, sort_classes
 from foldvision.images import load_image
 from foldvision.errors import UserError
 
@@ -103,3 +106,18 @@ def test_class_folders_in_the_corpus_folder_beside_test_and_hidden_folders(tmp_p
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "0.png")
     c = read_train(DataConfig(dir=str(tmp_path)))
     assert c.classes == ["ant", "bee"] and c.table["path"].tolist() == ["ant/0.png", "bee/0.png"]
+
+
+def test_the_corpus_module_imports_no_torch_and_leaves_pil_alone():
+    """Stages that only read tables stay light; PIL's bomb guard is lifted only where foldvision opens images."""
+    code = ("import sys; from PIL import Image; limit = Image.MAX_IMAGE_PIXELS; import foldvision.corpus; "
+            "assert not {'torch', 'albumentations', 'timm'} & set(sys.modules), 'heavy import'; "
+            "assert Image.MAX_IMAGE_PIXELS == limit, 'PIL limit changed at import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_opening_an_image_lifts_pils_guard(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with open_image(tmp_path / "a.png") as im:
+        assert im.size == (4, 4)
+    assert Image.MAX_IMAGE_PIXELS is None  # data.max_image_pixels is foldvision's own limit, with its own message
