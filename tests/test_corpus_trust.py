@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import polars as pl
 import pytest
 from PIL import Image
 
@@ -228,7 +229,7 @@ def test_a_sample_id_matches_a_test_file_in_the_other_normal_form(tmp_path):
 # ---- the index from a list of names --------------------------------------------------------------------------------
 
 def test_the_index_is_built_from_a_list_of_names_as_from_a_walk(tmp_path):
-    names = ["a/b/x.jpg", "a/y.png", "y.jpg", "z.tif"]
+    names = ["a/b/x.jpg", "a/y.png", "b/y.jpg", "y.jpg", "z.tif"]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / name)
@@ -236,7 +237,9 @@ def test_the_index_is_built_from_a_list_of_names_as_from_a_walk(tmp_path):
     assert walked.files == listed.files == sorted(names)
     for image_id in ("x", "a/b/x", "a/b/x.jpg", "z", "y.jpg", "a/y"):
         assert walked.resolve(image_id, "t") == listed.resolve(image_id, "t")
-    assert listed.resolve("y.jpg", "t") == "y.jpg"  # an exact path wins over a file name elsewhere
+    assert listed.resolve("y.jpg", "t") == "y.jpg"  # an exact path wins over b/y.jpg's file name
+    ids = pl.Series(["z", "y.jpg", "a/y", "x"])
+    assert listed.resolve_all(ids, pl.Series([2, 3, 4, 5]), "t").to_list() == ["z.tif", "y.jpg", "a/y.png", "a/b/x.jpg"]
     with pytest.raises(UserError, match="id 'y' matches several files"):
         listed.resolve("y", "t")
 

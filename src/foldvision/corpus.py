@@ -335,21 +335,15 @@ class ImageIndex:
         frame = frame.with_columns(name=pl.col("key").str.split("/").list.last(),
                                    stem=pl.col("key").str.replace(strip_ext, ""))
         frame = frame.with_columns(name_stem=pl.col("name").str.replace(strip_ext, ""))
-        # exact paths first: within a group polars keeps the rows' order, so first() is the exact match if any.
-        # A file at the top of the folder has name == path and name stem == stem: those rows are left out.
-        keys = pl.concat([
+        # One row per (key, file); a file at the top of the folder has name == path and name stem == stem, which
+        # are left out. Whether a key is ambiguous is judged only for the keys looked up (resolve_all): grouping
+        # every key of a million files would cost more than the lookups themselves.
+        self._keys = pl.concat([
             frame.select("key", "rel", exact=pl.lit(True)),
             frame.select(key="stem", rel="rel", exact=pl.lit(False)),
             frame.filter(pl.col("name") != pl.col("key")).select(key="name", rel="rel", exact=pl.lit(False)),
             frame.filter(pl.col("name_stem") != pl.col("stem")).select(key="name_stem", rel="rel", exact=pl.lit(False)),
         ])
-        self._keys = keys.group_by("key").agg(
-            n=pl.len(), n_exact=pl.col("exact").sum(), rel=pl.col("rel").first()
-        ).select(
-            "key",
-            # one exact path wins; else one file; else null: ambiguous (a.jpg and a.png, or two NFC-equal paths)
-            path=pl.when((pl.col("n_exact") == 1) | (pl.col("n") == 1)).then("rel"),
-        )
 
     def __contains__(self, image_id: str) -> bool:
         return self._keys.filter(pl.col("key") == _nfc(image_id.strip().replace("\\", "/"))).height > 0
@@ -366,8 +360,18 @@ class ImageIndex:
         """The path of every id (relative to the base), in order; an id with no file, or with several, is an
         error naming its row (`rows`: line numbers in the file `where`; 0 names no row)."""
         keys = _nfc_all(ids.str.strip_chars().str.replace_all("\\", "/", literal=True))
-        found = pl.DataFrame({ROW: rows, "id": ids, "key": keys}).join(
-            self._keys.with_columns(known=pl.lit(True)), on="key", how="left", maintain_order="left")
+        query = pl.DataFrame({ROW: rows, "id": ids, "key": keys}).with_row_index("i")
+        found = query.join(self._keys, on="key", how="left", maintain_order="left")
+        if found.height == query.height:  # every id matched one file or none
+            found = found.select(ROW, "id", path="rel", known=pl.col("rel").is_not_null())
+        else:  # some id matched several files: one exact path wins, else it is ambiguous
+            found = found.group_by("i", maintain_order=True).agg(
+                pl.col(ROW, "id").first(), n=pl.col("rel").count(), n_exact=pl.col("exact").sum(),
+                exact=pl.col("rel").filter(pl.col("exact")).first(), rel=pl.col("rel").first(),
+            ).select(
+                ROW, "id", known=pl.col("n") > 0,
+                path=pl.when(pl.col("n_exact") == 1).then("exact").when(pl.col("n") == 1).then("rel"),
+            )
         bad = found.filter(pl.col("path").is_null())
         if bad.height:
             first = bad.row(0, named=True)
@@ -375,7 +379,7 @@ class ImageIndex:
             if first["known"]:
                 raise UserError(f"{at}: id '{first['id']}' matches several files in {self.folder}; "
                                 "use ids with the file extension")
-            missing = bad.filter(pl.col("known").is_null()).height
+            missing = bad.filter(~pl.col("known")).height
             more = f" (and {_plural(missing - 1, 'more id')} without one)" if missing > 1 else ""
             raise UserError(f"{at}: no image for id '{first['id']}' in {self.folder}{more}; "
                             "add the file or drop the row")
