@@ -80,6 +80,15 @@ def test_a_named_encoding_that_does_not_fit_names_the_line(tmp_path):
         read_train(cfg)
 
 
+def test_a_utf16_table_is_named_as_such(tmp_path):
+    """Excel's 'Unicode Text' is UTF-16 with a BOM: it decodes as Windows-1252 too, which must not be offered."""
+    cfg = write_corpus(tmp_path, CP1252_ROWS, encoding="utf-16")
+    with pytest.raises(UserError, match=r"not UTF-8 \(line 1, byte 0xff\); it is UTF-16 .*data.encoding=utf-16"):
+        read_train(cfg)
+    cfg.encoding = "utf-16"
+    assert read_train(cfg).classes == ["café", "naïve"]
+
+
 def test_an_unknown_encoding_name_is_an_error(tmp_path):
     cfg = write_corpus(tmp_path, CP1252_ROWS)
     cfg.encoding = "latin-9000"

@@ -38,7 +38,7 @@ ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename"
 LABEL_NAMES = ("label", "target", "class", "category", "y", "labels", "class_name")
 
 # Cells that mean "no value" in exported tables (pandas', R's, Excel's and SQL's marks, a lone dash), compared
-# in lower case after stripping: a label or group that reads so is missing, never a class or a group of its own.
+# in lower case after stripping: an id, label or group that reads so is missing, never a class or a group.
 MISSING_MARKS = ("", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "nan", "-nan", "null", "none", "-")
 
 # The legacy code pages a table that is not UTF-8 most often comes from. They are offered, never guessed:
@@ -93,6 +93,8 @@ def _undecodable(path: Path, data: bytes, error: UnicodeDecodeError, encoding: s
     where = f"{path}: not {encoding or 'UTF-8'} (line {line}, byte 0x{data[error.start]:02x})"
     if encoding is not None:
         return f"{where}; set data.encoding to the encoding it was saved in, or re-save it as UTF-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text" (tab-separated)
+        return f"{where}; it is UTF-16 (its first bytes say so): set data.encoding=utf-16, or re-save it as UTF-8"
     fits = [f"data.encoding={name} ({what})" for name, what in CODE_PAGES.items() if _decodes(data, name)]
     if fits:
         return f"{where}; name its encoding: {' or '.join(fits)}, or re-save it as UTF-8"
