@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -174,20 +175,21 @@ def staleness(run: Run, stale: list[str], submission: Path | None) -> list[str]:
 
 def _changed(now: dict, recorded: dict | None) -> list[str]:
     """The inputs whose digest differs from the one recorded (none recorded: nothing to compare)."""
-    return [k for k, v in now.items() if recorded is not None and recorded.get(k) != v]
+    if recorded is None:
+        return []
+    return [k for k, v in now.items() if recorded.get(k) != v]
 
 
-def _scored(run: Run) -> Experiment:
-    exp = load(run.root)
-    if exp is None:
-        raise UserError(f"{run.root}: no scores yet, nothing to report; run make train EXP={run.name} first")
-    return exp
+def _not_scored(run: Run) -> UserError:
+    return UserError(f"{run.root}: no scores yet, nothing to report; run make train EXP={run.name} first")
 
 
-def build(run_dir: Path, submission: Path | None = None, stale: list[str] = ()) -> str:
+def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = ()) -> str:
     """The report's HTML for a scored experiment (writes its plots on the way); `stale`: the banner's lines."""
     run = Run(run_dir)
-    exp = _scored(run)
+    exp = load(run.root)
+    if exp is None:
+        raise _not_scored(run)
     plots = write_plots(run_dir)
     wrong = most_wrong(run.read_oof())
     wrong_rows = [[r["id"], str(r["fold"]), r["label"], r["pred"], f"{r['confidence']:.3f}", f"{r['p_true']:.3f}"]
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="default: the run folder's report page")
     args = parser.parse_args(argv)
     run = Run(args.run_dir)
-    _scored(run)
+    if not run.is_scored():
+        raise _not_scored(run)
     stale = staleness(run, args.stale, args.submission)
     out = args.out or run.report_html
     write_text_atomic(out, build(run.root, args.submission, stale))
