@@ -44,6 +44,7 @@ COMMANDS = {
     "plots": "foldvision.plots",
     "bench": "foldvision.bench",
     "demo-data": "foldvision.demo",
+    "launch": "foldvision.launch",
     "slot": "foldvision.slots",
 }
 

@@ -1,0 +1,311 @@
+"""foldvision launch: folds fanned out as Ray tasks (a local cluster) or a submitit array (its LocalExecutor).
+
+The training tests are slow-marked (each fold is its own process, ~6 s of imports on 2 cores); the bad inputs
+are not. No Slurm cluster here: the Slurm path runs with `--local`, submitit's LocalExecutor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli, stage, write_config
+from foldvision import launch
+
+N_FOLDS = 5  # the issue's campaign: 5 folds, which the 60-image digits fixture cannot split (4 images of a '5')
+
+
+@pytest.fixture(scope="module")
+def digits100(tmp_path_factory) -> Path:
+    """100 of scikit-learn's digits (10 a class): enough for 5 stratified folds."""
+    from foldvision.demo import build
+
+    out = tmp_path_factory.mktemp("digits100") / "digits"
+    build(out, limit=100)
+    return out
+
+
+def resolved_run(tmp_path: Path, corpus: Path, name: str, *overrides: str, n_folds: int = N_FOLDS) -> Path:
+    """runs/<name> with the tiny config resolved into it (what `make train` does before launching)."""
+    write_config(tmp_path / "configs", "tiny", corpus, data={"channels": 1}, augment={"train": []},
+                 predict={"tta": []}, cv={"n_folds": n_folds})
+    run = tmp_path / "runs" / name
+    result = run_cli("config", "tiny", *overrides, "--configs", str(tmp_path / "configs"), "--run-dir", str(run))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def stage_pid(run: Path, fold: int) -> int | None:
+    """The pid of `python -m foldvision train <run> --fold <fold>`, found by its exact command line."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode() for a in Path(entry.path, "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if argv[1:] == ["-m", "foldvision", "train", str(run), "--fold", str(fold)]:
+            return int(entry.name)
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def when_checkpointed(run: Path, fold: int, act) -> threading.Thread:
+    """Once fold `fold` has written last.pt (an epoch done, more to go), call act(pid of its stage process)."""
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (run / f"fold{fold}" / "last.pt").is_file() and (pid := stage_pid(run, fold)):
+                act(pid)
+                return
+            time.sleep(0.02)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+# ---- Ray ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, capsys):
+    """A local 2-CPU Ray cluster trains the 5 folds (one task each) and scores them: the same split, the same
+    OOF ids per fold, and the same probabilities and scores (to 1e-6) as the stage commands make runs. Each
+    task's torch runs on 1 thread (Ray sets OMP_NUM_THREADS to its CPUs), so the reference does too: with 2
+    threads the sums are rounded in another order (bf16 autocast on the CPU) and probabilities differ by ~1e-3."""
+    import torch
+
+    ray_run = resolved_run(tmp_path, digits100, "ray")
+    direct = resolved_run(tmp_path, digits100, "direct")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for argv in (("folds", str(direct)), ("train", str(direct), "--fold", *map(str, range(N_FOLDS))),
+                     ("score", str(direct))):
+            code, err = stage(capsys, *argv)
+            assert code == 0, err
+    finally:
+        torch.set_num_threads(threads)
+
+    result = run_cli("launch", "ray", str(ray_run), "--num-cpus", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "started a local cluster of 2 CPUs" in result.stderr
+    for k in range(N_FOLDS):
+        assert f"ray/fold{k}: done in" in result.stderr
+
+    assert (ray_run / "folds.csv").read_text() == (direct / "folds.csv").read_text()
+    for k in range(N_FOLDS):
+        ours = pd.read_csv(ray_run / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str})
+        theirs = pd.read_csv(direct / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str})
+        assert ours["id"].tolist() == theirs["id"].tolist()
+        assert not (ray_run / f"fold{k}" / "last.pt").exists()
+        probs = [c for c in ours.columns if c.startswith("prob_")]
+        np.testing.assert_allclose(ours[probs].to_numpy(), theirs[probs].to_numpy(), atol=1e-6)
+    ours, theirs = (pd.read_json(run / "scores.json", typ="series") for run in (ray_run, direct))
+    for metric, value in theirs["oof"].items():
+        assert ours["oof"][metric] == pytest.approx(value, abs=1e-6), metric
+
+    # everything done: a second launch trains nothing and leaves the scores alone
+    before = (ray_run / "scores.json").stat().st_mtime_ns
+    again = run_cli("launch", "ray", str(ray_run), "--num-cpus", "2")
+    assert again.returncode == 0, again.stderr
+    assert "training" not in again.stderr and (ray_run / "scores.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_ray_retries_a_killed_fold_which_resumes_from_last_pt(tmp_path, digits100, monkeypatch):
+    """Fold 0's stage process is SIGKILLed (Ray retries: retry_exceptions) and fold 1's Ray worker is (Ray
+    retries: max_retries; the stage process dies with its worker), each after its first epoch: both retried
+    folds resume from last.pt and finish."""
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    run = resolved_run(tmp_path, digits100, "killed", "train.epochs=3").resolve()
+    killed, orphan = {}, {}
+
+    def kill_stage(pid):
+        killed[0] = pid
+        os.kill(pid, signal.SIGKILL)
+
+    def kill_worker(pid):
+        killed[1] = parent_pid(pid)
+        os.kill(killed[1], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphan["alive"] = alive(pid)  # the stage process must not outlive its worker
+
+    watchers = [when_checkpointed(run, 0, kill_stage), when_checkpointed(run, 1, kill_worker)]
+    campaign = launch.launch_ray([run], folds=[0, 1], num_cpus=2, retries=2)
+    for thread in watchers:
+        thread.join(timeout=1)
+    assert set(killed) == {0, 1}
+    by_label = {r.label: r for r in campaign.results}
+    for k in (0, 1):
+        result = by_label[f"killed/fold{k}"]
+        assert result.resumed, result.log
+        assert any("resuming after epoch" in line for line in result.log), result.log
+        assert (run / f"fold{k}" / "oof.csv").is_file() and not (run / f"fold{k}" / "last.pt").exists()
+        assert len(pd.read_csv(run / f"fold{k}" / "history.csv")) == 3  # each epoch once
+    assert orphan == {"alive": False}
+    assert not (run / "scores.json").exists()  # --folds: a subset is not scored
+
+
+@pytest.mark.slow
+def test_ray_predicts_each_fold_as_a_task_then_the_submission(tmp_path, digits_corpus):
+    run = resolved_run(tmp_path, digits_corpus, "pred", n_folds=2)
+    submission = tmp_path / "subs" / "pred.csv"
+    result = run_cli("launch", "ray", str(run), "--num-cpus", "2", "--predict", str(submission))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for k in (0, 1):
+        assert (run / f"fold{k}" / "test.csv").is_file()
+        assert f"pred/fold{k}-predict: done in" in result.stderr
+    assert (run / "scores.json").is_file()
+    sample = pd.read_csv(digits_corpus / "sample_submission.csv")
+    assert pd.read_csv(submission)["image_id"].tolist() == sample["image_id"].tolist()
+
+
+# ---- Slurm through submitit's LocalExecutor --------------------------------------------------------------
+@pytest.mark.slow
+def test_slurm_local_runs_a_fold_and_requeues_it_on_preemption(tmp_path, digits_corpus):
+    """The array task gets SIGUSR2 after its first epoch, as Slurm signals a pre-empted or timed-out job:
+    submitit calls the Checkpointable's checkpoint (which stops the stage) and requeues the task, and the
+    fold resumes from last.pt."""
+    run = resolved_run(tmp_path, digits_corpus, "slurm", "train.epochs=3", n_folds=2).resolve()
+    signalled = []
+
+    def preempt(pid):
+        signalled.append(parent_pid(pid))  # the submitit task process that runs the stage command
+        os.kill(signalled[0], signal.SIGUSR2)
+
+    when_checkpointed(run, 0, preempt)
+    result = run_cli("launch", "slurm", str(run), "--local", "--folds", "0", "--timeout-min", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert signalled
+    assert "[slurm/fold0] " in result.stdout and "Requeued job" in result.stdout
+    assert "fold 0: resuming after epoch" in result.stdout
+    assert "slurm/fold0: done in" in result.stderr and "(resumed from last.pt)" in result.stderr
+    assert (run / "fold0" / "oof.csv").is_file() and not (run / "fold1").exists()
+    assert (run / "slurm").is_dir()
+
+
+# ---- bad inputs: one line, exit 2, nothing written ---------------------------------------------------------
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def nothing_written(run: Path) -> None:
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["config.yaml", "config.mk", "stage-folds.yaml", "stage-train.yaml", "stage-predict.yaml"])
+
+
+@pytest.fixture
+def fresh_run(tmp_path, digits_corpus) -> Path:
+    write_config(tmp_path / "configs", "tiny", digits_corpus)
+    run = tmp_path / "runs" / "tiny"
+    assert run_cli("config", "tiny", "--configs", str(tmp_path / "configs"), "--run-dir", str(run)).returncode == 0
+    return run
+
+
+@pytest.mark.parametrize("engine,module,extra", [("ray", "ray", "ray"), ("slurm", "submitit", "slurm")])
+def test_engine_not_installed(fresh_run, capsys, monkeypatch, engine, module, extra):
+    real = launch.importlib.util.find_spec
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == module else real(name))
+    code, err = stage(capsys, "launch", engine, str(fresh_run), *(["--local"] if engine == "slurm" else []))
+    assert code == 2
+    assert f"pip install 'foldvision[{extra}]'" in one_error_line(err)
+    nothing_written(fresh_run)
+
+
+def test_no_config_in_the_run_folder(tmp_path, capsys):
+    for engine in ("ray", "slurm"):
+        code, err = stage(capsys, "launch", engine, str(tmp_path / "runs" / "nope"))
+        assert code == 2 and "no config.yaml" in one_error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_address_nobody_listens_on(fresh_run, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    code, err = stage(capsys, "launch", "ray", str(fresh_run))
+    assert code == 2 and "no Ray cluster answers" in one_error_line(err)
+    assert time.monotonic() - start < 10
+    nothing_written(fresh_run)
+
+
+def test_ray_address_that_is_not_ray(fresh_run, capsys, monkeypatch):
+    """A port that accepts connections but never speaks Ray's protocol: ray.init alone would wait minutes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{server.getsockname()[1]}")
+        start = time.monotonic()
+        code, err = stage(capsys, "launch", "ray", str(fresh_run), "--connect-timeout", "3")
+    assert code == 2 and "no Ray cluster answered within 3 s" in one_error_line(err)
+    assert time.monotonic() - start < 15
+    nothing_written(fresh_run)
+
+
+def test_num_cpus_with_a_cluster_address(fresh_run, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    code, err = stage(capsys, "launch", "ray", str(fresh_run), "--num-cpus", "2")
+    assert code == 2 and "--num-cpus sizes a local cluster" in one_error_line(err)
+
+
+@pytest.mark.slow
+def test_gpus_per_task_on_a_cluster_without_gpus(fresh_run, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, err = stage(capsys, "launch", "ray", str(fresh_run), "--num-cpus", "1", "--gpus-per-task", "1")
+    assert code == 2 and "this Ray cluster has no GPUs" in one_error_line(err)
+    nothing_written(fresh_run)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the GPUs of this Linux machine")
+def test_slurm_without_slurm_or_gpus(fresh_run, capsys, monkeypatch):
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    code, err = stage(capsys, "launch", "slurm", str(fresh_run))
+    assert code == 2 and "sbatch not found" in one_error_line(err) and "--local" in err
+    monkeypatch.setattr(launch, "_visible_gpus", lambda: 0)
+    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--gpus-per-task", "1")
+    assert code == 2 and "this machine has 0 GPUs" in one_error_line(err)
+    nothing_written(fresh_run)
+
+
+def test_bad_arguments(fresh_run, capsys):
+    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--folds", "0", "--predict", "s.csv")
+    assert code == 2 and "leave out --folds" in one_error_line(err)
+    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--slurm", "account")
+    assert code == 2 and "write key=value" in one_error_line(err)
+    nothing_written(fresh_run)
+
+
+@pytest.mark.slow
+def test_unknown_fold(fresh_run, capsys):
+    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--folds", "7")
+    assert code == 2 and "--folds 7" in one_error_line(err)
+    assert not list(fresh_run.glob("fold[0-9]*")) and not (fresh_run / "slurm").exists()
