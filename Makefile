@@ -66,7 +66,7 @@ RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv check folds train score predict ablate ensemble leaderboard report bench demo browser test clean-run
+.PHONY: help venv check folds train score predict ablate ensemble leaderboard report bench demo browser test clean-run train-stale predict-stale
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
@@ -80,18 +80,26 @@ folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made on
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
 
-# One job (no -j, no GPUS): the stale folds (`make -q` says which) train in one process, paying Python's and
-# torch's start-up once; an interrupted run still re-trains only the unfinished folds. Under `make -j N` or with
-# GPUS, each fold is its own job: the fold rules below run side by side, one GPU each.
+# One job (no -j, no GPUS): the stale folds (`make -q` says which) train, or predict, in one process, paying
+# Python's and torch's start-up once; an interrupted run still re-trains only the unfinished folds. Under
+# `make -j N` or with GPUS, each fold is its own job: the fold rules below run side by side, one GPU each.
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores; -j N GPUS="0 1" fans out
 	@$(RESOLVE)
-	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
-	@if [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null || [ -n "$(GPUS)" ] \
-		|| [ -n "$(LAUNCHER)" ]; then :; else \
-		stale=$$(for k in $(or $(FOLDS),$(ALL_FOLDS)); do \
-			$(MAKE) --no-print-directory -q $(RUN)/fold$$k/oof.csv $(PASS) || echo $$k; done); \
-		[ -z "$$stale" ] || $(FV) train $(RUN) --fold $$stale; fi
+	@$(MAKE) --no-print-directory train-stale $(PASS)
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
+
+# (inner makes: they read the config.mk that `foldvision config` has just written)
+ONE_JOB = ! [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null && [ -z "$(GPUS)" ] \
+	&& [ -z "$(LAUNCHER)" ]
+# stale(target pattern with %, folds): the folds whose file make -q calls stale
+stale = $$(for k in $(2); do $(MAKE) --no-print-directory -q $(subst %,$$k,$(1)) $(PASS) || echo $$k; done)
+train-stale: $(RUN)/folds.csv
+	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/oof.csv,$(or $(FOLDS),$(ALL_FOLDS))); \
+		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale; $(FV) train $(RUN) --fold $$stale; }; fi
+
+predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
+	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/test.csv,$(ALL_FOLDS)); \
+		[ -z "$$stale" ] || { echo $(FV) predict $(RUN) --fold $$stale; $(FV) predict $(RUN) --fold $$stale; }; fi
 
 score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 	@$(RESOLVE)
@@ -99,6 +107,7 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
 	@$(RESOLVE)
+	@$(MAKE) --no-print-directory predict-stale $(PASS)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
