@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from foldvision.config import CONFIG_DIR, Config, load_config
-from foldvision.run import load_run_config
+from foldvision.run import Run
 from foldvision.console import console, out
 from foldvision.corpus import read_test, read_train
 from foldvision.engine import Amp, build_model_for, predict, resolve_device, runtime_kwargs, train_one_epoch
@@ -257,33 +257,33 @@ ORDER = ("model_only_img_s", "train_cold_img_s", "train_warm_img_s", "textbook_i
 def textbook_folds(run_dir: Path, folds: list[int] | None) -> None:
     """Train folds of `run_dir` (all by default) the textbook way: the experiment's epochs, a validation pass
     per epoch, nothing cached, nothing written."""
-    from foldvision.tables import read_split
-
-    cfg = load_run_config(run_dir)
-    table, classes = read_split(run_dir)
+    run = Run(run_dir)
+    cfg = run.load_config()
+    split = run.read_split()
     device = resolve_device(cfg.train.device)
     amp = Amp(cfg.train.amp, device)
     workers = loader_workers(cfg.train.num_workers, device)
     root = Path(cfg.data.dir)
+    paths = np.asarray(split.paths, dtype=object)
     start = time.perf_counter()
-    for fold in folds or sorted(set(table["fold"])):
+    for fold in folds or split.folds:
         torch.manual_seed(cfg.train.seed + 1000 * fold)
-        train_rows, val_rows = table[table["fold"] != fold], table[table["fold"] == fold]
+        train_rows, val_rows = split.fold != fold, split.fold == fold
         # built as foldvision builds it, but left in the default memory format and uncompiled
-        setup = build_model_for(cfg.model, len(classes), cfg.data.channels, device=str(device), amp=amp.mode,
+        setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels, device=str(device), amp=amp.mode,
                                 channels_last=False, compile=False)
         model, data_cfg = setup.model, setup.data_cfg
-        train_loader = textbook_loader(TextbookDataset(root, train_rows["path"], train_rows["target"],
+        train_loader = textbook_loader(TextbookDataset(root, paths[train_rows], split.y[train_rows],
                                        textbook_transform(cfg.augment.train, data_cfg, True), cfg.data.channels),
                                        cfg.train.batch_size, True, workers)
-        val_loader = textbook_loader(TextbookDataset(root, val_rows["path"], val_rows["target"],
+        val_loader = textbook_loader(TextbookDataset(root, paths[val_rows], split.y[val_rows],
                                      textbook_transform([], data_cfg, False), cfg.data.channels),
                                      cfg.predict.batch_size, False, workers)
         optimizer = create_optimizer(model, cfg.train, len(train_loader) * cfg.train.epochs)
         loss_fn = create_loss(cfg.loss)
         for epoch in range(cfg.train.epochs):
             textbook_epoch(model, train_loader, loss_fn, optimizer, amp, device)
-            scores = score(val_rows["target"].to_numpy(), textbook_predict(model, val_loader, amp, device))
+            scores = score(split.y[val_rows], textbook_predict(model, val_loader, amp, device))
             console.print(f"textbook fold {fold} epoch {epoch + 1}: auc {scores['auc']:.4f}  "
                           f"{time.perf_counter() - start:.1f} s so far")
     out.print(f"textbook_folds_s: {time.perf_counter() - start:.1f}")
