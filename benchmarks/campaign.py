@@ -1,0 +1,154 @@
+"""Time a small campaign on this machine: make -j1, make -j2 and the Ray launcher, measured in one run.
+
+    .venv/bin/python benchmarks/campaign.py [--variants 2] [--folds 5] [--epochs 2] [--cpus 2]
+                                            [--modes make-j1 make-j2 ray-each ray-all] [--keep DIR]
+
+The campaign is the digits experiment (configs/digits.yaml: resnet10t at 32 px on scikit-learn's digits)
+at --epochs epochs, in --variants variants (train.lr = 3e-3, 1e-3, ...) of --folds folds each. Every mode gets
+a fresh run folder and a fresh image cache (a new campaign pays its decode once), and is timed from its first
+command (config resolution included) to its scores:
+
+    make-j1    make -j1 train, variant after variant (each variant's folds in one process, torch on every core)
+    make-j2    make -j2 train, variant after variant (a process per fold, two at a time, 1 thread each)
+    ray-each   foldvision launch ray per variant on a local --cpus-CPU cluster (what make train LAUNCHER=ray
+               does): a process per fold, --cpus at a time; each launch starts its own cluster
+    ray-all    one launch for every variant: all the campaign's folds share one cluster
+
+Then, on their own: Ray's start-up (a local cluster), and a no-op task's round trip on it. The launcher's
+overhead per task is (ray-each − make-j2) / tasks: the two run the same processes in the same waves, so what
+is left is Ray's start-ups and its per-task cost. Wait for an idle machine (`uptime` load under ~1.5):
+every figure here is a wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MODES = ("make-j1", "make-j2", "ray-each", "ray-all")
+NOOP = """
+import time, ray
+start = time.perf_counter(); ray.init(num_cpus={cpus}, include_dashboard=False); up = time.perf_counter() - start
+noop = ray.remote(lambda: None)
+ray.get([noop.remote() for _ in range(20)])  # the workers started
+start = time.perf_counter()
+for _ in range(100):
+    ray.get(noop.remote())
+print(up, (time.perf_counter() - start) / 100)
+ray.shutdown()
+"""
+
+
+def variants(n: int) -> list[tuple[str, str]]:
+    lrs = ["3e-3", "1e-3", "3e-4", "1e-4", "3e-5"]
+    if n > len(lrs):
+        raise SystemExit(f"--variants: at most {len(lrs)}")
+    return [(f"digits-lr{lr}", f"train.lr={lr}") for lr in lrs[:n]]
+
+
+def overrides(corpus: Path, cache: Path, args, variant: str) -> list[str]:
+    return [f"data.dir={corpus}", f"data.cache_dir={cache}", f"train.epochs={args.epochs}",
+            f"cv.n_folds={args.folds}", "tracking=none", variant]
+
+
+def sh(cmd: list[str], **kw) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def run_make(ws: Path, corpus: Path, args, jobs: int) -> float:
+    start = time.perf_counter()
+    for name, variant in variants(args.variants):
+        sh(["make", "--no-print-directory", "-C", str(ROOT), f"-j{jobs}", "train", "EXP=digits", f"NAME={name}",
+            f"RUNS={ws / 'runs'}", f"CONFIGS={ROOT / 'configs'}", f"PY={PY}",
+            "ARGS=" + " ".join(overrides(corpus, ws / "cache", args, variant))])
+    return time.perf_counter() - start
+
+
+def run_ray(ws: Path, corpus: Path, args, together: bool) -> float:
+    start = time.perf_counter()
+    runs = []
+    for name, variant in variants(args.variants):
+        run = ws / "runs" / name
+        sh([PY, "-m", "foldvision", "config", "digits", *overrides(corpus, ws / "cache", args, variant),
+            "--configs", str(ROOT / "configs"), "--run-dir", str(run)], cwd=ROOT)
+        runs.append(run)
+    launch = [PY, "-m", "foldvision", "launch", "ray", "--num-cpus", str(args.cpus)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for group in ([runs] if together else [[run] for run in runs]):
+        sh([*launch, *map(str, group)], cwd=ROOT, env=env)
+    return time.perf_counter() - start
+
+
+def oof_scores(ws: Path, args) -> list[float]:
+    return [json.loads((ws / "runs" / name / "scores.json").read_text())["oof"]["accuracy"]
+            for name, _ in variants(args.variants)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+
+    ws = args.keep or Path(tempfile.mkdtemp(prefix="campaign-"))
+    try:
+        from foldvision.demo import build
+
+        corpus = ws / "digits"
+        if not (corpus / "train.csv").is_file():
+            build(corpus)
+        tasks = args.variants * args.folds
+        load = os.getloadavg()[0]
+        print(f"campaign: {args.variants} variants x {args.folds} folds x {args.epochs} epochs of configs/digits.yaml "
+              f"on {os.cpu_count()} cores (load {load:.2f} at the start{'; busy: figures are noisy' * (load > 1.5)})",
+              flush=True)
+        walls, scores = {}, {}
+        for mode in args.modes:
+            mode_ws = ws / mode
+            shutil.rmtree(mode_ws, ignore_errors=True)
+            if mode.startswith("make"):
+                walls[mode] = run_make(mode_ws, corpus, args, jobs=int(mode[-1]))
+            else:
+                walls[mode] = run_ray(mode_ws, corpus, args, together=mode == "ray-all")
+            scores[mode] = oof_scores(mode_ws, args)
+            print(f"  {mode:<9} {walls[mode]:8.1f} s   OOF accuracy {' '.join(f'{s:.4f}' for s in scores[mode])}",
+                  flush=True)
+        probe = subprocess.run([PY, "-c", NOOP.format(cpus=args.cpus)], capture_output=True, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        startup, round_trip = map(float, probe.stdout.split()[-2:])
+    finally:
+        if args.keep is None:
+            shutil.rmtree(ws, ignore_errors=True)
+
+    base = walls.get("make-j1")
+    print(f"\n{'mode':<12}{'wall s':>9}{'s/fold':>9}{'x make -j1':>12}")
+    for mode, wall in walls.items():
+        print(f"{mode:<12}{wall:9.1f}{wall / tasks:9.2f}{wall / base if base else float('nan'):12.2f}")
+    print(f"\nray start-up (local {args.cpus}-CPU cluster): {startup:.2f} s; no-op task round trip: "
+          f"{round_trip * 1000:.1f} ms")
+    if "ray-each" in walls and "make-j2" in walls:
+        per_task = (walls["ray-each"] - walls["make-j2"]) / tasks
+        print(f"launcher overhead per task (ray-each - make-j2) / {tasks} tasks: {per_task:.2f} s, of which "
+              f"start-ups {args.variants * startup / tasks:.2f} s; ray-each / make-j2 = "
+              f"{walls['ray-each'] / walls['make-j2']:.2f}")
+    if "ray-all" in walls and "ray-each" in walls:
+        print(f"one launch for the whole campaign / one per variant = {walls['ray-all'] / walls['ray-each']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
