@@ -36,3 +36,14 @@ def test_argmax_kept_when_nothing_is_better():
 
 def test_label_metric_falls_back_to_accuracy_for_probability_metrics():
     assert label_metric("auc") == "accuracy" and label_metric("macro_f1") == "macro_f1"
+
+
+def test_every_experiment_reports_its_rule_nested_beside_the_fitted_score():
+    from foldvision.decision import fit_nested
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    probs = rng.dirichlet([1, 1], 400)  # no signal: a fitted threshold can only flatter itself
+    rule = fit_nested(y, probs, np.arange(400) % 5, "accuracy")
+    assert rule.oof_nested is not None and rule.oof_nested < rule.oof_after
+    assert "nested" in rule.describe() and rule.to_dict()["oof_nested"] == rule.oof_nested

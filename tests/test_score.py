@@ -71,3 +71,14 @@ def test_the_results_side_imports_no_torch(module):
     code = f"import sys, foldvision.{module}; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_score_stage_reports_the_decision_rule_fitted_and_nested(tmp_path, binary_corpus):
+    from fakes import scored_run
+    from foldvision.run import Run
+
+    scores = Run(scored_run(tmp_path, "exp", binary_corpus, skill=0.5)).read_scores()
+    rule = scores["decision"]
+    assert rule["metric"] == "accuracy" and rule["kind"] == "threshold"
+    assert rule["oof_before"] <= rule["oof_after"]  # fitted on the rows it is scored on: never below argmax
+    assert 0.0 <= rule["oof_nested"] <= 1.0

@@ -35,7 +35,8 @@ class DecisionRule:
     value: float  # the threshold, or α
     prior: list[float]  # training class frequencies (prior rule)
     oof_before: float  # OOF metric of argmax
-    oof_after: float  # OOF metric of this rule
+    oof_after: float  # OOF metric of this rule (fitted and scored on the same rows: optimistic)
+    oof_nested: float | None = None  # OOF metric of the rule fitted on the other folds (honest); see fit_nested
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """Class indices for rows of probabilities."""
@@ -45,7 +46,8 @@ class DecisionRule:
 
     def describe(self) -> str:
         what = f"threshold {self.value:.4f}" if self.kind == "threshold" else f"prior correction α={self.value:+.2f}"
-        return f"{what}: OOF {self.metric} {self.oof_before:.4f} (argmax) -> {self.oof_after:.4f}"
+        nested = "" if self.oof_nested is None else f" (nested: fitted on the other folds, {self.oof_nested:.4f})"
+        return f"{what}: OOF {self.metric} {self.oof_before:.4f} (argmax) -> {self.oof_after:.4f}{nested}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,3 +86,11 @@ def nested_rule_score(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, metri
         held = folds == k
         pred[held] = fit_rule(y[~held], probs[~held], metric).apply(probs[held])
     return _score(metric, y, pred)
+
+
+def fit_nested(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, metric: str) -> DecisionRule:
+    """`fit_rule` on every row (the rule the test set gets), with its honest score beside the optimistic one."""
+    rule = fit_rule(y, probs, metric)
+    rule.oof_nested = nested_rule_score(y, probs, folds, metric)
+    return rule
+

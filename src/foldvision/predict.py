@@ -20,7 +20,7 @@ import pandas as pd
 from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
 from foldvision.corpus import TestSet, read_test
-from foldvision.decision import DecisionRule, fit_rule
+from foldvision.decision import DecisionRule, fit_nested
 from foldvision.engine import build_model_for, predict, progress_bar, runtime_kwargs
 from foldvision.errors import UserError, write_atomic
 from foldvision.loader import create_loader, loader_kwargs
@@ -137,7 +137,7 @@ def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], wh
 def label_rule(run: Run, classes: list[str], metric: str) -> DecisionRule:
     """The argmax-or-better decision rule, fitted on the OOF predictions and saved in decision.json."""
     oof = run.read_fold_oofs(run.read_split())
-    rule = fit_rule(oof.y, oof.probs, metric)
+    rule = fit_nested(oof.y, oof.probs, oof.fold, metric)
     run.write_decision(rule.to_dict())
     console.print(f"predict: labels by {rule.describe()}")
     return rule

@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from foldvision.config import to_dict
-from foldvision.console import print_wide
+from foldvision.console import console, print_wide
+from foldvision.decision import DecisionRule, fit_nested
 from foldvision.metrics import resolve_metric, score_oof
 from foldvision.results import fold_scores, per_class, scores_title
 from foldvision.run import Run
@@ -24,13 +25,18 @@ from foldvision.tracking import create_tracker
 def print_scores(scores: dict) -> None:
     print_wide(fold_scores(scores).rich(scores_title(scores)))
     print_wide(per_class(scores).rich("per class (OOF; mean ± std over folds)"))
+    rule = DecisionRule(**scores["decision"])
+    console.print(f"labels by {rule.describe()}")
 
 
 def run(run_dir: Path) -> dict:
     folder = Run(run_dir)
     cfg = folder.load_config()
     oof = folder.read_fold_oofs(folder.read_split())  # in the split's order: the train table's order
-    scores = score_oof(oof, resolve_metric(cfg.train.metric))
+    metric = resolve_metric(cfg.train.metric)
+    scores = score_oof(oof, metric)
+    # labels from probabilities: the OOF-fitted rule's score, fitted on the same rows and nested (honest)
+    scores["decision"] = fit_nested(oof.y, oof.probs, oof.fold, metric).to_dict()
     folder.write_oof(oof)
     folder.write_scores(scores)
     print_scores(scores)
