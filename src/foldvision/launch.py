@@ -114,6 +114,13 @@ class StageKilled(StageFailed):
         return f"{self.label}: killed by {name}"
 
 
+class NotShared(StageFailed):
+    """The node that got the task does not see the run folder or the working directory at the driver's path."""
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.tail[0]}"
+
+
 def _die_with_parent(prctl, parent: int) -> None:  # pragma: no cover - runs in the forked child
     """SIGKILL this child when the process that started it dies (a Ray worker killed, a Slurm task requeued),
     so a retried fold never has a second trainer beside it. Only a C call here: the child of a threaded
@@ -134,6 +141,10 @@ def _parent_death_hook():
 
 def run_stage_process(stage: Stage, on_start=None) -> StageResult:
     """Run the stage command to its end, echoing its output line by line; raise StageKilled / StageFailed."""
+    for folder in (stage.run, stage.cwd):
+        if not Path(folder).is_dir():
+            raise NotShared(stage.label, 2, [f"{folder} is not on {socket.gethostname()}: every node needs the "
+                                             "project and runs/ folders at the driver's paths (a shared file system)"])
     resumed = stage.stage == "train" and Run(stage.run).fold(stage.fold).last_pt.is_file()
     env = {**os.environ, **stage.env, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
@@ -294,7 +305,7 @@ def _probe_address(address: str, timeout: float) -> None:
 def connect_ray(ray, num_cpus: int | None, timeout: float) -> bool:
     """Join the cluster at RAY_ADDRESS, else start a local one; True when this process started it."""
     address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":  # "local": a new local cluster, as ray.init reads it
         if num_cpus is not None:
             raise UserError(f"--num-cpus sizes a local cluster; RAY_ADDRESS={address} names a running one "
                             "(drop --num-cpus, or unset RAY_ADDRESS)")
@@ -346,7 +357,7 @@ def ray_map(ray, stages: list[Stage], resources: dict, retries: int) -> list[Sta
                     + (" (resumed from last.pt)" if result.resumed else ""))
             except StageFailed as e:  # Ray's RayTaskError is also an instance of the task's exception
                 cause = getattr(e, "cause", e)  # the StageFailed the task raised, without Ray's traceback
-                failures.append(StageFailed.__str__(cause) if not isinstance(cause, StageKilled) else str(cause))
+                failures.append(type(cause).__str__(cause))
             except ray.exceptions.RayError as e:  # the worker or node died more often than --retries
                 failures.append(f"{stage.label}: {str(e).strip().splitlines()[0]} (after {retries} retries)")
     except KeyboardInterrupt:
