@@ -22,11 +22,11 @@ from foldvision.console import console
 from foldvision.corpus import TestSet, read_test
 from foldvision.decision import DecisionRule, fit_nested
 from foldvision.engine import build_model_for, predict, progress_bar, runtime_kwargs
-from foldvision.errors import UserError, write_atomic
+from foldvision.errors import UserError
 from foldvision.loader import create_loader, loader_kwargs
 from foldvision.metrics import resolve_metric
 from foldvision.models import CheckpointError, read_checkpoint
-from foldvision.run import Predictions, Run, load_run_config
+from foldvision.run import Predictions, Run, load_run_config, write_csv
 from foldvision.submission import Format, build, infer_format, write
 from foldvision.tracking import create_tracker
 from foldvision.tta import tta_compose, tta_forward
@@ -157,10 +157,9 @@ def ensemble(run_dir: Path, out: Path) -> pd.DataFrame | None:
     run.write_test(mean)
     console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
     if fmt is None:
-        frame = mean.to_pandas()
-        write_atomic(out, lambda tmp: frame.to_csv(tmp, index=False))
+        write_csv(out, mean.frame())
         console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
-        return frame
+        return mean.to_pandas()
     metric = resolve_metric(cfg.train.metric)
     use_rule = fmt.kind == "label" and cfg.predict.decision == "oof"
     rule = label_rule(run, split.classes, metric) if use_rule else None

@@ -111,8 +111,12 @@ class Predictions:
         return pl.DataFrame({**columns, **probs})
 
     def to_pandas(self):
-        """For the edges that want a pandas DataFrame (W&B tables, markdown)."""
-        return self.frame().to_pandas()
+        """For the edges that want a pandas DataFrame (W&B tables, markdown). Column by column: polars' own
+        to_pandas needs pyarrow, which nothing else here does."""
+        import pandas as pd  # noqa: PLC0415 - only at those edges
+
+        frame = self.frame()
+        return pd.DataFrame({c: frame.get_column(c).to_list() for c in frame.columns})
 
 
 @dataclass
