@@ -38,13 +38,12 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import ttach
-from PIL import Image
 from torch import nn
 
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.run import Run
 from foldvision.console import console, out
-from foldvision.corpus import read_test, read_train
+from foldvision.corpus import open_image, read_test, read_train
 from foldvision.engine import Amp, build_model_for, predict, resolve_device, runtime_kwargs, train_one_epoch
 from foldvision.errors import UserError
 from foldvision.loader import create_loader, loader_kwargs, loader_workers
@@ -71,7 +70,7 @@ class TextbookDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        with Image.open(self.root / self.paths[i]) as image:
+        with open_image(self.root / self.paths[i]) as image:
             return self.transform(image.convert(self.mode)), int(self.targets[i])
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
-from foldvision.corpus import read_table, read_test, read_train
+from foldvision.corpus import open_image, read_table, read_test, read_train
 from foldvision.errors import UserError
 from foldvision.splits import assign_folds, corpus_folds_path
 
@@ -48,7 +48,7 @@ def inspect_image(path: Path, max_pixels: int | None) -> ImageFacts:
         return ImageFacts(str(path), None, None, None, None, str(e))
     digest = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             size, mode, fmt = im.size, im.mode, im.format
             if max_pixels is not None and size[0] * size[1] > max_pixels:
                 return ImageFacts(str(path), digest, size, mode, fmt, f"{size[0]}x{size[1]} over data.max_image_pixels")

@@ -24,9 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+from foldvision.corpus import open_image
 from foldvision.errors import write_atomic
 from foldvision.run import Predictions, Run
 
@@ -161,7 +161,7 @@ def wrong_images(wrong: pl.DataFrame, files: list[Path | None], columns: int = 4
         if path is None:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center")
         else:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 picture = image.convert("RGB")
             picture.thumbnail((thumb, thumb))
             ax.imshow(np.asarray(picture))
