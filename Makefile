@@ -66,7 +66,7 @@ RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv check folds train score predict ablate ensemble leaderboard report bench demo browser test clean-run train-stale predict-stale
+.PHONY: help venv check folds train score predict ablate ensemble cache leaderboard report bench demo browser test clean-run train-stale predict-stale
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
@@ -93,13 +93,21 @@ ONE_JOB = ! [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1
 	&& [ -z "$(LAUNCHER)" ]
 # stale(target pattern with %, folds): the folds whose file make -q calls stale
 stale = $$(for k in $(2); do $(MAKE) --no-print-directory -q $(subst %,$$k,$(1)) $(PASS) || echo $$k; done)
+# (a fan-out first fills the decoded-image cache once, instead of every fold job waiting on the first one's)
 train-stale: $(RUN)/folds.csv
 	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/oof.csv,$(or $(FOLDS),$(ALL_FOLDS))); \
-		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale; $(FV) train $(RUN) --fold $$stale; }; fi
+		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale; $(FV) train $(RUN) --fold $$stale; }; \
+	else $(FV) cache $(RUN); fi
 
 predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
 	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/test.csv,$(ALL_FOLDS)); \
-		[ -z "$$stale" ] || { echo $(FV) predict $(RUN) --fold $$stale; $(FV) predict $(RUN) --fold $$stale; }; fi
+		[ -z "$$stale" ] || { echo $(FV) predict $(RUN) --fold $$stale; $(FV) predict $(RUN) --fold $$stale; }; \
+	else $(FV) cache $(RUN); fi
+
+cache: | $(INSTALLED)  ## decode the run's train and test images into the cache once (train -j N does it first)
+	@$(RESOLVE)
+	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
+	@$(FV) cache $(RUN)
 
 score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 	@$(RESOLVE)
@@ -123,6 +131,8 @@ ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,c
 .PHONY: ablate-variants
 ablate-variants: $(addprefix ablate-variant/,$(ABLATION))
 ablate-variant/%:
+	@$(MAKE) --no-print-directory $(RUNS)/$*/folds.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) PY=$(PY)
+	@$(FV) cache $(RUNS)/$*
 	@$(MAKE) --no-print-directory $(RUNS)/$*/scores.json $(SUBMISSIONS)/$*.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) \
 		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 
