@@ -104,13 +104,12 @@ def _member(root: Path) -> Run:
     if not run.exists():
         raise UserError(f"member {root}: not a run folder (no {run.config_yaml.name}); members are scored "
                         "experiments (make train predict)")
-    for path, what in ((run.folds_csv, "folds.csv"), (run.classes_json, "classes.json"),
-                       (run.oof_csv, "oof.csv"), (run.scores_json, "scores.json")):
+    for path in (run.folds_csv, run.classes_json, run.oof_csv, run.scores_json):
         if not path.is_file():
-            raise UserError(f"member {root} is unfinished (no {what}): train and score it first "
+            raise UserError(f"member {root} is unfinished (no {path.name}): train and score it first "
                             f"(make train NAME={run.name} EXP=<its experiment>)")
     if not run.test_csv.is_file():
-        raise UserError(f"member {root} has no test predictions (no test.csv): predict them first "
+        raise UserError(f"member {root} has no test predictions (no {run.test_csv.name}): predict them first "
                         f"(make predict NAME={run.name} EXP=<its experiment>)")
     return run
 
