@@ -161,8 +161,12 @@ def train_one_epoch(
     accumulate: int = 1,
     progress: Progress | None = None,
     description: str = "train",
+    reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; an optimizer step every `accumulate` batches.
+
+    `reduce_loss` (DDP: every rank's loss summed, `World.sum`) is what is checked for NaN/inf, so a NaN on one
+    rank stops every rank at the same step instead of leaving the others waiting in DDP's gradient all-reduce.
 
     Returns the loss, the scores of the batches' own predictions (`train_auc`, `train_accuracy`...: the train
     side of the learning curves, drawn as the weights changed), lr and img/s.
@@ -178,8 +182,9 @@ def train_one_epoch(
         with amp.autocast():
             logits = model(images)
             loss = loss_fn(logits, targets)
-        if not torch.isfinite(loss):  # a step on it would turn every weight into NaN
-            raise NonFiniteLoss(description, loss.item(), i + 1, len(loader))
+        checked = loss if reduce_loss is None else reduce_loss(loss)
+        if not torch.isfinite(checked):  # a step on it would turn every weight into NaN
+            raise NonFiniteLoss(description, checked.item(), i + 1, len(loader))
         amp.backward(loss / accumulate)
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
             amp.step(optimizer)

@@ -22,6 +22,7 @@ from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.cache import open_images, preprocessing
 from foldvision.config import Config
+from foldvision.distributed import rank_seed, shard_sampler
 from foldvision.images import ImageDataset, seed_worker
 from foldvision.errors import UserError
 from foldvision.transforms import _augmentation, build_transform
@@ -31,8 +32,9 @@ DEVICE_OPS = ("HorizontalFlip", "VerticalFlip", "RandomRotate90", "Transpose", "
 
 
 def default_workers() -> int:
-    """One loader worker per spare core (the main process runs the model), at most 8."""
-    return min(8, (os.cpu_count() or 1) - 1)
+    """One loader worker per spare core (the main process runs the model), at most 8; under torchrun the
+    machine's cores are shared between its processes (LOCAL_WORLD_SIZE of them)."""
+    return max(0, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1))
 
 
 def loader_workers(num_workers: int | None, device: torch.device, cpu_work: bool = True) -> int:
@@ -111,8 +113,8 @@ class DeviceLoader:
     """A DataLoader of uint8 batches, delivered on the device normalised, augmented and in channels_last."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, data_cfg: dict, channels: int, device: torch.device,
-                 augment: BatchAugment | None, channels_last: bool):
-        self.loader = loader
+                 augment: BatchAugment | None, channels_last: bool, rank: int = 0):
+        self.loader, self.rank = loader, rank
         self.batches = PrefetchLoader(loader, mean=data_cfg["mean"], std=data_cfg["std"], channels=channels,
                                       device=device)
         self.augment, self.channels_last = augment, channels_last
@@ -125,7 +127,11 @@ class DeviceLoader:
         return self.loader.dataset
 
     def set_epoch(self, seed: int) -> None:
-        """Reseed the augmentations, so a resumed epoch draws what the uninterrupted one drew."""
+        """Reseed the augmentations, so a resumed epoch draws what the uninterrupted one drew. Under DDP the
+        sampler draws alike on every rank, and each rank augments from a stream of its own."""
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(seed)
+        seed = rank_seed(seed, self.rank)
         self.loader.dataset.transform.set_random_seed(seed)
         if self.augment is not None:
             self.augment.seed(seed)
@@ -162,7 +168,7 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
                   channels: int = 3, augment: list[dict] | None = None, device_augment: bool = True,
                   sampler: str = "random", num_workers: int | None = None, channels_last: bool = True,
                   cache_dir: str | None = None, cache_size: int | None = None, seed: int = 0,
-                  progress=None) -> DeviceLoader:
+                  shard: tuple[int, int] | None = None, progress=None) -> DeviceLoader:
     """The loader of one split.
 
     Args:
@@ -174,6 +180,7 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
         num_workers: loader processes; None picks them for the machine (`loader_workers`).
         cache_dir: the decoded-image cache (data.cache_dir), built first where missing; None decodes on every
             read. `cache_size` caches training images larger than the input size (a margin for random crops).
+        shard: (rank, world size) under DDP: this process's share of the split (`distributed.shard_sampler`).
     """
     augment = augment or []
     if cache_size is not None and cache_size < data_cfg["size"]:
@@ -188,7 +195,9 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
     cpu_work = cache_dir is None or bool(cpu_augment) or prep.size != data_cfg["size"]  # decode, augment, resize
     workers = loader_workers(num_workers, device, cpu_work)
     weighted = None
-    if train and sampler == "imbalanced":
+    if shard is not None:
+        weighted = shard_sampler(dataset.targets, sampler if train else None, *shard)
+    elif train and sampler == "imbalanced":
         # labels passed in: torchsampler would otherwise read every image once just to learn its label
         weighted = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
     loader = torch.utils.data.DataLoader(
@@ -196,7 +205,7 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
         batch_size=batch_size,
         sampler=weighted,
         shuffle=train and weighted is None,
-        drop_last=train and len(dataset) > batch_size,  # no 1-image BatchNorm batch
+        drop_last=train and len(dataset if weighted is None else weighted) > batch_size,  # no 1-image BatchNorm batch
         num_workers=workers,
         # workers that apply random CPU augmentations start afresh each epoch: seed_worker then seeds them from
         # the epoch's torch seed, so a resumed epoch draws what the uninterrupted one drew (persistent workers
@@ -207,4 +216,4 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
         worker_init_fn=seed_worker if workers > 0 else None,
     )
     batch_augment = BatchAugment(device_ops, seed, len(cpu_augment)) if device_ops else None
-    return DeviceLoader(loader, data_cfg, channels, device, batch_augment, channels_last)
+    return DeviceLoader(loader, data_cfg, channels, device, batch_augment, channels_last, shard[0] if shard else 0)
