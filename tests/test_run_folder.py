@@ -182,3 +182,31 @@ def test_saved_config_reads_back_with_yaml_1_2_numbers(tmp_path, capsys):
     saved = Run(p.run).load_config()
     assert saved.train.lr == 3e-5 and saved.train.weight_decay == 0.01
     assert yaml.safe_load((p.run / "config.yaml").read_text())["train"]["lr"] == 3e-5  # written as a float
+
+
+@pytest.mark.slow
+def test_make_predict_redoes_the_submission_when_test_images_or_the_sample_change(tmp_path):
+    corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, n_test=4)
+    write_config(tmp_path / "configs", "x", corpus, predict={"tta": []})
+    make(tmp_path, "folds", "train", "predict", EXP="x")
+    submission = tmp_path / "subs" / "x.csv"
+    first = submission.read_text()
+    assert "foldvision predict" not in make(tmp_path, "predict", EXP="x").stdout  # up to date
+
+    # the test images replaced under the same names: predicted again, and the submission changes
+    for i in range(4):
+        Image.fromarray(np.full((20, 20, 3), 255 * (i % 2), np.uint8)).save(corpus / "test" / f"t{i:03d}.png")
+    redo = make(tmp_path, "predict", EXP="x")
+    assert "predict" in redo.stdout and "--fold 0 1" in redo.stdout
+    assert submission.read_text() != first
+
+    # the sample submission re-ordered: the submission follows it
+    sample = pd.read_csv(corpus / "sample_submission.csv", dtype=str)
+    sample.iloc[::-1].to_csv(corpus / "sample_submission.csv", index=False)
+    make(tmp_path, "predict", EXP="x")
+    assert pd.read_csv(submission, dtype=str)["image_id"].tolist() == sample["image_id"].tolist()[::-1]
+
+    # a deleted submission is rebuilt from fold files made from the current images, not reused stale ones
+    submission.unlink()
+    make(tmp_path, "predict", EXP="x")
+    assert submission.is_file()
