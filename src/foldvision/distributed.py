@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import signal
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -259,6 +260,34 @@ def init_from_env(device_setting: str = "auto") -> World:
     return _world
 
 
+def launched(nproc_text: str, device_setting: str, argv: list[str]) -> bool:
+    """`--nproc N` of a stage: check N and run `foldvision <argv>` in N processes under torchrun (True when done);
+    False when there is nothing to launch (N is 1, or this process is one of torchrun's already)."""
+    if env_world() is not None:
+        return False
+    nproc = parse_nproc(nproc_text)
+    if nproc == 1:
+        return False
+    check_processes(nproc, device_setting)
+    launch(nproc, argv)
+    return True
+
+
+@contextmanager
+def process_group(train_cfg):
+    """This process's `World` for the stage (joined with `init_from_env`, left on the way out); the global batch
+    and its learning rate are printed once."""
+    world = init_from_env(train_cfg.device)
+    try:
+        if world.distributed:
+            console.print(f"{world.size} processes × batch {train_cfg.batch_size} = global batch "
+                          f"{world.size * train_cfg.batch_size}: lr {train_cfg.lr:g} × {world.size} = "
+                          f"{world.scale_lr(train_cfg).lr:g} (linear scaling rule)")
+        yield world
+    finally:
+        cleanup()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier(device_ids=[_world.local_rank] if (_world.device or "").startswith("cuda") else None)
@@ -280,6 +309,7 @@ def ranks_quiet():
     if env is None or env.main:
         yield
         return
+    quiet = console.quiet, out.quiet
     console.quiet = out.quiet = True
     try:
         with warnings.catch_warnings():
@@ -289,6 +319,8 @@ def ranks_quiet():
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    finally:
+        console.quiet, out.quiet = quiet
 
 
 def launch(nproc: int, argv: list[str]) -> None:
@@ -300,11 +332,15 @@ def launch(nproc: int, argv: list[str]) -> None:
 
     # the cores shared between the processes (torchrun would set 1 thread each, with a banner saying so)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its report repeats rank 0's line
+    for name in list(logging.root.manager.loggerDict):  # each sets its own level; their reports repeat rank 0
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "foldvision", *argv])
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         raise SystemExit(failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode) from None
-    except SignalException:  # torchrun turns Ctrl-C into this after stopping its processes
+    except SignalException as e:  # torchrun stopped its processes on a signal
+        if e.sigval == signal.SIGINT:  # Ctrl-C reached every process of the terminal's group: rank 0 said it
+            raise SystemExit(130) from None
         raise KeyboardInterrupt from None

@@ -8,6 +8,10 @@ epoch by the task metric, with their validation predictions), `history.csv` (one
 While a fold runs, `last.pt` holds everything needed to resume it after an interruption; it is deleted when the
 fold finishes. A cut-short or foreign `last.pt` is set aside (`last.pt.corrupt`) and the fold starts over.
 
+    python -m foldvision train runs/<exp> --fold 0 --nproc 4      (one fold on 4 GPUs: torchrun + DDP)
+
+trains each fold in 4 processes (`foldvision.distributed`); rank 0 alone writes the files above.
+
 Three parts: `build_fold` (the model set-up shared with predict and bench, the loaders, optimizer, schedule and
 loss), the loop in `fit_fold`, and the checkpoint helpers (`save_checkpoint`, `load_resume`, `apply_resume`).
 """
@@ -23,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foldvision import distributed
 from foldvision.config import Config, to_dict
 from foldvision.console import console
+from foldvision.distributed import SINGLE, World, rank_seed
 from foldvision.engine import (Amp, ModelSetup, NonFiniteLoss, build_model_for, predict, progress_bar,
                                runtime_kwargs, train_one_epoch)
 from foldvision.errors import UserError, remove_partial_writes, write_atomic
@@ -52,7 +58,10 @@ def seed_everything(seed: int) -> None:
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, content: dict) -> None:
-    """torch.save to a temporary name, then renamed: a kill mid-write never leaves a cut-short checkpoint."""
+    """torch.save to a temporary name, then renamed: a kill mid-write never leaves a cut-short checkpoint.
+    Under DDP only rank 0 writes (the ranks hold the same weights)."""
+    if not distributed.is_main():
+        return
     write_atomic(path, lambda tmp: torch.save(content, tmp))
 
 
@@ -150,27 +159,34 @@ class FoldParts:
     val_ids: list[str]
     val_labels: list[str]
     y_val: np.ndarray
+    world: World = SINGLE  # this process among torchrun's (foldvision.distributed)
+    train_net: torch.nn.Module | None = None  # what trains: setup.net, or DDP around setup.model (build_fold)
 
 
-def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int) -> FoldParts:
-    """The fold's model (as predict and bench build theirs), loaders, optimizer, schedule and loss."""
-    setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels, **runtime_kwargs(cfg.train))
+def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int,
+               world: World = SINGLE) -> FoldParts:
+    """The fold's model (as predict and bench build theirs), loaders, optimizer, schedule and loss; under DDP
+    this rank's shares of the splits, and its steps and the global batch's lr for the optimizer."""
+    setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels,
+                            **runtime_kwargs(cfg.train) | world.device_kwargs())
     val = split.fold == fold
     paths = np.asarray(split.paths, dtype=object)
     root = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
+    shard = (world.rank, world.size) if world.distributed else None
     with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
         train_loader = create_loader(root, paths[~val], split.y[~val], setup.data_cfg, setup.device,
-                                     **loader_kwargs(cfg, train=True), seed=seed, progress=progress)
+                                     **loader_kwargs(cfg, train=True), seed=seed, shard=shard, progress=progress)
         val_loader = create_loader(root, paths[val], split.y[val], setup.data_cfg, setup.device,
-                                   **loader_kwargs(cfg, train=False), progress=progress)
+                                   **loader_kwargs(cfg, train=False), shard=shard, progress=progress)
     total_steps = optimizer_steps(len(train_loader), cfg.train)
-    optimizer = create_optimizer(setup.model, cfg.train, total_steps)
+    optimizer = create_optimizer(setup.model, world.scale_lr(cfg.train), total_steps)
     full = to_dict(cfg)
+    train_config = {k: full[k] for k in TRAIN_SECTIONS} | ({"processes": world.size} if world.distributed else {})
     return FoldParts(fold, files, setup, train_loader, val_loader, optimizer,
                    create_scheduler(optimizer, cfg.train, total_steps), create_loss(cfg.loss), total_steps,
-                   split.classes, cfg.data.channels, full["model"], {k: full[k] for k in TRAIN_SECTIONS},
+                   split.classes, cfg.data.channels, full["model"], train_config,
                    [i for i, v in zip(split.ids, val) if v], [label for label, v in zip(split.labels, val) if v],
-                   split.y[val])
+                   split.y[val], world, world.wrap(setup.model, setup.net, cfg.train.compile))
 
 
 def clear_leftovers(files: FoldFiles, fold: int) -> None:
@@ -183,18 +199,22 @@ def clear_leftovers(files: FoldFiles, fold: int) -> None:
 
 
 def initial_state(parts: FoldParts) -> dict:
-    """The training state to start from: last.pt's when it fits, else a fresh one (and no stale best.pt)."""
+    """The training state to start from: last.pt's when it fits, else a fresh one (and no stale best.pt).
+    Under DDP rank 0 vets last.pt (and sets a bad one aside); every rank loads it when rank 0 resumes from it."""
     state = {"epoch": 0, "best_score": None, "bad_epochs": 0, "history": []}
-    last = parts.files.last_pt
-    resume = load_resume(last, parts.fold, parts.train_config, parts.setup.device)
+    last, world = parts.files.last_pt, parts.world
+    resume = load_resume(last, parts.fold, parts.train_config, parts.setup.device) if world.main else None
+    if world.broadcast(resume is not None) and not world.main:
+        resume = read_checkpoint(last, RESUME_KEYS, parts.setup.device)
     if resume is not None:
         try:
             setup = parts.setup
             state = apply_resume(resume, last, setup.model, parts.optimizer, parts.scheduler, setup.amp)
             console.print(f"fold {parts.fold}: resuming after epoch {state['epoch']}")
         except CheckpointError as e:
-            start_over(e, parts.fold)
-    if state["epoch"] == 0:
+            if world.main:
+                start_over(e, parts.fold)
+    if state["epoch"] == 0 and world.main:
         parts.files.best_pt.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
     return state
 
@@ -212,9 +232,11 @@ def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
 # ---- the loop ---------------------------------------------------------------------------------------------
 
 def validate(parts: FoldParts, where: str, progress) -> tuple[dict, np.ndarray]:
-    """The validation scores (log_loss, auc, accuracy...) and probabilities of the model as it is now."""
-    probs = predict(parts.setup.net, parts.val_loader, parts.setup.amp, parts.setup.device, progress=progress,
-                    description=f"{where} validate")
+    """The validation scores (log_loss, auc, accuracy...) and probabilities of the model as it is now (under DDP
+    each rank predicts its share and every rank gets all of them, in order, so all score alike)."""
+    probs = parts.world.gather_rows(lambda: predict(parts.setup.net, parts.val_loader, parts.setup.amp,
+                                                    parts.setup.device, progress=progress,
+                                                    description=f"{where} validate"), len(parts.y_val))
     return score(parts.y_val, probs), probs
 
 
@@ -224,29 +246,31 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     split = run.read_split()
     if fold not in split.folds:
         raise UserError(f"--fold {fold}: folds.csv has folds {split.folds}")
-    files = run.fold(fold)
-    clear_leftovers(files, fold)
+    files, world = run.fold(fold), distributed.current()
+    if world.main:
+        clear_leftovers(files, fold)
     metric, epochs, seed = resolve_metric(cfg.train.metric), cfg.train.epochs, cfg.train.seed + 1000 * fold
     seed_everything(seed)
-    parts = build_fold(cfg, split, fold, files, seed)
+    parts = build_fold(cfg, split, fold, files, seed, world)
     state = initial_state(parts)
     setup = parts.setup
     console.print(f"fold {fold}: {len(parts.train_loader.dataset)} train / {len(parts.val_loader.dataset)} val "
                   f"images, {cfg.model.name} at {setup.data_cfg['size']}px, {parts.total_steps} optimizer steps, "
                   f"amp {setup.amp.mode}, device {setup.device}")
-    tracker = create_tracker(cfg.tracking, run_dir, f"{cfg.name}-fold{fold}", "train", to_dict(cfg))
+    tracker = create_tracker(cfg.tracking if world.main else "none", run_dir, f"{cfg.name}-fold{fold}", "train",
+                             to_dict(cfg))
     try:
         with progress_bar() as progress:
             for epoch in range(state["epoch"], epochs):
                 if state["bad_epochs"] >= cfg.train.patience:
                     break
-                seed_everything(seed + epoch)  # a resumed epoch draws the same batches and augmentations
+                seed_everything(rank_seed(seed + epoch, world.rank))  # a resumed epoch draws the same again
                 parts.train_loader.set_epoch(seed + epoch)
                 start, where = time.perf_counter(), f"fold {fold} epoch {epoch + 1}/{epochs}"
                 try:
-                    stats = train_one_epoch(setup.net, parts.train_loader, parts.loss_fn, parts.optimizer,
+                    stats = train_one_epoch(parts.train_net, parts.train_loader, parts.loss_fn, parts.optimizer,
                                             parts.scheduler, setup.amp, setup.device, cfg.train.accumulate,
-                                            progress, where)
+                                            progress, where, world.sum if world.distributed else None)
                 except NonFiniteLoss as e:
                     raise diverged(e, cfg, setup.amp) from None
                 scores, probs = validate(parts, where, progress)
@@ -263,6 +287,8 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                 save_checkpoint(files.last_pt, resume_checkpoint(parts, state))
                 tracker.log(row, step=epoch + 1)
                 console.print(epoch_line(where, stats, scores, metric, improved))
+        if not world.main:  # rank 0 writes the fold's files
+            return {"fold": fold, metric: state["best_score"]}
         best = finish_fold(run, parts, state, metric)
         tracker.summary({f"best_{metric}": best["score"], "best_epoch": best["epoch"]})
         return {"fold": fold, metric: best["score"], "epoch": best["epoch"]}
@@ -297,10 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision train", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="runs/<exp> holding config.yaml, folds.csv, classes.json")
     parser.add_argument("--fold", type=int, nargs="+", required=True, help="fold number(s) to train")
-    args = parser.parse_args(argv)
-    cfg = load_run_config(args.run_dir)
-    for fold in args.fold:
-        fit_fold(cfg, args.run_dir, fold)
+    parser.add_argument("--nproc", help="processes per fold on this machine, one per GPU (torchrun + DDP)")
+    with distributed.ranks_quiet():  # under torchrun rank 0 alone prints
+        args = parser.parse_args(argv)
+        cfg = load_run_config(args.run_dir)
+        stage = ["train", str(args.run_dir), "--fold", *map(str, args.fold)]
+        if args.nproc is not None and distributed.launched(args.nproc, cfg.train.device, stage):
+            return  # the folds were trained by the processes torchrun started
+        with distributed.process_group(cfg.train):
+            for fold in args.fold:
+                fit_fold(cfg, args.run_dir, fold)
 
 
 if __name__ == "__main__":
