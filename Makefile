@@ -5,6 +5,8 @@
 #   DATA=path       shorthand for ARGS+="data.dir=path" (spaces in the path are fine)
 #   FOLDS="0 2"     train only these folds
 #   GPUS="0 1 2 3"  with make -j 4: fold jobs side by side, each pinned to a free GPU of these
+#   NPROC=4         each fold on 4 GPUs of this machine at once (torchrun + DDP; global batch and lr × 4),
+#                   the folds one after another (not with -j, GPUS or LAUNCHER)
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
 #                   it per variant, e.g. <exp>--sampler-random
 #   GRID="k=a,b"    make ablate: the config values to cross, e.g. GRID="train.sampler=imbalanced,random"
@@ -31,6 +33,7 @@ ARGS ?=
 DATA ?=
 FOLDS ?=
 GPUS ?=
+NPROC ?= 1
 LAUNCHER ?=
 MEMBERS ?=
 METHOD ?= hill_climb
@@ -62,6 +65,11 @@ ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
 FOLD_TESTS = $(foreach k,$(1),$(RUN)/fold$(k)/test.csv)
 RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
+# NPROC=4: `foldvision train --nproc 4` checks it (a whole number, no more GPUs than visible) and runs torchrun
+NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc $(call quote,$(strip $(NPROC))))
+# ...with every GPU for one fold: two fold jobs at once (make -j, GPUS, LAUNCHER, ablate -j) would share them
+NPROC_ALONE_ERROR = error: NPROC trains one fold at a time on all the GPUs: drop -j, GPUS and LAUNCHER (or NPROC)
+NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; }; } &&)
 # GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.slots), pinned by CUDA_VISIBLE_DEVICES
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
@@ -96,7 +104,9 @@ stale = $$(for k in $(2); do $(MAKE) --no-print-directory -q $(subst %,$$k,$(1))
 # (a fan-out first fills the decoded-image cache once, instead of every fold job waiting on the first one's)
 train-stale: $(RUN)/folds.csv
 	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/oof.csv,$(or $(FOLDS),$(ALL_FOLDS))); \
-		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale; $(FV) train $(RUN) --fold $$stale; }; \
+		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale $(NPROC_ARG); \
+		$(FV) train $(RUN) --fold $$stale $(NPROC_ARG); }; \
+	elif [ -n "$(NPROC_ARG)" ]; then echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; \
 	else $(FV) cache $(RUN); fi
 
 predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
@@ -189,7 +199,7 @@ $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
-	$(SLOT) $(FV) train $(RUN) --fold $*
+	$(NPROC_ALONE) $(SLOT) $(FV) train $(RUN) --fold $* $(NPROC_ARG)
 
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)

@@ -69,3 +69,23 @@ def test_make_jobs_share_the_cores(monkeypatch):
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
     cli.share_cores()
     assert os.environ["OMP_NUM_THREADS"] == "4"
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"NPROC": "abc"}, "NPROC"),
+    ({"NPROC": "2", "GPUS": "0"}, "NPROC trains one fold at a time"),
+    ({"GPUS": "7"}, "GPUS"),
+])
+def test_make_fan_out_mistakes_are_one_line_and_train_nothing(tmp_path, variables, message):
+    from conftest import ROOT, make_corpus, write_config
+
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    write_config(tmp_path / "configs", "x", corpus)
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), "train", "EXP=x", f"CONFIGS={tmp_path / 'configs'}",
+           f"RUNS={tmp_path / 'runs'}", f"SUBMISSIONS={tmp_path / 'subs'}", f"PY={sys.executable}",
+           *(f"{k}={v}" for k, v in variables.items())]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert not list((tmp_path / "runs" / "x").glob("fold*/oof.csv"))
