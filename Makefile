@@ -5,6 +5,8 @@
 #   DATA=path       shorthand for ARGS+="data.dir=path" (spaces in the path are fine)
 #   FOLDS="0 2"     train only these folds
 #   GPUS="0 1 2 3"  with make -j 4: fold jobs side by side, each pinned to a free GPU of these
+#   LAUNCHER=ray    make train: the stale folds as Ray tasks (RAY_ADDRESS, or a local cluster); LAUNCHER=slurm: a
+#                   Slurm array through submitit. LAUNCH_ARGS="--gpus-per-task 1 ..." go to `foldvision launch`
 #   NPROC=4         each fold on 4 GPUs of this machine at once (torchrun + DDP; global batch and lr × 4),
 #                   the folds one after another (not with -j, GPUS or LAUNCHER)
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
@@ -35,6 +37,7 @@ FOLDS ?=
 GPUS ?=
 NPROC ?= 1
 LAUNCHER ?=
+LAUNCH_ARGS ?=
 MEMBERS ?=
 METHOD ?= hill_climb
 ROUNDS ?= 50
@@ -93,7 +96,9 @@ folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made on
 # `make -j N` or with GPUS, each fold is its own job: the fold rules below run side by side, one GPU each.
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores; -j N GPUS="0 1" fans out
 	@$(RESOLVE)
-	@$(MAKE) --no-print-directory train-stale $(PASS)
+	@$(if $(LAUNCHER),$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS) && $(FV) cache $(RUN) \
+		&& $(FV) launch $(call quote,$(LAUNCHER)) $(RUN) $(if $(FOLDS),--folds $(FOLDS)) $(LAUNCH_ARGS), \
+		$(MAKE) --no-print-directory train-stale $(PASS))
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 # (inner makes: they read the config.mk that `foldvision config` has just written)
