@@ -130,21 +130,24 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
 	@$(RESOLVE)
-	@$(MAKE) --no-print-directory predict-stale $(PASS)
-	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
+	@$(if $(LAUNCHER),$(FV) launch $(call quote,$(LAUNCHER)) $(RUN) --predict $(SUBMISSION) $(LAUNCH_ARGS), \
+		$(MAKE) --no-print-directory predict-stale $(PASS) && $(MAKE) --no-print-directory $(SUBMISSION) $(PASS))
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
 # folds side by side, and a finished variant is skipped), and `--table` compares them
 ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
 	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) --plan
-	@$(MAKE) --no-print-directory ablate-variants EXP=$(EXP) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
+	@$(MAKE) --no-print-directory $(if $(LAUNCHER),ablate-launch,ablate-variants) EXP=$(EXP) RUNS=$(RUNS) \
+		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) \
 		--submissions $(SUBMISSIONS) --table
 
 -include $(RUNS)/$(EXP)/ablation.mk  # ABLATION := the variants' run names (checked plain words)
-.PHONY: ablate-variants
+.PHONY: ablate-variants ablate-launch
 ablate-variants: $(addprefix ablate-variant/,$(ABLATION))
+ablate-launch:  # every variant's folds in one launch (this inner make reads ablation.mk afresh)
+	$(FV) launch $(call quote,$(LAUNCHER)) $(addprefix $(RUNS)/,$(ABLATION)) --predict $(SUBMISSIONS) $(LAUNCH_ARGS)
 ablate-variant/%:
 	@$(MAKE) --no-print-directory $(RUNS)/$*/folds.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) PY=$(PY)
 	@$(FV) cache $(RUNS)/$*

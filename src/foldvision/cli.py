@@ -15,6 +15,7 @@
     foldvision bench <exp> [key=value ...]      img/s: model-only limit, cached loop, textbook loop, TTA vs ttach
     foldvision demo-data inputs/digits          build the built-in demo corpus
     foldvision cache runs/<exp>                 decode every image of the run into the cache (before a fan-out)
+    foldvision launch ray|slurm runs/<exp>      the folds as Ray tasks or a Slurm array (submitit)
     foldvision slot --gpus "0 1" -- CMD         run CMD on the first free GPU (make -j N GPUS=...)
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.

@@ -17,6 +17,7 @@ resolves the config and saves it into the run folder. The folder's files, and th
     ablation.csv/.md/.mk     ablate   the variants compared (numbers; as printed) and their run names for make
     plots/, report.html      report   the experiment's page and its pictures
     wandb/                   tracking offline W&B runs
+    slurm/                   launch   submitit's pickles and logs
     ensemble.json            ensemble a blend's method, members and weights (a blend has no fold<k>/ folders)
 
 A run folder belongs to one corpus and one split: `foldvision config` refuses to point a folder that holds
