@@ -73,7 +73,7 @@ NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc $(call quote,$(strip 
 # ...with every GPU for one fold: two fold jobs at once (make -j, GPUS, LAUNCHER, ablate -j) would share them
 NPROC_ALONE_ERROR = error: NPROC trains one fold at a time on all the GPUs: drop -j, GPUS and LAUNCHER (or NPROC)
 NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; }; } &&)
-# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.slots), pinned by CUDA_VISIBLE_DEVICES
+# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.stages.slots), pinned by CUDA_VISIBLE_DEVICES
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on o
 	$(FV) report $(RUN) --submission $(SUBMISSION) $${stale:+--stale $$stale}
 
 bench: | $(INSTALLED)  ## img/s of EXP on DATA: model-only limit, cached loop cold/warm, textbook loop, TTA vs ttach
-	@$(PY) -m foldvision.bench $(EXP) $(OVERRIDES) --configs $(CONFIGS) $(BENCH)
+	@$(PY) benchmarks/bench.py $(EXP) $(OVERRIDES) --configs $(CONFIGS) $(BENCH)
 
 demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
 	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"

@@ -23,7 +23,7 @@ from foldvision.config import DataConfig
 try:  # the split's home since the stages stopped importing each other (issue 11)
     from foldvision.splits import assign_folds
 except ImportError:
-    from foldvision.folds import assign_folds
+    from foldvision.stages.folds import assign_folds
 
 try:  # after the split of data.py (issue 11)
     from foldvision import corpus as tables

@@ -24,6 +24,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark harness lives beside the package
 
 # The smallest settings that still exercise every part: a tiny timm CNN, tiny images, one epoch, no workers.
 TINY = {
@@ -101,7 +102,7 @@ def multiclass_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits_corpus(tmp_path_factory) -> Path:
     """A few dozen real handwritten digits (scikit-learn's), in the demo corpus layout."""
-    from foldvision.demo import build
+    from foldvision.stages.demo import build
 
     out = tmp_path_factory.mktemp("digits") / "digits"
     build(out, limit=60)

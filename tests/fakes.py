@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from foldvision.config import load_config
-from foldvision.folds import run as make_folds
+from foldvision.stages.folds import run as make_folds
 from foldvision.run import Predictions, Run
-from foldvision.score import run as score_run
+from foldvision.stages.score import run as score_run
 
 from conftest import write_config
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from foldvision.ablate import (
+from foldvision.results.ablate import (
     Variant,
     comparison,
     labels,
@@ -17,7 +17,7 @@ from foldvision.ablate import (
     write_tables,
 )
 from foldvision.errors import UserError
-from foldvision.results import comparison_shown
+from foldvision.results.compare import comparison_shown
 from foldvision.run import Run
 
 from conftest import ROOT, make_corpus, write_config

@@ -4,8 +4,8 @@ no timed assertions here), and its textbook loop sees the same pixels foldvision
 import numpy as np
 import torch
 
-from foldvision.bench import ORDER, TextbookDataset, main, textbook_transform
-from foldvision.images import load_image
+from bench import ORDER, TextbookDataset, main, textbook_transform
+from foldvision.learn.images import load_image
 
 from conftest import make_corpus, write_config
 

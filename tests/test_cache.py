@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import foldvision.cache as cache_module
-from foldvision.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
+import foldvision.learn.cache as cache_module
+from foldvision.learn.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
 from foldvision.config import load_config
 from foldvision.run import save_run_config
-from foldvision.images import load_image
+from foldvision.learn.images import load_image
 from foldvision.errors import UserError
-from foldvision.folds import run as make_folds
-from foldvision.predict import ensemble, predict_fold
-from foldvision.train import fit_fold
+from foldvision.stages.folds import run as make_folds
+from foldvision.stages.predict import ensemble, predict_fold
+from foldvision.stages.train import fit_fold
 
 from conftest import make_corpus, write_config
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from foldvision.config import DataConfig
 from foldvision.corpus import ImageIndex, open_image, read_table, read_train, sort_classes
-from foldvision.images import load_image
+from foldvision.learn.images import load_image
 from foldvision.errors import UserError
 
 

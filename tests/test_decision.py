@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from foldvision.decision import fit_rule, label_metric
+from foldvision.results.decision import fit_rule, label_metric
 
 
 def test_binary_threshold_recovers_a_shifted_prior():
@@ -39,7 +39,7 @@ def test_label_metric_falls_back_to_accuracy_for_probability_metrics():
 
 
 def test_every_experiment_reports_its_rule_nested_beside_the_fitted_score():
-    from foldvision.decision import fit_nested
+    from foldvision.results.decision import fit_nested
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)

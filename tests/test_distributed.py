@@ -1,4 +1,4 @@
-"""foldvision.distributed: one fold in several processes (torchrun + DDP), on the CPU with gloo.
+"""foldvision.learn.distributed: one fold in several processes (torchrun + DDP), on the CPU with gloo.
 
 Unit tests: the imbalanced draw dealt out to ranks, the validation shards and their ordered gather (also across
 two real gloo processes), the NPROC checks. Slow tests: `torchrun --standalone --nproc-per-node=2` on the
@@ -23,10 +23,10 @@ import torch
 from torchsampler import ImbalancedDatasetSampler
 
 from conftest import ROOT, Project, run_cli, stage, write_config
-from foldvision import distributed
+from foldvision.learn import distributed
 from foldvision.config import load_config
-from foldvision.folds import run as make_folds
-from foldvision.distributed import (DistributedImbalancedSampler, ShardSampler, World, interleave,
+from foldvision.stages.folds import run as make_folds
+from foldvision.learn.distributed import (DistributedImbalancedSampler, ShardSampler, World, interleave,
                                     shard_sampler)
 from foldvision.errors import UserError
 from foldvision.run import save_run_config
@@ -217,7 +217,7 @@ def hook(event, args):
 
 sys.addaudithook(hook)
 
-import foldvision.train as train  # noqa: E402
+import foldvision.stages.train as train  # noqa: E402
 
 if os.environ.get("FV_TEST_NAN_RANK") == rank:  # this rank's loss becomes NaN at its first step
     make_loss = train.create_loss
@@ -262,7 +262,7 @@ def resolve(tmp_path: Path, corpus: Path, name: str, **sections) -> Path:
 
 
 def oof_scores(run: Path) -> dict:
-    from foldvision.metrics import score
+    from foldvision.results.metrics import score
 
     oof = pd.concat([pd.read_csv(run / f"fold{k}" / "oof.csv") for k in (0, 1)])
     classes = [c.removeprefix("prob_") for c in oof.columns if c.startswith("prob_")]
@@ -273,8 +273,8 @@ def oof_scores(run: Path) -> dict:
 def repredict(run: Path, fold: int) -> pd.DataFrame:
     """The fold's validation images predicted again in one process with its best.pt, by id."""
     from foldvision.config import Config
-    from foldvision.engine import build_model_for, predict
-    from foldvision.loader import create_loader, loader_kwargs
+    from foldvision.learn.engine import build_model_for, predict
+    from foldvision.learn.loader import create_loader, loader_kwargs
     from foldvision.run import Run, load_run_config
 
     cfg: Config = load_run_config(run)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchsampler import ImbalancedDatasetSampler
 
-from foldvision.engine import Amp, predict, train_one_epoch
+from foldvision.learn.engine import Amp, predict, train_one_epoch
 
 
 def test_imbalanced_sampler_balances_what_training_sees():
@@ -43,7 +43,7 @@ def test_gradient_accumulation_steps_every_n_batches():
 
 
 def test_progress_is_quiet_when_output_is_not_a_terminal():
-    from foldvision.engine import progress_bar
+    from foldvision.learn.engine import progress_bar
 
     with progress_bar() as progress:  # pytest captures stderr: like a CI log, no per-batch bar is drawn
         assert progress.disable
@@ -65,7 +65,7 @@ def test_train_one_epoch_scores_its_own_batches():
 
 def test_build_model_for_is_the_one_model_set_up():
     from foldvision.config import ModelConfig, TrainConfig
-    from foldvision.engine import build_model_for, runtime_kwargs
+    from foldvision.learn.engine import build_model_for, runtime_kwargs
 
     cfg = TrainConfig(device="cpu", amp="off")
     setup = build_model_for(ModelConfig(name="test_convnext", img_size=32), 3, 3, **runtime_kwargs(cfg))

@@ -1,4 +1,4 @@
-"""foldvision.ensemble: blends of scored run folders made directly through `Run` (no training here).
+"""foldvision.stages.ensemble: blends of scored run folders made directly through `Run` (no training here).
 
 Toy members whose best blend is known: a perfect member and a noise member (hill climbing keeps only the
 perfect one), two equally noisy views of one signal (their average beats each), members of pure noise (the
@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 
 from foldvision.config import load_config
-from foldvision.decision import fit_rule, nested_rule_score
-from foldvision.ensemble import METHODS, blend, hill_climb, split_digest, summary_tables
+from foldvision.results.decision import fit_rule, nested_rule_score
+from foldvision.stages.ensemble import METHODS, blend, hill_climb, split_digest, summary_tables
 from foldvision.errors import UserError
-from foldvision.metrics import score, score_oof
+from foldvision.results.metrics import score, score_oof
 from foldvision.run import Predictions, Run
 
 from conftest import make_corpus, stage, write_config

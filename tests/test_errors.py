@@ -3,7 +3,9 @@ import stat
 
 import pytest
 
-from foldvision.errors import did_you_mean, write_atomic, write_text_atomic
+from foldvision.errors import did_you_mean
+
+from foldvision.files import write_atomic, write_text_atomic
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):

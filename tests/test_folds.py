@@ -8,7 +8,7 @@ import pytest
 
 from foldvision.config import load_config
 from foldvision.errors import UserError
-from foldvision.folds import run
+from foldvision.stages.folds import run
 from foldvision.splits import assign_folds, corpus_folds_path, corpus_key
 from foldvision.run import save_run_config
 

@@ -1,10 +1,10 @@
 import pandas as pd
 import pytest
 
-from foldvision.evaluate import evaluate
-from foldvision.leaderboard import build
-from foldvision.leaderboard import main as leaderboard_main
-from foldvision.results import differing_keys, format_seconds, leaderboard_scores
+from foldvision.results.evaluate import evaluate
+from foldvision.results.leaderboard import build
+from foldvision.results.leaderboard import main as leaderboard_main
+from foldvision.results.compare import differing_keys, format_seconds, leaderboard_scores
 
 from conftest import make_corpus
 from fakes import scored_run

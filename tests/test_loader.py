@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foldvision.config import Config
-from foldvision.loader import BatchAugment, create_loader, loader_kwargs, split_augment
+from foldvision.learn.loader import BatchAugment, create_loader, loader_kwargs, split_augment
 
 from conftest import make_corpus
 
@@ -73,7 +73,7 @@ def test_batches_arrive_normalised_as_albumentations_would(tmp_path):
     (images, targets), = list(loader)
     assert images.dtype == torch.float32 and images.shape == (5, 3, 16, 16)
     assert images.is_contiguous(memory_format=torch.channels_last)
-    from foldvision.images import load_image
+    from foldvision.learn.images import load_image
 
     reference = A.Compose([A.Resize(16, 16), A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"])])
     for got, rel in zip(images, paths):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from foldvision.config import LossConfig
-from foldvision.losses import ComplementCrossEntropy, FocalLoss, create_loss
+from foldvision.learn.losses import ComplementCrossEntropy, FocalLoss, create_loss
 
 
 def by_hand(logits: list[float], target: int, gamma: float = 1.0) -> float:

@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import save_file
 
 from foldvision.config import ModelConfig, load_config
-from foldvision.engine import Amp, train_one_epoch
+from foldvision.learn.engine import Amp, train_one_epoch
 from foldvision.errors import UserError
-from foldvision.losses import create_loss
-from foldvision.models import create_model, data_config
-from foldvision.optim import create_optimizer
+from foldvision.learn.losses import create_loss
+from foldvision.learn.models import create_model, data_config
+from foldvision.learn.optim import create_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k.safetensors"

@@ -3,7 +3,7 @@ import torch
 
 from foldvision.config import TrainConfig
 from foldvision.errors import UserError
-from foldvision.optim import create_optimizer, create_scheduler, current_lr, optimizer_steps
+from foldvision.learn.optim import create_optimizer, create_scheduler, current_lr, optimizer_steps
 
 
 def test_steps_count_gradient_accumulation():

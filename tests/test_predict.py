@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import foldvision.predict as predict_module
+import foldvision.stages.predict as predict_module
 from foldvision import cli
 
 from conftest import Project, make_corpus, stage
@@ -94,7 +94,7 @@ def test_a_fold_file_of_other_test_images_is_one_line(project, capsys):
 
 def test_predict_imports_no_other_stage():
     stages = ("score", "train", "folds", "report", "ablate", "check")
-    code = ("import sys, foldvision.predict; "
+    code = ("import sys, foldvision.stages.predict; "
             f"print(sorted(m for m in sys.modules if m in {['foldvision.' + s for s in stages]}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -21,11 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-import foldvision.cache as cache_module
-import foldvision.train as train_module
+import foldvision.learn.cache as cache_module
+import foldvision.stages.train as train_module
 from foldvision import cli
-from foldvision.cache import Preprocess, cache_folder, open_images
-from foldvision.errors import atomic_path, remove_partial_writes
+from foldvision.learn.cache import Preprocess, cache_folder, open_images
+from foldvision.files import atomic_path, remove_partial_writes
 
 from conftest import Project, make_corpus, stage
 

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from foldvision.run import Predictions
-from foldvision.metrics import score_oof
+from foldvision.results.metrics import score_oof
 
 
 def predictions(oof: pd.DataFrame, classes: list[str]) -> Predictions:
@@ -60,7 +60,8 @@ def test_per_class_mean_and_std_over_folds():
     assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}
 
 
-@pytest.mark.parametrize("module", ["folds", "score", "evaluate", "leaderboard", "ablate", "report"])
+@pytest.mark.parametrize("module", ["stages.folds", "stages.score", "results.evaluate", "results.leaderboard",
+                                    "results.ablate", "results.report", "results", "run", "corpus", "splits"])
 def test_the_results_side_imports_no_torch(module):
     """Splitting, scoring and comparing read and write tables: they must not pay torch's, timm's and
     albumentations' imports (5 s per call)."""

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from foldvision.errors import UserError
-from foldvision.submission import build, infer_format, write
+from foldvision.results.submission import build, infer_format, write
 
 
 def sample(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, Path]:

@@ -17,11 +17,11 @@ import pytest
 from foldvision.config import load_config
 from foldvision.run import save_run_config
 from foldvision.errors import UserError
-from foldvision.folds import run as make_folds
-from foldvision.predict import main as predict_main
-from foldvision.score import run as score_run
-from foldvision.tracking import NoTracker, create_tracker, wandb_mode
-from foldvision.train import fit_fold
+from foldvision.stages.folds import run as make_folds
+from foldvision.stages.predict import main as predict_main
+from foldvision.stages.score import run as score_run
+from foldvision.results.tracking import NoTracker, create_tracker, wandb_mode
+from foldvision.stages.train import fit_fold
 
 from conftest import make_corpus, write_config
 

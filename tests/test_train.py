@@ -2,11 +2,11 @@ import pandas as pd
 import pytest
 import torch
 
-import foldvision.train as train_module
+import foldvision.stages.train as train_module
 from foldvision.config import load_config
 from foldvision.run import save_run_config
-from foldvision.folds import run as make_folds
-from foldvision.train import fit_fold
+from foldvision.stages.folds import run as make_folds
+from foldvision.stages.train import fit_fold
 
 from conftest import write_config
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from foldvision.errors import UserError
-from foldvision.transforms import build_transform
+from foldvision.learn.transforms import build_transform
 
 CLIP = {"size": 28, "interpolation": "bicubic", "mean": (0.48145466, 0.4578275, 0.40821073),
         "std": (0.26862954, 0.26130258, 0.27577711)}
@@ -38,7 +38,7 @@ def test_an_unknown_transform_suggests_names():
         build_transform([{"HorizontalFlp": {}}], CLIP, train=True)
 
 
-# ---- the size of the images received: foldvision.cache hands them over resized already ----------------
+# ---- the size of the images received: foldvision.learn.cache hands them over resized already ----------------
 
 SIZE16 = {"size": 16, "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 CROP = [{"RandomCrop": {"height": 16, "width": 16}}]

@@ -3,7 +3,7 @@ import timm
 import torch
 import ttach
 
-from foldvision.tta import tta_compose, tta_forward
+from foldvision.learn.tta import tta_compose, tta_forward
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
     foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
     foldvision plots runs/<exp>                 the report's plots as PNG files
-    foldvision bench <exp> [key=value ...]      img/s: model-only limit, cached loop, textbook loop, TTA vs ttach
     foldvision demo-data inputs/digits          build the built-in demo corpus
     foldvision cache runs/<exp>                 decode every image of the run into the cache (before a fan-out)
     foldvision launch ray|slurm runs/<exp>      the folds as Ray tasks or a Slurm array (submitit)
@@ -33,22 +32,21 @@ from foldvision.errors import UserError
 
 COMMANDS = {
     "config": "foldvision.run",
-    "check": "foldvision.check",
-    "folds": "foldvision.folds",
-    "train": "foldvision.train",
-    "score": "foldvision.score",
-    "predict": "foldvision.predict",
-    "ensemble": "foldvision.ensemble",
-    "evaluate": "foldvision.evaluate",
-    "ablate": "foldvision.ablate",
-    "leaderboard": "foldvision.leaderboard",
-    "report": "foldvision.report",
-    "plots": "foldvision.plots",
-    "bench": "foldvision.bench",
-    "demo-data": "foldvision.demo",
-    "launch": "foldvision.launch",
-    "slot": "foldvision.slots",
-    "cache": "foldvision.precache",
+    "check": "foldvision.stages.check",
+    "folds": "foldvision.stages.folds",
+    "train": "foldvision.stages.train",
+    "score": "foldvision.stages.score",
+    "predict": "foldvision.stages.predict",
+    "ensemble": "foldvision.stages.ensemble",
+    "evaluate": "foldvision.results.evaluate",
+    "ablate": "foldvision.results.ablate",
+    "leaderboard": "foldvision.results.leaderboard",
+    "report": "foldvision.results.report",
+    "plots": "foldvision.results.plots",
+    "demo-data": "foldvision.stages.demo",
+    "launch": "foldvision.stages.launch",
+    "slot": "foldvision.stages.slots",
+    "cache": "foldvision.stages.precache",
 }
 
 

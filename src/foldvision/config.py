@@ -26,7 +26,7 @@ from foldvision.errors import UserError, did_you_mean
 
 CONFIG_DIR = Path("configs")
 
-# Test-time views, each a ttach transform (see foldvision.tta); a list of them gives their product, so
+# Test-time views, each a ttach transform (see foldvision.learn.tta); a list of them gives their product, so
 # [hflip, vflip, rot90] is all 8 flips/rotations. Named here so config checks need no torch import.
 TTA_VIEWS = ("hflip", "vflip", "rot90", "rot90x4")
 

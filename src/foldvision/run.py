@@ -43,7 +43,8 @@ import polars as pl
 
 from foldvision import __version__
 from foldvision.config import CONFIG_DIR, STAGE_SECTIONS, Config, dump, from_dict, load_config, to_dict, yaml_load
-from foldvision.errors import UserError, write_atomic, write_text_atomic
+from foldvision.errors import UserError
+from foldvision.files import write_atomic, write_text_atomic
 
 PROB_PREFIX = "prob_"
 # characters that would change the meaning of a make target or recipe: a run name is one plain word
@@ -387,7 +388,7 @@ class Run:
 
     # ---- blends -----------------------------------------------------------------------------------------------
     def write_ensemble(self, record: dict) -> None:
-        """ensemble.json: a blend's method, members and weights (foldvision.ensemble)."""
+        """ensemble.json: a blend's method, members and weights (foldvision.stages.ensemble)."""
         write_text_atomic(self.ensemble_json, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
     def read_ensemble(self) -> dict | None:

@@ -18,7 +18,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from foldvision.config import Config
 from foldvision.console import console
 from foldvision.corpus import read_table
-from foldvision.errors import UserError, write_atomic
+from foldvision.errors import UserError
+from foldvision.files import write_atomic
 
 
 def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed: int) -> np.ndarray:

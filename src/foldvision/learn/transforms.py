@@ -34,7 +34,7 @@ def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int 
     """The pipeline for one split: train adds the configured augmentations.
 
     input_size: the square size of the images it receives. None (any size): Resize comes first. The input
-    size (images from foldvision.cache): no Resize. Another size (a cache with a margin for random crops):
+    size (images from foldvision.learn.cache): no Resize. Another size (a cache with a margin for random crops):
     Resize comes last, after the crops. normalize=False ends in a uint8 CHW tensor, to be normalised on the
     device (loader.DeviceLoader): a quarter of the bytes to move, no float work in the loader.
     """

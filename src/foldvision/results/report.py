@@ -1,9 +1,9 @@
 """The experiment's page: its config, score tables and plots in one self-contained HTML file.
 
-    python -m foldvision.report runs/<exp> [--submission submissions/<exp>.csv] [--stale scores submission]
+    python -m foldvision.results.report runs/<exp> [--submission submissions/<exp>.csv] [--stale scores submission]
     make report EXP=<exp>
 
-Writes the plots (`foldvision.plots`, PNG files in the run's plots folder) and the run's page
+Writes the plots (`foldvision.results.plots`, PNG files in the run's plots folder) and the run's page
 (`Run.report_html`): what was run, the OOF and per-fold scores, the submission's Public/Private scores when the
 corpus has a solution file, the ablation table when the experiment was ablated, per-class scores, the plots and
 the most confidently wrong images. Images are embedded (base64) and the styles inline, so the one file opens
@@ -28,9 +28,10 @@ from jinja2 import Environment
 from foldvision import __version__
 from foldvision.config import Config, to_dict
 from foldvision.console import console
-from foldvision.errors import UserError, write_text_atomic
-from foldvision.plots import most_wrong, write_plots
-from foldvision.results import (
+from foldvision.errors import UserError
+from foldvision.files import write_text_atomic
+from foldvision.results.plots import most_wrong, write_plots
+from foldvision.results.compare import (
     Experiment,
     Shown,
     comparison_shown,

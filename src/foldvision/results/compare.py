@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from foldvision.errors import UserError
-from foldvision.evaluate import evaluate
-from foldvision.metrics import LOWER_IS_BETTER
+from foldvision.results.evaluate import evaluate
+from foldvision.results.metrics import LOWER_IS_BETTER
 from foldvision.run import Run, submission_csv
 
 # A corpus's test labels: Kaggle's published solution (with a Public/Private `Usage` column), or held-back
@@ -190,7 +190,7 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     solution has a Usage column, ('auc', {'test': .}) when not; ('', {}) without a submission or solution.
 
     `metric` is used when the submission's kind allows it (AUC needs probabilities), else the first one
-    `foldvision.evaluate` computes (accuracy for a label submission).
+    `foldvision.results.evaluate` computes (accuracy for a label submission).
     """
     if solution is None or not submission.is_file():
         return "", {}

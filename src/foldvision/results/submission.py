@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from foldvision.console import console
-from foldvision.decision import DecisionRule
-from foldvision.errors import UserError, write_atomic
+from foldvision.results.decision import DecisionRule
+from foldvision.errors import UserError
+from foldvision.files import write_atomic
 
 
 @dataclass

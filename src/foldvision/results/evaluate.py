@@ -1,6 +1,6 @@
 """Score a submission against known test labels, as a leaderboard would.
 
-    python -m foldvision.evaluate submissions/<exp>.csv <solution.csv>
+    python -m foldvision.results.evaluate submissions/<exp>.csv <solution.csv>
 
 The solution has the id, the true label and optionally a `Usage` column (Public/Private): each part is then
 scored on its own, as a competition's public and private leaderboards are. Rows are joined by id.
@@ -19,11 +19,11 @@ import pandas as pd
 
 from foldvision.corpus import read_table, sort_classes
 from foldvision.errors import UserError
-from foldvision.metrics import accuracy, auc, macro_f1, score
+from foldvision.results.metrics import accuracy, auc, macro_f1, score
 
 
 def _scores(truth: pd.Series, sub: pd.DataFrame) -> dict[str, float]:
-    """The leaderboard's scores of one part: computed by `foldvision.metrics`, as the OOF scores are."""
+    """The leaderboard's scores of one part: computed by `foldvision.results.metrics`, as the OOF scores are."""
     values = sub.apply(pd.to_numeric, errors="coerce")
     if values.notna().all().all() and not (len(sub.columns) == 1 and set(sub.iloc[:, 0]) <= set(truth)):
         if len(sub.columns) == 1:  # P(positive): the larger of the two true labels

@@ -48,12 +48,13 @@ from scipy.stats import rankdata
 
 from foldvision.console import console, print_wide
 from foldvision.corpus import read_test
-from foldvision.decision import fit_rule, nested_rule_score
-from foldvision.errors import UserError, write_atomic
-from foldvision.metrics import accuracy, auc, is_better, macro_f1, resolve_metric, score, score_oof
-from foldvision.results import Shown, fmt
+from foldvision.results.decision import fit_rule, nested_rule_score
+from foldvision.errors import UserError
+from foldvision.files import write_atomic
+from foldvision.results.metrics import accuracy, auc, is_better, macro_f1, resolve_metric, score, score_oof
+from foldvision.results.compare import Shown, fmt
 from foldvision.run import Predictions, Run, Split, check_name, submission_csv
-from foldvision.submission import build, infer_format, write
+from foldvision.results.submission import build, infer_format, write
 
 METHODS = ("hill_climb", "mean", "rank", "stack")
 ROUNDS = 50  # hill climbing: at most this many additions after the first member (it stops earlier at no gain)

@@ -1,7 +1,7 @@
 """Stage 4: each fold model predicts the test images with TTA; the submission is their mean over folds.
 
-    python -m foldvision.predict runs/<exp> --fold K                   fold<K>/test.csv: fold K's TTA probabilities
-    python -m foldvision.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
+    python -m foldvision.stages.predict runs/<exp> --fold K                   fold<K>/test.csv: fold K's TTA probabilities
+    python -m foldvision.stages.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
 
 `--fold` always runs the model; `--out` never does: it averages the existing `fold<k>/test.csv` files (id +
 one probability column per class) into `test.csv` and writes the submission in exactly the sample
@@ -20,16 +20,16 @@ import pandas as pd
 from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
 from foldvision.corpus import TestSet, read_test
-from foldvision.decision import DecisionRule, fit_nested
-from foldvision.engine import build_model_for, predict, progress_bar, runtime_kwargs
+from foldvision.results.decision import DecisionRule, fit_nested
+from foldvision.learn.engine import build_model_for, predict, progress_bar, runtime_kwargs
 from foldvision.errors import UserError
-from foldvision.loader import create_loader, loader_kwargs
-from foldvision.metrics import resolve_metric
-from foldvision.models import CheckpointError, read_checkpoint
+from foldvision.learn.loader import create_loader, loader_kwargs
+from foldvision.results.metrics import resolve_metric
+from foldvision.learn.models import CheckpointError, read_checkpoint
 from foldvision.run import Predictions, Run, load_run_config, write_csv
-from foldvision.submission import Format, build, infer_format, write
-from foldvision.tracking import create_tracker
-from foldvision.tta import tta_compose, tta_forward
+from foldvision.results.submission import Format, build, infer_format, write
+from foldvision.results.tracking import create_tracker
+from foldvision.learn.tta import tta_compose, tta_forward
 
 CHECKPOINT_KEYS = ("model", "classes", "channels", "model_config", "data_config")  # what predict reads of best.pt
 

@@ -1,6 +1,6 @@
 """Pictures of a scored experiment, as PNG files: what its numbers look like, and where it goes wrong.
 
-    python -m foldvision.plots runs/<exp>
+    python -m foldvision.results.plots runs/<exp>
 
 Reads the run folder (config, scores, OOF table, split and every fold's history, through `foldvision.run`) and
 writes one PNG per plot into its plots folder (`Run.plot_png`): learning_curves (loss, task metric and
@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from foldvision.corpus import open_image
-from foldvision.errors import write_atomic
+from foldvision.files import write_atomic
 from foldvision.run import Predictions, Run
 
 PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")

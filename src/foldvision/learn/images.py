@@ -42,7 +42,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.targets = np.full(len(self.paths), -1) if targets is None else np.asarray(targets)
         self.transform = transform
         self.channels = channels
-        self.images = images  # images[path]: decoded and resized already (foldvision.cache); None: decode here
+        self.images = images  # images[path]: decoded and resized already (foldvision.learn.cache); None: decode here
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -1,6 +1,6 @@
 """Stage 2: train one model per fold; the fold's validation predictions are its out-of-fold (OOF) rows.
 
-    python -m foldvision.train runs/<exp> --fold 0
+    python -m foldvision.stages.train runs/<exp> --fold 0
 
 Reads the run folder's config, split and class order. Writes into `fold<k>/`: `best.pt` (weights of the best
 epoch by the task metric, with their validation predictions), `history.csv` (one row per epoch) and `oof.csv`
@@ -10,7 +10,7 @@ fold finishes. A cut-short or foreign `last.pt` is set aside (`last.pt.corrupt`)
 
     python -m foldvision train runs/<exp> --fold 0 --nproc 4      (one fold on 4 GPUs: torchrun + DDP)
 
-trains each fold in 4 processes (`foldvision.distributed`); rank 0 alone writes the files above.
+trains each fold in 4 processes (`foldvision.learn.distributed`); rank 0 alone writes the files above.
 
 Three parts: `build_fold` (the model set-up shared with predict and bench, the loaders, optimizer, schedule and
 loss), the loop in `fit_fold`, and the checkpoint helpers (`save_checkpoint`, `load_resume`, `apply_resume`).
@@ -27,20 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foldvision import distributed
+from foldvision.learn import distributed
 from foldvision.config import Config, to_dict
 from foldvision.console import console
-from foldvision.distributed import SINGLE, World, rank_seed
-from foldvision.engine import (Amp, ModelSetup, NonFiniteLoss, build_model_for, predict, progress_bar,
+from foldvision.learn.distributed import SINGLE, World, rank_seed
+from foldvision.learn.engine import (Amp, ModelSetup, NonFiniteLoss, build_model_for, predict, progress_bar,
                                runtime_kwargs, train_one_epoch)
-from foldvision.errors import UserError, remove_partial_writes, write_atomic
-from foldvision.loader import DeviceLoader, create_loader, loader_kwargs
-from foldvision.losses import create_loss
-from foldvision.metrics import is_better, resolve_metric, score
-from foldvision.models import CheckpointError, read_checkpoint
-from foldvision.optim import create_optimizer, create_scheduler, optimizer_steps
+from foldvision.errors import UserError
+from foldvision.files import remove_partial_writes, write_atomic
+from foldvision.learn.loader import DeviceLoader, create_loader, loader_kwargs
+from foldvision.learn.losses import create_loss
+from foldvision.results.metrics import is_better, resolve_metric, score
+from foldvision.learn.models import CheckpointError, read_checkpoint
+from foldvision.learn.optim import create_optimizer, create_scheduler, optimizer_steps
 from foldvision.run import FoldFiles, Predictions, Run, Split, load_run_config
-from foldvision.tracking import create_tracker
+from foldvision.results.tracking import create_tracker
 
 TRAIN_SECTIONS = ("data", "cv", "model", "augment", "train", "loss")  # a change in any: last.pt cannot resume
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "config")
@@ -159,7 +160,7 @@ class FoldParts:
     val_ids: list[str]
     val_labels: list[str]
     y_val: np.ndarray
-    world: World = SINGLE  # this process among torchrun's (foldvision.distributed)
+    world: World = SINGLE  # this process among torchrun's (foldvision.learn.distributed)
     train_net: torch.nn.Module | None = None  # what trains: setup.net, or DDP around setup.model (build_fold)
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from foldvision.cache import open_images, preprocessing
+from foldvision.learn.cache import open_images, preprocessing
 from foldvision.console import console
 from foldvision.corpus import read_test
-from foldvision.engine import progress_bar
-from foldvision.loader import build_workers
-from foldvision.models import create_model, data_config
+from foldvision.learn.engine import progress_bar
+from foldvision.learn.loader import build_workers
+from foldvision.learn.models import create_model, data_config
 from foldvision.run import Run
 
 

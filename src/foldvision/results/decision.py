@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from foldvision.metrics import accuracy, macro_f1
+from foldvision.results.metrics import accuracy, macro_f1
 
 LABEL_METRICS = ("accuracy", "macro_f1")
 

@@ -1,6 +1,6 @@
 """Stage 1: split the training images into K stratified folds, once per corpus.
 
-    python -m foldvision.folds runs/<exp>
+    python -m foldvision.stages.folds runs/<exp>
 
 Reads `runs/<exp>/config.yaml` and the label table. The corpus's split (`foldvision.splits`: made once under
 `inputs/folds/<corpus>-<hash>/`, or `data.folds_file`) is reused by every experiment with the same K, seed and

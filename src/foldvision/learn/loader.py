@@ -1,6 +1,6 @@
 """Loaders that keep the model busy: cached uint8 images in, normalised batches on the device out.
 
-    foldvision.cache (decoded + resized once) -> albumentations on the CPU, for what needs the CPU
+    foldvision.learn.cache (decoded + resized once) -> albumentations on the CPU, for what needs the CPU
     -> uint8 CHW batches from the DataLoader workers -> the device, normalised there (timm's PrefetchLoader,
     which also overlaps the copy with compute on CUDA) -> flips/rot90 drawn per image -> channels_last
 
@@ -20,12 +20,12 @@ import torch
 from timm.data.loader import PrefetchLoader
 from torchsampler import ImbalancedDatasetSampler
 
-from foldvision.cache import open_images, preprocessing
+from foldvision.learn.cache import open_images, preprocessing
 from foldvision.config import Config
-from foldvision.distributed import rank_seed, shard_sampler
-from foldvision.images import ImageDataset, seed_worker
+from foldvision.learn.distributed import rank_seed, shard_sampler
+from foldvision.learn.images import ImageDataset, seed_worker
 from foldvision.errors import UserError
-from foldvision.transforms import _augmentation, build_transform
+from foldvision.learn.transforms import _augmentation, build_transform
 
 # albumentations transforms that only permute pixels: exact on a batch tensor, and free on a GPU
 DEVICE_OPS = ("HorizontalFlip", "VerticalFlip", "RandomRotate90", "Transpose", "D4")

@@ -1,6 +1,6 @@
 """Speed: foldvision's training loop against the model-only limit and the textbook loop; batched TTA vs ttach.
 
-    python -m foldvision.bench <exp> [key=value ...] [--steps 20] [--tta-images 256]
+    python benchmarks/bench.py <exp> [key=value ...] [--steps 20] [--tta-images 256]
     make bench EXP=pneumonia_lite0 DATA=../shared/data/pneumonia ARGS="model.name=resnet10t model.img_size=64 ..."
 
 One process, one model, the experiment's batch size, image size, AMP setting and images (the first
@@ -44,13 +44,13 @@ from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.run import Run
 from foldvision.console import console, out
 from foldvision.corpus import open_image, read_test, read_train
-from foldvision.engine import Amp, build_model_for, predict, resolve_device, runtime_kwargs, train_one_epoch
+from foldvision.learn.engine import Amp, build_model_for, predict, resolve_device, runtime_kwargs, train_one_epoch
 from foldvision.errors import UserError
-from foldvision.loader import create_loader, loader_kwargs, loader_workers
-from foldvision.losses import create_loss
-from foldvision.metrics import score
-from foldvision.optim import create_optimizer
-from foldvision.tta import tta_compose, tta_forward
+from foldvision.learn.loader import create_loader, loader_kwargs, loader_workers
+from foldvision.learn.losses import create_loss
+from foldvision.results.metrics import score
+from foldvision.learn.optim import create_optimizer
+from foldvision.learn.tta import tta_compose, tta_forward
 
 TTA_VIEWS = ["hflip", "vflip"]  # 4 views
 TTA_REPEATS = 3  # prediction passes are short: the median of three

@@ -18,9 +18,9 @@ from torch import nn
 from foldvision.config import ModelConfig, TrainConfig
 from foldvision.console import console
 from foldvision.errors import UserError
-from foldvision.metrics import score
-from foldvision.models import create_model, data_config, load_weights
-from foldvision.optim import current_lr
+from foldvision.results.metrics import score
+from foldvision.learn.models import create_model, data_config, load_weights
+from foldvision.learn.optim import current_lr
 
 
 class NonFiniteLoss(UserError):

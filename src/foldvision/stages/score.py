@@ -1,6 +1,6 @@
 """Stage 3: out-of-fold scores over all folds.
 
-    python -m foldvision.score runs/<exp>
+    python -m foldvision.stages.score runs/<exp>
 
 Joins every fold's OOF table into the run's OOF table (every training image once, in the split's order) and
 writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics (computed on the whole OOF set,
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from foldvision.config import to_dict
 from foldvision.console import console, print_wide
-from foldvision.decision import DecisionRule, fit_nested
-from foldvision.metrics import resolve_metric, score_oof
-from foldvision.results import fold_scores, per_class, scores_title
+from foldvision.results.decision import DecisionRule, fit_nested
+from foldvision.results.metrics import resolve_metric, score_oof
+from foldvision.results.compare import fold_scores, per_class, scores_title
 from foldvision.run import Run
-from foldvision.tracking import create_tracker
+from foldvision.results.tracking import create_tracker
 
 
 def print_scores(scores: dict) -> None:

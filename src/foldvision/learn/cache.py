@@ -47,9 +47,10 @@ import PIL
 import torch
 
 from foldvision.console import console
-from foldvision.images import load_image
-from foldvision.errors import UserError, write_text_atomic
-from foldvision.transforms import INTERPOLATION
+from foldvision.learn.images import load_image
+from foldvision.errors import UserError
+from foldvision.files import write_text_atomic
+from foldvision.learn.transforms import INTERPOLATION
 
 FORMAT = 1  # bump when load_image or the resize changes what a record holds: old caches are then not reused
 CHECKPOINT_EVERY = 2000  # images between index writes while building, so an interrupted build keeps its work
