@@ -256,6 +256,15 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV) and not SECRET_ENV.search(k)}
 
 
+def _raise_failures(failures: list[str], tasks: int) -> None:
+    """One `error:` line per failed task, then a LaunchFailed saying how to retry (nothing when none failed)."""
+    if failures:
+        for line in failures:
+            say(f"error: {line}")
+        raise LaunchFailed(f"{len(failures)} of {tasks} tasks failed - re-run the same command to "
+                           "retry the unfinished folds")
+
+
 class LaunchFailed(Exception):
     """A task or a driver stage failed: its own log says why; the exit status is the stage's (or 1)."""
 
@@ -364,11 +373,7 @@ def ray_map(ray, stages: list[Stage], resources: dict, retries: int) -> list[Sta
         for ref in pending:
             ray.cancel(ref, force=True)  # kills the workers; their stage processes die with them
         raise
-    if failures:
-        for line in failures:
-            say(f"error: {line}")
-        raise LaunchFailed(f"{len(failures)} of {len(stages)} tasks failed - re-run the same command to "
-                           "retry the unfinished folds")
+    _raise_failures(failures, len(stages))
     return results
 
 
@@ -511,11 +516,7 @@ def slurm_map(submitit, executor, stages: list[Stage], local: bool) -> list[Stag
         for job in jobs:
             job.cancel(check=False)
         raise
-    if failures:
-        for line in failures:
-            say(f"error: {line}")
-        raise LaunchFailed(f"{len(failures)} of {len(stages)} tasks failed - re-run the same command to "
-                           "retry the unfinished folds")
+    _raise_failures(failures, len(stages))
     return results
 
 
