@@ -83,3 +83,13 @@ def test_unknown_names_suggest_close_timm_names():
 def test_pretrained_offline_without_cache_says_what_to_download():
     with pytest.raises(UserError, match=r"could not load timm's weights for test_vit.*download timm/test_vit"):
         create_model(ModelConfig(name="test_vit", pretrained=True), 2, 3)
+
+
+def test_dynamic_img_size_lets_one_vit_run_at_two_sizes_and_is_dropped_for_cnns():
+    """train.finetune_size builds with model.dynamic_img_size: a ViT's position embeddings are resampled per
+    input (its weights fit both sizes); a CNN takes any size and is built as without it."""
+    vit = create_model(ModelConfig(name="test_vit", img_size=32, dynamic_img_size=True), 3, 3)
+    assert vit(torch.randn(1, 3, 32, 32)).shape == vit(torch.randn(1, 3, 48, 48)).shape == (1, 3)
+    assert vit.pos_embed.shape == create_model(ModelConfig(name="test_vit", img_size=32), 3, 3).pos_embed.shape
+    cnn = create_model(ModelConfig(name="test_convnext", dynamic_img_size=True), 3, 3)
+    assert cnn(torch.randn(1, 3, 40, 40)).shape == (1, 3)

@@ -49,3 +49,22 @@ def test_other_optimizers_by_name_with_cosine():
 def test_unknown_optimizer_suggests_names():
     with pytest.raises(UserError, match="no 'adamx'.*did you mean"):
         create_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer="adamx"), 10)
+
+
+def test_lookahead_is_off_by_default_and_halves_the_way_back_when_on():
+    """train.lookahead: Ranger21's own Lookahead (k=5, α=0.5) pulls the weights halfway back to where they were
+    5 steps before; off (the default) they stay where the 5 fast steps took them."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 4) for _ in range(5)]
+    final = {}
+    for lookahead in (False, True):
+        model = torch.nn.Linear(4, 4, bias=False)
+        model.weight.data.copy_(torch.eye(4))
+        optimizer = create_optimizer(model, TrainConfig(lr=1e-2, lookahead=lookahead), 100)
+        for g in grads:
+            model.weight.grad = g.clone()
+            optimizer.step()
+        final[lookahead] = model.weight.detach().clone()
+    assert torch.allclose(final[True], 0.5 * (final[False] + torch.eye(4)), atol=1e-6)
+    adamw = create_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer="adamw", lookahead=True), 10)
+    assert type(adamw).__name__ == "Lookahead"  # pytorch-optimizer's wrapper for the others

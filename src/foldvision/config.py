@@ -97,6 +97,14 @@ class ModelConfig:
     img_size: int | None = None  # null: the model's own input size (resolve_model_data_config)
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth
+    # What trains: all; head (feature extraction: the classifier alone); last_n (the head and the last
+    # train_last_n layers of timm's grouping, the one layer decay uses: a ViT/ConvNeXt/EfficientNet block each).
+    # Frozen parts keep their BatchNorm statistics (their BatchNorm layers run in eval mode).
+    train_layers: Literal["all", "head", "last_n"] = "all"
+    train_last_n: int = 1  # last_n only: how many layers below the head train
+    # ViT-style models resample their position embeddings to each input's size in the forward pass (timm's
+    # dynamic_img_size; CNNs need nothing): train.finetune_size turns it on, so one set of weights runs at both sizes
+    dynamic_img_size: bool = False
 
 
 @dataclass
@@ -110,6 +118,12 @@ class AugmentConfig:
             {"RandomRotate90": {"p": 0.5}},
         ]
     )
+    # Mixup/CutMix (timm's helpers), applied as loss mixing: λ·L(y_a) + (1−λ)·L(y_b) with the batch mixed with
+    # its reverse, so every loss keeps hard labels; validation, OOF and test images are never mixed.
+    mixup: float = 0.0  # Beta(α, α) of mixup's λ; 0: no mixup (timm's usual: 0.8)
+    cutmix: float = 0.0  # Beta(α, α) of CutMix's box area; 0: no CutMix (timm's usual: 1.0); both: a coin picks
+    mix_prob: float = 1.0  # probability that a batch is mixed
+    mix_off_epoch: int = 0  # no mixing from this epoch on (1-based: the last clean epochs settle the model); 0: never
 
 
 @dataclass
@@ -121,9 +135,38 @@ class TrainConfig:
     weight_decay: float = 1e-4  # decoupled weight decay
     optimizer: str = "ranger21"  # ranger21, or any name pytorch_optimizer knows (adamw, sgd, lion, ...)
     optimizer_args: dict = field(default_factory=dict)  # extra keyword arguments (warm_down_min_lr, betas...)
-    scheduler: Literal["none", "cosine"] = "none"  # for optimizers without a schedule of their own
-    warmup_frac: float = 0.0  # linear warm-up over this fraction of steps (cosine only)
+    # Lookahead (every 5 steps the weights go back halfway to where they were 5 steps before): Ranger21's own, or
+    # pytorch-optimizer's wrapper around the others. Off: in runs of a few hundred steps it halves the progress
+    # (pollen12, 3 epochs: macro-F1 0.853 with it, 0.924 without; benchmarks/defaults_table.py)
+    lookahead: bool = False
+    # An external lr schedule: cosine (per step), step (× decay_factor every decay_epochs epochs), plateau
+    # (× decay_factor after decay_epochs epochs without a better validation metric); every group keeps its ratio.
+    # Ranger21 runs its own (warm-up, flat, warm-down from 72%) unless optimizer_args.disable_lr_scheduler=true.
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
+    # Linear warm-up over this fraction of the steps; null: the schedule's own (Ranger21: 22% of a short run or
+    # 2000 steps; the others: none). Set for Ranger21 it replaces Ranger21's warm-up length.
+    warmup_frac: float | None = None
+    decay_factor: float = 0.1  # step, plateau: the lr is multiplied by this at each decay
+    decay_epochs: int = 2  # step: decay every this many epochs; plateau: after this many epochs without a better metric
+    head_lr_scale: float = 1.0  # the classifier's lr × this (a new head learns from scratch, the body is pretrained)
+    layer_decay: float | None = None  # layer-wise lr decay (timm's groups): a layer k below the head gets lr × this^k
+    clip_grad: float | None = None  # clip the gradients' global norm to this (after AMP's unscaling); null: none
+    ema_decay: float | None = None  # EMA of the weights (timm ModelEmaV3), validated and saved as best.pt; null: none
+    ema_warmup: bool = True  # the EMA decay ramps up with the step (1 − (1 + step)^(−2/3), capped at ema_decay)
+    head_epochs: int = 0  # the first N epochs train the head alone, then model.train_layers (two-stage fine-tune)
+    finetune_size: int | None = None  # the last finetune_epochs epochs run at this input size (larger than the model's)
+    finetune_epochs: int = 0  # how many of train.epochs run at finetune_size
+    average_top_k: int = 0  # at the fold's end, the mean of the k best epochs' weights replaces best.pt if it validates
+                            # better (timm's avg_checkpoints); 0 or 1: off
     sampler: Literal["imbalanced", "random"] = "imbalanced"  # torchsampler weighted draw, or plain shuffle
+    # With the imbalanced sampler the model learns balanced classes: its validation and test probabilities are
+    # shifted back to the training set's class frequencies (logits + log prior, kept in best.pt's classifier
+    # bias), so log loss and accuracy are those of the real prior. Ignored with train.sampler=random.
+    prior_correction: bool = True
+    # Before each validation the BatchNorm statistics are re-estimated as a plain mean over this many training
+    # batches (forward passes only): a short run's running averages still hold the early weights' activations
+    # (digits, 1 epoch: accuracy 0.24 -> 0.97). 0: off; models without BatchNorm (ViT, EVA-02, ConvNeXt) skip it.
+    precise_bn: int = 50
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where supported, fp16 + scaler else
     patience: int = 3  # stop after this many epochs without a better validation metric
     metric: Literal["auto", "auc", "accuracy", "macro_f1", "log_loss"] = "auto"  # auto: auc
@@ -339,8 +382,6 @@ def validate(cfg: Config) -> None:
     _require(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "the learning rate must be a number above 0 (e.g. 1e-4)")
     _require(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
              "must be 0 or more")
-    _require(_finite(t.warmup_frac) and 0 <= t.warmup_frac < 1, "train.warmup_frac", t.warmup_frac,
-             "a fraction of the steps, from 0 up to (not including) 1")
     _require(t.num_workers is None or 0 <= t.num_workers <= 256, "train.num_workers", t.num_workers,
              "0 (load in the main process) or more, or null for one per core")
     _require(bool(DEVICE.match(t.device)), "train.device", t.device, "use auto, cpu, cuda, cuda:<index> or mps")
@@ -364,11 +405,20 @@ def validate(cfg: Config) -> None:
     for key in ("cce_gamma", "focal_gamma"):
         _require(_finite(getattr(loss, key)) and getattr(loss, key) >= 0, f"loss.{key}", getattr(loss, key),
                  "must be 0 or more")
-    if t.optimizer.lower() == "ranger21" and t.scheduler != "none":
-        if not t.optimizer_args.get("disable_lr_scheduler", False):
+    _check_recipes(cfg)
+    if t.optimizer.lower() == "ranger21" and not t.optimizer_args.get("disable_lr_scheduler", False):
+        if t.scheduler != "none":
             raise UserError(
                 "train.scheduler with ranger21: Ranger21's own warm-up/warm-down overrides external "
                 "schedulers; set train.optimizer_args.disable_lr_scheduler=true or train.scheduler=none"
+            )
+        grouped = [k for k, on in (("train.layer_decay", t.layer_decay is not None),
+                                   ("train.head_lr_scale", t.head_lr_scale != 1)) if on]
+        if grouped:
+            raise UserError(
+                f"{' and '.join(grouped)} with ranger21: Ranger21's built-in warm-down sets one lr for every "
+                "parameter group (it would flatten the per-group rates from 72% of training); set "
+                "train.optimizer_args.disable_lr_scheduler=true and a train.scheduler (cosine, step, plateau)"
             )
     for i, item in enumerate(cfg.augment.train):
         if not (isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())) or {}, dict)):
@@ -381,6 +431,44 @@ def validate(cfg: Config) -> None:
                 f"predict.tta: unknown view '{view}'{did_you_mean(str(view), TTA_VIEWS)}; "
                 f"views: {', '.join(TTA_VIEWS)}"
             )
+
+
+def _check_recipes(cfg: Config) -> None:
+    """The fine-tuning recipes' keys (train.ema_decay, augment.mixup, ...): ranges and combinations."""
+    t, m, a = cfg.train, cfg.model, cfg.augment
+    _require(t.warmup_frac is None or (_finite(t.warmup_frac) and 0 <= t.warmup_frac < 1), "train.warmup_frac",
+             t.warmup_frac, "a fraction of the steps, from 0 up to (not including) 1, or null: the schedule's own")
+    _require(_finite(t.decay_factor) and 0 < t.decay_factor < 1, "train.decay_factor", t.decay_factor,
+             "a factor above 0 and below 1 (e.g. 0.1)")
+    _require(t.decay_epochs >= 1, "train.decay_epochs", t.decay_epochs, "must be at least 1")
+    _require(t.scheduler != "plateau" or not t.warmup_frac, "train.warmup_frac", t.warmup_frac,
+             "plateau has no warm-up (it sets the lr from the validation metric); use cosine or step for one")
+    _require(_finite(t.head_lr_scale) and t.head_lr_scale > 0, "train.head_lr_scale", t.head_lr_scale,
+             "a factor above 0 (1: the head at train.lr)")
+    _require(t.layer_decay is None or (_finite(t.layer_decay) and 0 < t.layer_decay <= 1), "train.layer_decay",
+             t.layer_decay, "a factor above 0 and at most 1 (e.g. 0.75), or null for none")
+    _require(t.clip_grad is None or (_finite(t.clip_grad) and t.clip_grad > 0), "train.clip_grad", t.clip_grad,
+             "a gradient norm above 0 (e.g. 1.0), or null for none")
+    _require(t.ema_decay is None or (_finite(t.ema_decay) and 0 < t.ema_decay < 1), "train.ema_decay", t.ema_decay,
+             "a decay above 0 and below 1 (e.g. 0.999), or null for no EMA")
+    _require(t.precise_bn >= 0, "train.precise_bn", t.precise_bn, "a number of batches, 0 or more (0: off)")
+    _require(t.average_top_k >= 0, "train.average_top_k", t.average_top_k, "0 (off) or the number of epochs to average")
+    _require(m.train_last_n >= 1, "model.train_last_n", m.train_last_n, "must be at least 1")
+    _require(0 <= t.head_epochs < t.epochs, "train.head_epochs", t.head_epochs,
+             f"0 (off) or fewer than train.epochs ({t.epochs}): the epochs after it train model.train_layers")
+    _require(t.head_epochs == 0 or m.train_layers != "head", "train.head_epochs", t.head_epochs,
+             "with model.train_layers=head every epoch trains the head alone; use one of the two")
+    _require(0 <= t.finetune_epochs < t.epochs, "train.finetune_epochs", t.finetune_epochs,
+             f"0 (off) or fewer than train.epochs ({t.epochs}): the epochs before it run at the model's size")
+    _require((t.finetune_size is None) == (t.finetune_epochs == 0), "train.finetune_size", t.finetune_size,
+             "give train.finetune_size and train.finetune_epochs together (both or neither)")
+    _require(t.finetune_size is None or t.finetune_size >= 8, "train.finetune_size", t.finetune_size,
+             "use at least 8 pixels")
+    for key in ("mixup", "cutmix"):
+        _require(_finite(getattr(a, key)) and getattr(a, key) >= 0, f"augment.{key}", getattr(a, key),
+                 "the Beta distribution's α, 0 (off) or more (e.g. 0.8 for mixup, 1.0 for CutMix)")
+    _require(_finite(a.mix_prob) and 0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "a probability from 0 to 1")
+    _require(a.mix_off_epoch >= 0, "augment.mix_off_epoch", a.mix_off_epoch, "0 (never off) or an epoch number")
 
 
 def to_dict(cfg: Config) -> dict:

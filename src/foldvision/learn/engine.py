@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from timm.utils import dispatch_clip_grad
 from torch import nn
 
 from foldvision.config import ModelConfig, TrainConfig
@@ -21,6 +22,7 @@ from foldvision.errors import UserError
 from foldvision.results.metrics import score
 from foldvision.learn.models import create_model, data_config, load_weights
 from foldvision.learn.optim import current_lr
+from foldvision.learn.recipes import LossMix, WeightEma, keep_frozen_norms, mixed_loss
 
 
 class NonFiniteLoss(UserError):
@@ -81,7 +83,13 @@ class Amp:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, clip_grad: float | None = None) -> None:
+        """An optimizer step; `clip_grad` clips the gradients' global norm first (unscaled first under fp16, so
+        the norm is the true one: timm's dispatch_clip_grad)."""
+        if clip_grad is not None:
+            if self.scaler:
+                self.scaler.unscale_(optimizer)
+            dispatch_clip_grad([p for group in optimizer.param_groups for p in group["params"]], clip_grad)
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -162,8 +170,16 @@ def train_one_epoch(
     progress: Progress | None = None,
     description: str = "train",
     reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    mix: LossMix | None = None,
+    clip_grad: float | None = None,
+    ema: WeightEma | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; an optimizer step every `accumulate` batches.
+
+    `mix` mixes each batch (Mixup/CutMix) and the loss with it (`recipes.mixed_loss`; the train scores are then
+    those of the mixed images against their first labels); `clip_grad` clips the gradient norm before each step;
+    `ema` is updated after each step. BatchNorm layers with frozen weights stay in eval mode.
 
     `reduce_loss` (DDP: every rank's loss summed, `World.sum`) is what is checked for NaN/inf, so a NaN on one
     rank stops every rank at the same step instead of leaving the others waiting in DDP's gradient all-reduce.
@@ -172,6 +188,7 @@ def train_one_epoch(
     side of the learning curves, drawn as the weights changed), lr and img/s.
     """
     model.train()
+    keep_frozen_norms(model)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     batch_probs, batch_targets, correct = [], [], 0
     task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
@@ -179,17 +196,20 @@ def train_one_epoch(
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        lam = mix(images) if mix is not None else 1.0
         with amp.autocast():
             logits = model(images)
-            loss = loss_fn(logits, targets)
+            loss = mixed_loss(loss_fn, logits, targets, lam)
         checked = loss if reduce_loss is None else reduce_loss(loss)
         if not torch.isfinite(checked):  # a step on it would turn every weight into NaN
             raise NonFiniteLoss(description, checked.item(), i + 1, len(loader))
         amp.backward(loss / accumulate)
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
-            amp.step(optimizer)
+            amp.step(optimizer, clip_grad)
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update()
         total_loss += loss.item() * len(images)
         seen += len(images)
         probs = torch.softmax(logits.detach().float(), dim=1).cpu()

@@ -26,15 +26,19 @@ def _check_name(name: str) -> None:
                         f"{arch} has {', '.join(tags) or 'no pretrained tags'}")
 
 
+SIZE_KWARGS = ("img_size", "dynamic_img_size")  # ViT-style models' arguments; CNNs take any input size
+
+
 def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
-    """timm.create_model; ViT-style models take img_size (position embeddings are resampled), CNNs take
-    any input size and reject the argument, so it is dropped for them."""
+    """timm.create_model; ViT-style models take img_size and dynamic_img_size (position embeddings are
+    resampled), CNNs take any input size and reject the arguments, so they are dropped for them."""
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
-        if "img_size" not in str(e) or "img_size" not in kwargs:
+        if not any(k in str(e) and k in kwargs for k in SIZE_KWARGS):
             raise
-        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
+        return timm.create_model(name, pretrained=pretrained,
+                                 **{k: v for k, v in kwargs.items() if k not in SIZE_KWARGS})
 
 
 def create_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: bool | None = None) -> nn.Module:
@@ -47,6 +51,8 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: 
                     "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
+    if cfg.dynamic_img_size:
+        kwargs["dynamic_img_size"] = True
     want_weights = (cfg.pretrained or cfg.pretrained_file is not None) if pretrained is None else pretrained
     if want_weights and cfg.pretrained_file is not None:
         path = Path(cfg.pretrained_file)

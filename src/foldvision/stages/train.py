@@ -14,13 +14,20 @@ trains each fold in 4 processes (`foldvision.learn.distributed`); rank 0 alone w
 
 Three parts: `build_fold` (the model set-up shared with predict and bench, the loaders, optimizer, schedule and
 loss), the loop in `fit_fold`, and the checkpoint helpers (`save_checkpoint`, `load_resume`, `apply_resume`).
+The fine-tuning recipes (EMA, Mixup/CutMix, freezing, precise BN, prior correction, a larger last input size,
+the average of the best epochs) are foldvision.learn.recipes' glue, each switched on by a config key: with EMA the
+EMA weights are the ones validated and kept; with train.average_top_k the k best epochs' weights wait in
+`fold<k>/epoch<n>.pt` until the fold ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +44,12 @@ from foldvision.errors import UserError
 from foldvision.files import remove_partial_writes, write_atomic
 from foldvision.learn.loader import DeviceLoader, create_loader, loader_kwargs
 from foldvision.learn.losses import create_loss
-from foldvision.results.metrics import is_better, resolve_metric, score
+from foldvision.results.metrics import LOWER_IS_BETTER, is_better, resolve_metric, score
 from foldvision.learn.models import CheckpointError, read_checkpoint
-from foldvision.learn.optim import create_optimizer, create_scheduler, optimizer_steps
+from foldvision.learn.optim import create_optimizer, create_scheduler, epoch_end, optimizer_steps, per_step
+from foldvision.learn.recipes import (LossMix, WeightEma, average_weights, classifier_bias_name, create_mix,
+                                      epoch_layers, log_prior, pool_bn_stats, precise_bn, set_trainable, top_k,
+                                      with_prior)
 from foldvision.run import FoldFiles, Predictions, Run, Split, load_run_config
 from foldvision.results.tracking import create_tracker
 
@@ -100,8 +110,9 @@ def load_resume(path: Path, fold: int, train_config: dict, device: torch.device)
     return resume
 
 
-def apply_resume(resume: dict, path: Path, model: torch.nn.Module, optimizer, scheduler, amp: Amp) -> dict:
-    """Load the resumed weights and optimizer, scheduler and scaler states; returns the training state.
+def apply_resume(resume: dict, path: Path, model: torch.nn.Module, optimizer, scheduler, amp: Amp,
+                 ema: WeightEma | None = None) -> dict:
+    """Load the resumed weights and optimizer, scheduler, scaler and EMA states; returns the training state.
 
     Raises:
         CheckpointError: the weights or the optimizer state do not fit (checked before anything is changed).
@@ -119,6 +130,10 @@ def apply_resume(resume: dict, path: Path, model: torch.nn.Module, optimizer, sc
         scheduler.load_state_dict(resume["scheduler"])
     if amp.scaler is not None and resume["scaler"]:
         amp.scaler.load_state_dict(resume["scaler"])
+    if ema is not None:
+        if not resume.get("ema"):
+            raise CheckpointError(path, "it holds no EMA weights")
+        ema.load_state_dict(resume["ema"])
     return resume["state"]
 
 
@@ -127,15 +142,23 @@ def resume_checkpoint(parts: FoldParts, state: dict) -> dict:
     return {"model": parts.setup.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict() if parts.scheduler else None,
             "scaler": parts.setup.amp.scaler.state_dict() if parts.setup.amp.scaler else None,
-            "state": state, "config": parts.train_config}
+            "ema": parts.ema.state_dict() if parts.ema else None, "state": state, "config": parts.train_config}
 
 
-def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, probs: np.ndarray) -> dict:
-    """What best.pt holds: the weights and everything predict needs to rebuild the model without the config,
-    and the validation predictions that become the fold's OOF rows."""
-    return {"model": parts.setup.model.state_dict(), "epoch": epoch, "metric": metric, "score": value,
-            "classes": parts.classes, "channels": parts.channels, "model_config": parts.model_config,
+def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, probs: np.ndarray,
+                    weights: dict | None = None) -> dict:
+    """What best.pt holds: the weights (the validated ones: EMA's when on, `weights` when given; the prior
+    correction in the classifier bias) and everything predict needs to rebuild the model without the config,
+    at the input size they were validated at, and the validation predictions that become the fold's OOF rows."""
+    weights = parts.eval_model.state_dict() if weights is None else weights
+    return {"model": with_prior(weights, parts.bias_name, parts.prior), "epoch": epoch, "metric": metric,
+            "score": value, "classes": parts.classes, "channels": parts.channels, "model_config": parts.model_config,
             "data_config": parts.setup.data_cfg, "val_ids": parts.val_ids, "val_probs": torch.from_numpy(probs)}
+
+
+def snapshot_path(files: FoldFiles, epoch: int) -> Path:
+    """train.average_top_k: the validated weights of epoch `epoch` while it is among the k best."""
+    return files.dir / f"epoch{epoch}.pt"
 
 
 # ---- set-up -----------------------------------------------------------------------------------------------
@@ -162,32 +185,81 @@ class FoldParts:
     y_val: np.ndarray
     world: World = SINGLE  # this process among torchrun's (foldvision.learn.distributed)
     train_net: torch.nn.Module | None = None  # what trains: setup.net, or DDP around setup.model (build_fold)
+    ema: WeightEma | None = None  # train.ema_decay: the EMA of the weights, validated and kept instead of them
+    mix: LossMix | None = None  # augment.mixup/cutmix: mixes batches and the loss with them
+    prior: torch.Tensor | None = None  # train.prior_correction: log prior added to the logits
+    bias_name: str | None = None  # the classifier bias's key, where best.pt stores the prior correction
+    loaders_at: Callable[[int], tuple[DeviceLoader, DeviceLoader]] | None = None  # (train, val) at an input size
+    base_size: int = 0  # the model's input size (the epochs before train.finetune_size's)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept: the EMA's when on, else the model's (uncompiled)."""
+        return self.ema.module if self.ema is not None else self.setup.model
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.setup.net
 
 
 def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int,
                world: World = SINGLE) -> FoldParts:
     """The fold's model (as predict and bench build theirs), loaders, optimizer, schedule and loss; under DDP
-    this rank's shares of the splits, and its steps and the global batch's lr for the optimizer."""
-    setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels,
-                            **runtime_kwargs(cfg.train) | world.device_kwargs())
+    this rank's shares of the splits, and its steps and the global batch's lr for the optimizer. The recipes:
+    the first epoch's trainable layers, EMA, mixing, prior correction."""
+    t = cfg.train
+    if world.distributed and t.head_epochs:
+        raise UserError("train.head_epochs under DDP (--nproc): DDP fixes the trainable parameters when it wraps "
+                        "the model; use model.train_layers, or train the fold in one process")
+    # one set of weights for both input sizes: ViT-style models resample their position embeddings per input
+    model_cfg = dataclasses.replace(cfg.model, dynamic_img_size=True) if t.finetune_size else cfg.model
+    setup = build_model_for(model_cfg, len(split.classes), cfg.data.channels,
+                            **runtime_kwargs(t) | world.device_kwargs())
+    patch = getattr(getattr(setup.model, "patch_embed", None), "patch_size", None)
+    if t.finetune_size and patch and t.finetune_size % patch[0]:
+        raise UserError(f"train.finetune_size={t.finetune_size}: {cfg.model.name} cuts images into {patch[0]}px "
+                        f"patches; use a multiple of {patch[0]}")
     val = split.fold == fold
     paths = np.asarray(split.paths, dtype=object)
     root = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
     shard = (world.rank, world.size) if world.distributed else None
-    with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
-        train_loader = create_loader(root, paths[~val], split.y[~val], setup.data_cfg, setup.device,
-                                     **loader_kwargs(cfg, train=True), seed=seed, shard=shard, progress=progress)
-        val_loader = create_loader(root, paths[val], split.y[val], setup.data_cfg, setup.device,
-                                   **loader_kwargs(cfg, train=False), shard=shard, progress=progress)
-    total_steps = optimizer_steps(len(train_loader), cfg.train)
-    optimizer = create_optimizer(setup.model, world.scale_lr(cfg.train), total_steps)
+    loaders: dict[int, tuple[DeviceLoader, DeviceLoader]] = {}
+
+    def loaders_at(size: int) -> tuple[DeviceLoader, DeviceLoader]:
+        """The train and validation loaders at input size `size`, built once (the cache keeps each size)."""
+        if size not in loaders:
+            data_cfg = {**setup.data_cfg, "size": size}
+            with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
+                loaders[size] = (
+                    create_loader(root, paths[~val], split.y[~val], data_cfg, setup.device,
+                                  **loader_kwargs(cfg, train=True), seed=seed, shard=shard, progress=progress),
+                    create_loader(root, paths[val], split.y[val], data_cfg, setup.device,
+                                  **loader_kwargs(cfg, train=False), shard=shard, progress=progress))
+        return loaders[size]
+
+    train_loader, val_loader = loaders_at(setup.data_cfg["size"])
+    total_steps = optimizer_steps(len(train_loader), t)
+    optimizer = create_optimizer(setup.model, world.scale_lr(t), total_steps)  # every layer's lr, frozen or not
+    set_trainable(setup.model, epoch_layers(cfg.model.train_layers, t.head_epochs, 0), cfg.model.train_last_n)
+    y_train = split.y[~val]
+    shifted = t.prior_correction and t.sampler == "imbalanced"  # what the sampler took away from the logits
+    prior = log_prior(y_train, len(split.classes)).to(setup.device) if shifted else None
+    bias_name = classifier_bias_name(setup.model) if shifted else None
+    if shifted and bias_name is None:
+        console.print(f"fold {fold}: train.prior_correction: {cfg.model.name}'s classifier has no bias to hold "
+                      "it; its probabilities stay those of the balanced draw")
+        prior = None
     full = to_dict(cfg)
     train_config = {k: full[k] for k in TRAIN_SECTIONS} | ({"processes": world.size} if world.distributed else {})
     return FoldParts(fold, files, setup, train_loader, val_loader, optimizer,
-                   create_scheduler(optimizer, cfg.train, total_steps), create_loss(cfg.loss), total_steps,
-                   split.classes, cfg.data.channels, full["model"], train_config,
-                   [i for i, v in zip(split.ids, val) if v], [label for label, v in zip(split.labels, val) if v],
-                   split.y[val], world, world.wrap(setup.model, setup.net, cfg.train.compile))
+                     create_scheduler(optimizer, t, total_steps, resolve_metric(t.metric)), create_loss(cfg.loss),
+                     total_steps, split.classes, cfg.data.channels, dataclasses.asdict(model_cfg), train_config,
+                     [i for i, v in zip(split.ids, val) if v], [label for label, v in zip(split.labels, val) if v],
+                     split.y[val], world, world.wrap(setup.model, setup.net, t.compile),
+                     WeightEma(setup.model, t.ema_decay, t.ema_warmup) if t.ema_decay else None,
+                     create_mix(cfg.augment, len(split.classes)), prior,
+                     bias_name, loaders_at,
+                     setup.data_cfg["size"])
 
 
 def clear_leftovers(files: FoldFiles, fold: int) -> None:
@@ -210,13 +282,15 @@ def initial_state(parts: FoldParts) -> dict:
     if resume is not None:
         try:
             setup = parts.setup
-            state = apply_resume(resume, last, setup.model, parts.optimizer, parts.scheduler, setup.amp)
+            state = apply_resume(resume, last, setup.model, parts.optimizer, parts.scheduler, setup.amp, parts.ema)
             console.print(f"fold {parts.fold}: resuming after epoch {state['epoch']}")
         except CheckpointError as e:
             if world.main:
                 start_over(e, parts.fold)
     if state["epoch"] == 0 and world.main:
         parts.files.best_pt.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
+        for snapshot in parts.files.dir.glob("epoch*.pt"):
+            snapshot.unlink()
     return state
 
 
@@ -232,13 +306,47 @@ def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
 
 # ---- the loop ---------------------------------------------------------------------------------------------
 
-def validate(parts: FoldParts, where: str, progress) -> tuple[dict, np.ndarray]:
+def validate(parts: FoldParts, where: str, progress, net: torch.nn.Module | None = None) -> tuple[dict, np.ndarray]:
     """The validation scores (log_loss, auc, accuracy...) and probabilities of the model as it is now (under DDP
-    each rank predicts its share and every rank gets all of them, in order, so all score alike)."""
-    probs = parts.world.gather_rows(lambda: predict(parts.setup.net, parts.val_loader, parts.setup.amp,
-                                                    parts.setup.device, progress=progress,
+    each rank predicts its share and every rank gets all of them, in order, so all score alike): the EMA's
+    weights when on (or `net`), the prior correction added to the logits."""
+    net = parts.eval_net if net is None else net
+    prior = parts.prior
+    forward = None if prior is None else (lambda m, x: torch.softmax(m(x).float() + prior, dim=1))
+    probs = parts.world.gather_rows(lambda: predict(net, parts.val_loader, parts.setup.amp, parts.setup.device,
+                                                    forward=forward, progress=progress,
                                                     description=f"{where} validate"), len(parts.y_val))
     return score(parts.y_val, probs), probs
+
+
+def prepare_epoch(parts: FoldParts, cfg: Config, epoch: int) -> None:
+    """What epoch `epoch` (0-based) trains and at which input size: train.head_epochs, then
+    model.train_layers; the last train.finetune_epochs at train.finetune_size (loaders rebuilt at that size;
+    best.pt records the size its weights were validated at)."""
+    t = cfg.train
+    if t.head_epochs:  # set every epoch: a resumed fold may start on either side of the switch
+        set_trainable(parts.setup.model, epoch_layers(cfg.model.train_layers, t.head_epochs, epoch),
+                      cfg.model.train_last_n)
+        if parts.ema is not None:  # precise_bn tells frozen BatchNorm layers by their weights' requires_grad
+            for ema_p, p in zip(parts.ema.module.parameters(), parts.setup.model.parameters()):
+                ema_p.requires_grad_(p.requires_grad)
+    if t.finetune_size:
+        size = t.finetune_size if epoch >= t.epochs - t.finetune_epochs else parts.base_size
+        if size != parts.setup.data_cfg["size"]:
+            parts.train_loader, parts.val_loader = parts.loaders_at(size)
+            parts.setup.data_cfg = {**parts.setup.data_cfg, "size": size}  # best.pt's; the model is dynamic
+            console.print(f"fold {parts.fold}: epochs {epoch + 1}-{t.epochs} at {size}px")
+
+
+def validated(parts: FoldParts, cfg: Config, where: str, progress, net: torch.nn.Module | None = None
+              ) -> tuple[dict, np.ndarray]:
+    """`validate`, after train.precise_bn's re-estimate of the BatchNorm statistics of the weights validated."""
+    if cfg.train.precise_bn:
+        target = parts.eval_net if net is None else net
+        precise_bn(target, parts.train_loader, cfg.train.precise_bn, parts.setup.amp)
+        if parts.world.distributed:
+            pool_bn_stats(target, parts.world.sum, parts.world.size)
+    return validate(parts, where, progress, net)
 
 
 def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
@@ -265,16 +373,21 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
             for epoch in range(state["epoch"], epochs):
                 if state["bad_epochs"] >= cfg.train.patience:
                     break
+                prepare_epoch(parts, cfg, epoch)
                 seed_everything(rank_seed(seed + epoch, world.rank))  # a resumed epoch draws the same again
                 parts.train_loader.set_epoch(seed + epoch)
                 start, where = time.perf_counter(), f"fold {fold} epoch {epoch + 1}/{epochs}"
+                mix = parts.mix if parts.mix is not None and parts.mix.active(epoch + 1) else None
                 try:
                     stats = train_one_epoch(parts.train_net, parts.train_loader, parts.loss_fn, parts.optimizer,
-                                            parts.scheduler, setup.amp, setup.device, cfg.train.accumulate,
-                                            progress, where, world.sum if world.distributed else None)
+                                            parts.scheduler if per_step(parts.scheduler) else None, setup.amp,
+                                            setup.device, cfg.train.accumulate, progress, where,
+                                            world.sum if world.distributed else None, mix=mix,
+                                            clip_grad=cfg.train.clip_grad, ema=parts.ema)
                 except NonFiniteLoss as e:
                     raise diverged(e, cfg, setup.amp) from None
-                scores, probs = validate(parts, where, progress)
+                scores, probs = validated(parts, cfg, where, progress)
+                epoch_end(parts.scheduler, scores[metric])
                 row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
                        **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}
                 state["history"].append(row)
@@ -284,10 +397,14 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
                     save_checkpoint(files.best_pt, best_checkpoint(parts, epoch + 1, metric, scores[metric], probs))
                 else:
                     state["bad_epochs"] += 1
+                if cfg.train.average_top_k > 1:
+                    keep_snapshot(parts, state, epoch + 1, scores[metric], metric, cfg.train.average_top_k)
                 state["epoch"] = epoch + 1
                 save_checkpoint(files.last_pt, resume_checkpoint(parts, state))
                 tracker.log(row, step=epoch + 1)
                 console.print(epoch_line(where, stats, scores, metric, improved))
+        if cfg.train.average_top_k > 1:
+            average_best(parts, cfg, state, metric, progress)
         if not world.main:  # rank 0 writes the fold's files
             return {"fold": fold, metric: state["best_score"]}
         best = finish_fold(run, parts, state, metric)
@@ -295,6 +412,55 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
         return {"fold": fold, metric: best["score"], "epoch": best["epoch"]}
     finally:
         tracker.finish()
+
+
+def keep_snapshot(parts: FoldParts, state: dict, epoch: int, value: float, metric: str, k: int) -> None:
+    """train.average_top_k: this epoch's validated weights (and input size) kept while among the k best;
+    the ranking lives in the training state (last.pt), the weights in fold<k>/epoch<n>.pt."""
+    ranked, dropped = top_k(state.get("top_k", []), value, epoch, k, metric not in LOWER_IS_BETTER)
+    state["top_k"] = ranked
+    if any(e == epoch for _, e in ranked):
+        save_checkpoint(snapshot_path(parts.files, epoch),
+                        {"model": parts.eval_model.state_dict(), "size": parts.setup.data_cfg["size"]})
+    for old in dropped:
+        if old != epoch and parts.world.main:
+            snapshot_path(parts.files, old).unlink(missing_ok=True)
+
+
+def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progress) -> None:
+    """train.average_top_k at the fold's end: the mean of the k best epochs' weights (those validated at the
+    best one's input size), validated; it replaces best.pt only when it scores better than the best epoch."""
+    distributed.barrier()  # rank 0 wrote the snapshots
+    # none left: a fold stopped after its average, before its OOF file, comes back here with nothing to do
+    ranked = [(v, e) for v, e in state.get("top_k", []) if snapshot_path(parts.files, e).is_file()]
+    if not ranked or state["best_score"] is None:
+        return
+    snapshots = [read_checkpoint(snapshot_path(parts.files, e), ("model", "size")) for _, e in ranked]
+    same = [(e, s) for (_, e), s in zip(ranked, snapshots) if s["size"] == snapshots[0]["size"]]
+    if len(same) < 2:
+        console.print(f"fold {parts.fold}: train.average_top_k: {len(same)} of the best epochs ran at the best one's "
+                      "input size; nothing to average")
+    else:
+        size = same[0][1]["size"]
+        if size != parts.setup.data_cfg["size"]:
+            parts.train_loader, parts.val_loader = parts.loaders_at(size)
+            parts.setup.data_cfg = {**parts.setup.data_cfg, "size": size}
+        weights = average_weights([s["model"] for _, s in same])
+        model = copy.deepcopy(parts.eval_model)
+        model.load_state_dict(weights)
+        scores, probs = validated(parts, cfg, f"fold {parts.fold} average", progress, model)
+        epochs = sorted(e for e, _ in same)
+        better = is_better(metric, scores[metric], state["best_score"])
+        console.print(f"fold {parts.fold}: the mean of epochs {', '.join(map(str, epochs))} scores {metric} "
+                      f"{scores[metric]:.4f} against the best epoch's {state['best_score']:.4f}: "
+                      f"{'it replaces' if better else 'kept'} best.pt")
+        if better:
+            state["best_score"] = scores[metric]
+            best = best_checkpoint(parts, ranked[0][1], metric, scores[metric], probs, model.state_dict())
+            save_checkpoint(parts.files.best_pt, {**best, "averaged": epochs})
+    if parts.world.main:
+        for snapshot in parts.files.dir.glob("epoch*.pt"):
+            snapshot.unlink()
 
 
 def epoch_line(where: str, stats: dict, scores: dict, metric: str, improved: bool) -> str:
