@@ -77,7 +77,15 @@ NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-.PHONY: help venv check folds train score predict ablate ensemble cache leaderboard report bench demo browser test clean-run train-stale predict-stale
+USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo browser \
+	test clean-run
+.PHONY: $(USER_GOALS) train-stale predict-stale
+# Several user goals at once (`make -j2 folds train predict`) run one after another: each recurses into a make
+# of its own, so side by side two of them would build the same fold files at once (fold 0 trained twice). The
+# inner makes name files, not these goals, so the folds inside each stage still fan out over -j.
+ifneq ($(word 2,$(filter $(USER_GOALS),$(MAKECMDGOALS))),)
+.NOTPARALLEL:
+endif
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
