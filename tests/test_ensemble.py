@@ -17,7 +17,9 @@ import pytest
 
 from foldvision.config import load_config
 from foldvision.results.decision import fit_rule, nested_rule_score
-from foldvision.stages.ensemble import METHODS, blend, hill_climb, split_digest, summary_tables
+from foldvision.results import report
+from foldvision.results.blend import summary_tables
+from foldvision.stages.ensemble import METHODS, blend, hill_climb, split_digest
 from foldvision.errors import UserError
 from foldvision.results.metrics import score, score_oof
 from foldvision.run import Predictions, Run
@@ -216,6 +218,27 @@ def test_the_blend_is_a_run_folder_like_any_experiment(toy):
 
     toy.blend([a, b], "stack")  # blending again into the same folder replaces the blend
     assert Run(toy.blend_dir).read_ensemble()["method"] == "stack"
+
+
+def test_the_report_page_of_a_blend_shows_members_weights_scores_and_correlations(toy):
+    a, b = toy.member("a", toy.probs(1.0)), toy.member("b", toy.probs(0.5))
+    scores = toy.blend([a, b])
+    page = report.build(toy.blend_dir)
+    blend_part = page[page.index('<h2 id="blend">'):page.index('<h2 id="per-class">')]
+    info = scores["ensemble"]
+    for title in ("hill_climb of 2 members", "best member", "nested", "weights fitted without each fold",
+                  "correlation of the members"):
+        assert title in blend_part
+    for member in info["members"]:  # each member's name, weight and OOF AUC as the table prints them
+        row = blend_part[blend_part.index(f"<td>{member['name']}</td>"):]
+        row = row[:row.index("</tr>")]
+        assert f"<td>{member['weight']:.4f}</td>" in row and f"<td>{member['oof']['auc']:.4f}</td>" in row
+    assert f"{info['oof_nested']:.4f}" in blend_part
+
+
+def test_the_report_page_of_an_experiment_has_no_blend_part(toy):
+    a = toy.member("a", toy.probs(1.0))
+    assert '<h2 id="blend">' not in report.build(a)
 
 
 def test_decision_rule_refitted_on_the_blend_and_scored_nested(toy):

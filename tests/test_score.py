@@ -61,7 +61,8 @@ def test_per_class_mean_and_std_over_folds():
 
 
 @pytest.mark.parametrize("module", ["stages.folds", "stages.score", "results.evaluate", "results.leaderboard",
-                                    "results.ablate", "results.report", "results", "run", "corpus", "splits"])
+                                    "results.ablate", "results.report", "results.blend", "stages.ensemble", "results",
+                                    "run", "corpus", "splits"])
 def test_the_results_side_imports_no_torch(module):
     """Splitting, scoring and comparing read and write tables: they must not pay torch's, timm's and
     albumentations' imports (5 s per call)."""

@@ -30,6 +30,7 @@ from foldvision.config import Config, to_dict
 from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.files import write_text_atomic
+from foldvision.results.blend import sections as blend_sections
 from foldvision.results.plots import most_wrong, write_plots
 from foldvision.results.compare import (
     Experiment,
@@ -104,6 +105,14 @@ inputs.<ul>{% for line in stale %}<li>{{ line }}</li>{% endfor %}</ul></div>{% e
 <p>Out-of-fold (OOF): every training image predicted by the one model that did not train on it, scored as one
 set. The fold rows are each fold's validation images.</p>
 {{ table(scores_table) }}
+{% if blend %}
+<h2 id="blend">Blend</h2>
+<p>The members' OOF predictions blended with weights fitted on OOF. The plain score fits the weights on the rows
+it scores; the nested score fits them on the other folds and scores each held-out fold: the gap between them is
+the optimism, the nested score against the best member is the gain.</p>
+{% for title, t in blend %}<h3>{{ title }}</h3>
+{{ table(t) }}
+{% endfor %}{% endif %}
 {% if leaderboard %}
 <h2 id="leaderboard">Leaderboard</h2>
 <p>The submission {{ submission }} scored against {{ solution }} ({{ lb_metric }}).</p>
@@ -161,16 +170,16 @@ def _png(path: Path) -> str:
 def staleness(run: Run, stale: list[str], submission: Path | None) -> list[str]:
     """What on the page is out of date: make's verdict (`stale`), and corpus files changed since the stages
     recorded them (the config's input digests now against those in the stage stamps)."""
-    lines = [f"{STALE[what][0]}; run make {STALE[what][1]} EXP={run.name}" for what in stale]
+    lines = [f"{STALE[what][0]}; run make {STALE[what][1]} {run.make_args}" for what in stale]
     now = input_digests(run.load_config())
     trained = _changed(now["train"], run.recorded_inputs("train"))
     if trained:
-        lines.append(f"the corpus changed since training ({', '.join(trained)}); run make train EXP={run.name}")
+        lines.append(f"the corpus changed since training ({', '.join(trained)}); run make train {run.make_args}")
     if submission is not None and submission.is_file():
         predicted = [k for k in _changed(now["predict"], run.recorded_inputs("predict")) if k not in now["train"]]
         if predicted:
             lines.append(f"the corpus changed since prediction ({', '.join(predicted)}); "
-                         f"run make predict EXP={run.name}")
+                         f"run make predict {run.make_args}")
     return lines
 
 
@@ -182,7 +191,7 @@ def _changed(now: dict, recorded: dict | None) -> list[str]:
 
 
 def _not_scored(run: Run) -> UserError:
-    return UserError(f"{run.root}: no scores yet, nothing to report; run make train EXP={run.name} first")
+    return UserError(f"{run.root}: no scores yet, nothing to report; run make train {run.make_args} first")
 
 
 def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = ()) -> str:
@@ -204,6 +213,7 @@ def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = 
         task=exp.scores["task"], n=exp.scores["n"], metric=exp.metric, facts=facts(exp),
         stale=stale,
         scores_table=fold_scores(exp.scores),
+        blend=blend_sections(run),
         leaderboard=Shown([f"{part.capitalize()} {lb_metric}" for part in lb], [[fmt(v) for v in lb.values()]])
         if lb else None,
         submission=submission, solution=solution, lb_metric=lb_metric,

@@ -52,14 +52,13 @@ from foldvision.results.decision import fit_rule, nested_rule_score
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
 from foldvision.results.metrics import accuracy, auc, is_better, macro_f1, resolve_metric, score, score_oof
-from foldvision.results.compare import Shown, fmt
+from foldvision.results.blend import shown, tables, titles
 from foldvision.run import Predictions, Run, Split, check_name, submission_csv
 from foldvision.results.submission import build, infer_format, write
 
 METHODS = ("hill_climb", "mean", "rank", "stack")
 ROUNDS = 50  # hill climbing: at most this many additions after the first member (it stops earlier at no gain)
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before their log (stack)
-SCORE_NAMES = ("auc", "accuracy", "macro_f1", "log_loss")
 
 
 # ---- members ----------------------------------------------------------------------------------------------
@@ -108,10 +107,10 @@ def _member(root: Path) -> Run:
     for path in (run.folds_csv, run.classes_json, run.oof_csv, run.scores_json):
         if not path.is_file():
             raise UserError(f"member {root} is unfinished (no {path.name}): train and score it first "
-                            f"(make train NAME={run.name} EXP=<its experiment>)")
+                            f"(make train {run.make_args})")
     if not run.test_csv.is_file():
         raise UserError(f"member {root} has no test predictions (no {run.test_csv.name}): predict them first "
-                        f"(make predict NAME={run.name} EXP=<its experiment>)")
+                        f"(make predict {run.make_args})")
     return run
 
 
@@ -150,7 +149,7 @@ def load_members(roots: list[Path]) -> Members:
         oof = run.read_oof()
         if sorted(oof.ids) != sorted(split.ids):
             raise UserError(f"member {run.root}: oof.csv does not cover its folds.csv; re-score it "
-                            f"(make train NAME={run.name} EXP=<its experiment>)")
+                            f"(make train {run.make_args})")
         test = run.read_test(own.classes)
         if test.ids != first_test.ids and sorted(test.ids) != sorted(first_test.ids):
             raise UserError(f"member {run.root}: test.csv has other ids than {first.root}'s; predict both on the "
@@ -413,64 +412,9 @@ def _submission(cfg, ids: list[str], probs: np.ndarray, classes: list[str], metr
 
 
 # ---- the blend as people read it ------------------------------------------------------------------------------
-def summary_tables(run: Run | str | Path) -> dict[str, pd.DataFrame]:
-    """A blend's tables, from its scores.json and ensemble.json alone (for the report):
-
-    - `members`: each member's weight and OOF scores;
-    - `scores`: the best single member, the blend scored plainly (weights fitted on all OOF) and nested
-      (weights fitted on the other folds);
-    - `decision`: the label metric of argmax, of the rule fitted on the blended OOF, and of the rule nested;
-    - `correlation`: the correlation matrix of the members' OOF predictions;
-    - `fold_weights`: the weights fitted without each fold (how stable they are).
-    """
-    run = run if isinstance(run, Run) else Run(run)
-    scores = run.read_scores()
-    if "ensemble" not in scores:
-        raise UserError(f"{run.root} is not a blend (its scores.json has no 'ensemble' part)")
-    return tables(scores, run.read_ensemble())
-
-
-def tables(scores: dict, record: dict) -> dict[str, pd.DataFrame]:
-    """summary_tables of a blend's scores and ensemble record."""
-    info, best, decision = scores["ensemble"], scores["ensemble"]["best_member"], scores["ensemble"]["decision"]
-    members = pd.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in SCORE_NAMES}}
-                            for m in info["members"]])
-    compared = pd.DataFrame([
-        {"": f"best member ({best['name']})", **{n: best["oof"][n] for n in SCORE_NAMES}},
-        {"": "blend OOF (weights fitted on all OOF)", **{n: scores["oof"][n] for n in SCORE_NAMES}},
-        {"": "blend nested OOF (weights fitted on the other folds)", **{n: info["nested"][n] for n in SCORE_NAMES}},
-    ])
-    rule = pd.DataFrame({"labels by": ["argmax", f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
-                                       "rule fitted on the other folds (nested)"],
-                         decision["metric"]: [decision["argmax"], decision["fitted"], decision["nested"]]})
-    names = info["correlation"]["members"]
-    corr = pd.DataFrame(info["correlation"]["matrix"], index=names, columns=names)
-    fold_weights = pd.DataFrame([{"without fold": int(k), **w} for k, w in record["fold_weights"].items()])
-    return {"members": members, "scores": compared, "decision": rule, "correlation": corr,
-            "fold_weights": fold_weights}
-
-
-def shown(frame: pd.DataFrame, index: bool = False) -> Shown:
-    """A summary table as the terminal and the report show it: numbers at 4 digits, '–' for none."""
-    columns = ([""] if index else []) + [str(c) for c in frame.columns]
-    rows = [([str(label)] if index else []) + [fmt(v) if isinstance(v, float) else str(v) for v in row]
-            for label, row in zip(frame.index, frame.itertuples(index=False))]
-    text = tuple(c for c in frame.columns if frame[c].dtype.kind not in "fi")
-    return Shown(columns, rows, left=text)
-
-
 def print_blend(scores: dict, record: dict, name: str) -> None:
-    info, parts = scores["ensemble"], tables(scores, record)
-    metric, best = info["metric"], info["best_member"]
-    titles = {
-        "members": f"blend {name}: {info['method']} of {len(info['members'])} members, weights for OOF {metric}",
-        "scores": f"OOF {metric}: best member {best['oof'][metric]:.4f}, blend {info['oof']:.4f} (plain), "
-                  f"{info['oof_nested']:.4f} (nested)",
-        "fold_weights": "weights fitted without each fold",
-        "decision": "decision rule (labels)",
-        "correlation": "correlation of the members' OOF predictions",
-    }
-    for part, title in titles.items():
+    parts = tables(scores, record)
+    for part, title in titles(scores, name).items():
         print_wide(shown(parts[part], index=part == "correlation").rich(title))
 
 

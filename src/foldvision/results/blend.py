@@ -1,0 +1,92 @@
+"""A blend's tables as people read them, in the terminal (`make ensemble`) and on the report page: the members
+and their weights, the best member against the blend scored plainly and nested, the decision rule, the
+weights fitted without each fold and the correlation of the members' OOF predictions. Read from the blend's
+scores.json and ensemble.json alone (stages/ensemble.py writes them); torch-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from foldvision.errors import UserError
+from foldvision.results.compare import Shown, fmt
+from foldvision.run import Run
+
+SCORE_NAMES = ("auc", "accuracy", "macro_f1", "log_loss")
+# the order both the terminal and the page show the parts in
+PARTS = ("members", "scores", "fold_weights", "decision", "correlation")
+
+
+def is_blend(scores: dict) -> bool:
+    return "ensemble" in scores
+
+
+def summary_tables(run: Run | str | Path) -> dict[str, pd.DataFrame]:
+    """A blend's tables, from its scores.json and ensemble.json alone:
+
+    - `members`: each member's weight and OOF scores;
+    - `scores`: the best single member, the blend scored plainly (weights fitted on all OOF) and nested
+      (weights fitted on the other folds);
+    - `decision`: the label metric of argmax, of the rule fitted on the blended OOF, and of the rule nested;
+    - `correlation`: the correlation matrix of the members' OOF predictions;
+    - `fold_weights`: the weights fitted without each fold (how stable they are).
+    """
+    run = run if isinstance(run, Run) else Run(run)
+    scores = run.read_scores()
+    if not is_blend(scores):
+        raise UserError(f"{run.root} is not a blend (its scores.json has no 'ensemble' part)")
+    return tables(scores, run.read_ensemble())
+
+
+def tables(scores: dict, record: dict) -> dict[str, pd.DataFrame]:
+    """summary_tables of a blend's scores and ensemble record."""
+    info, best, decision = scores["ensemble"], scores["ensemble"]["best_member"], scores["ensemble"]["decision"]
+    members = pd.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in SCORE_NAMES}}
+                            for m in info["members"]])
+    compared = pd.DataFrame([
+        {"": f"best member ({best['name']})", **{n: best["oof"][n] for n in SCORE_NAMES}},
+        {"": "blend OOF (weights fitted on all OOF)", **{n: scores["oof"][n] for n in SCORE_NAMES}},
+        {"": "blend nested OOF (weights fitted on the other folds)", **{n: info["nested"][n] for n in SCORE_NAMES}},
+    ])
+    rule = pd.DataFrame({"labels by": ["argmax", f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
+                                       "rule fitted on the other folds (nested)"],
+                         decision["metric"]: [decision["argmax"], decision["fitted"], decision["nested"]]})
+    names = info["correlation"]["members"]
+    corr = pd.DataFrame(info["correlation"]["matrix"], index=names, columns=names)
+    fold_weights = pd.DataFrame([{"without fold": int(k), **w} for k, w in record["fold_weights"].items()])
+    return {"members": members, "scores": compared, "decision": rule, "correlation": corr,
+            "fold_weights": fold_weights}
+
+
+def titles(scores: dict, name: str) -> dict[str, str]:
+    """Each part's title, in PARTS order."""
+    info = scores["ensemble"]
+    metric, best = info["metric"], info["best_member"]
+    return {
+        "members": f"blend {name}: {info['method']} of {len(info['members'])} members, weights for OOF {metric}",
+        "scores": f"OOF {metric}: best member {best['oof'][metric]:.4f}, blend {info['oof']:.4f} (plain), "
+                  f"{info['oof_nested']:.4f} (nested)",
+        "fold_weights": "weights fitted without each fold",
+        "decision": "decision rule (labels)",
+        "correlation": "correlation of the members' OOF predictions",
+    }
+
+
+def shown(frame: pd.DataFrame, index: bool = False) -> Shown:
+    """A summary table as the terminal and the report show it: numbers at 4 digits, '–' for none."""
+    columns = ([""] if index else []) + [str(c) for c in frame.columns]
+    rows = [([str(label)] if index else []) + [fmt(v) if isinstance(v, float) else str(v) for v in row]
+            for label, row in zip(frame.index, frame.itertuples(index=False))]
+    text = tuple(c for c in frame.columns if frame[c].dtype.kind not in "fi")
+    return Shown(columns, rows, left=text)
+
+
+def sections(run: Run) -> list[tuple[str, Shown]]:
+    """The report page's blend section: (title, table) per part; empty for an experiment that is no blend."""
+    scores = run.read_scores()
+    if not is_blend(scores):
+        return []
+    parts, named = tables(scores, run.read_ensemble()), titles(scores, run.name)
+    return [(named[part], shown(parts[part], index=part == "correlation")) for part in PARTS]
