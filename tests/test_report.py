@@ -132,7 +132,8 @@ def test_a_stale_report_says_so_on_the_page_and_in_one_line(tmp_path, binary_cor
 def test_an_unscored_run_is_one_line_saying_what_to_run(tmp_path, capsys):
     code, err = stage(capsys, "report", str(tmp_path / "runs" / "nothing"))
     assert code == 2 and err.strip().splitlines() == [
-        f"error: {tmp_path / 'runs' / 'nothing'}: no scores yet, nothing to report; run make train EXP=nothing first"]
+        f"error: {tmp_path / 'runs' / 'nothing'}: no scores yet, nothing to report; run make train EXP=nothing "
+        f"RUNS={tmp_path / 'runs'} first"]
 
 
 def test_make_report_after_the_config_changed_never_trains(tmp_path, binary_corpus):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, Project, make_corpus, write_config
+from conftest import ROOT, Project, make_corpus, stage, write_config
 from foldvision.config import load_config
 from foldvision.errors import UserError
 from foldvision.run import Predictions, Run, check_name, input_digests
@@ -210,3 +210,19 @@ def test_make_predict_redoes_the_submission_when_test_images_or_the_sample_chang
     submission.unlink()
     make(tmp_path, "predict", EXP="x")
     assert submission.is_file()
+
+
+def test_hints_name_the_experiment_and_the_run_an_ablation_variant_was_made_from(tmp_path, capsys, binary_corpus):
+    """A variant runs/<exp>--loss-ce is made by `make ... EXP=<exp> NAME=<exp>--loss-ce`: a hint that says
+    EXP=<exp>--loss-ce names a config that does not exist."""
+    configs = tmp_path / "configs"
+    write_config(configs, "exp", binary_corpus)
+    runs = tmp_path / "runs"
+    code, err = stage(capsys, "config", "exp", "loss.name=ce", "--configs", str(configs),
+                      "--run-dir", str(runs / "exp--loss-ce"))
+    assert code == 0, err
+    variant = Run(runs / "exp--loss-ce")
+    assert variant.make_args == f"EXP=exp NAME=exp--loss-ce RUNS={runs}"
+    with pytest.raises(UserError, match=f"make train EXP=exp NAME=exp--loss-ce RUNS={runs}"):
+        variant.read_scores()
+    assert Run(tmp_path / "elsewhere" / "old").make_args == f"EXP=old RUNS={tmp_path / 'elsewhere'}"

@@ -203,6 +203,19 @@ class Run:
     def name(self) -> str:
         return self.root.name
 
+    @property
+    def make_args(self) -> str:
+        """How make names this run in a hint: `EXP=<exp>`, with `NAME=<name>` for a run named apart from its
+        experiment (an ablation variant) and `RUNS=<folder>` outside runs/; the experiment is the one
+        config.yaml's `_meta` records (older runs: the folder's name)."""
+        try:
+            meta = self.read_config_dict().get("_meta") or {}
+        except Exception:  # noqa: BLE001 - a hint must not fail: a missing or damaged config names the folder
+            meta = {}
+        exp = meta.get("exp") if isinstance(meta, dict) and meta.get("exp") else self.name
+        args = f"EXP={exp}" + ("" if exp == self.name else f" NAME={self.name}")
+        return args + ("" if self.root.parent == Path("runs") else f" RUNS={self.root.parent}")
+
     # ---- names ----------------------------------------------------------------------------------------
     config_yaml = property(lambda self: self.root / "config.yaml")
     config_mk = property(lambda self: self.root / "config.mk")
@@ -251,7 +264,7 @@ class Run:
         """config.yaml as saved, `_meta` (version, git commit) included, without checking it against this
         foldvision's keys: comparing runs also reads runs that older versions made."""
         if not self.config_yaml.is_file():
-            raise UserError(f"{self.config_yaml} not found: resolve the experiment first (make folds EXP={self.name})")
+            raise UserError(f"{self.config_yaml} not found: resolve the experiment first (make folds {self.make_args})")
         data = yaml_load(self.config_yaml.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
 
@@ -261,16 +274,17 @@ class Run:
         data = yaml_load(path.read_text(encoding="utf-8")) if path.is_file() else None
         return data.get("inputs") if isinstance(data, dict) else None
 
-    def save_config(self, cfg: Config) -> None:
-        """config.yaml (with version and git commit), the stage stamps and config.mk, each rewritten only when
-        its content changes (its mtime tells make what is stale). Refuses another corpus or split."""
+    def save_config(self, cfg: Config, exp: str | None = None) -> None:
+        """config.yaml (with version, git commit and `exp`, the experiment it was resolved from), the stage
+        stamps and config.mk, each rewritten only when its content changes (its mtime tells make what is
+        stale). Refuses another corpus or split."""
         check_name(self.name)
         self.check_owner(cfg)
         self.root.mkdir(parents=True, exist_ok=True)
         full = to_dict(cfg)
         old = yaml_load(self.config_yaml.read_text(encoding="utf-8")) if self.config_yaml.is_file() else None
         if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "_meta"} != full:
-            meta = {"foldvision": __version__, "git_commit": _git_commit()}
+            meta = {"foldvision": __version__, "git_commit": _git_commit()} | ({"exp": exp} if exp else {})
             write_text_atomic(self.config_yaml, dump(full) + dump({"_meta": meta}))
         inputs = input_digests(cfg)
         for stage, sections in STAGE_SECTIONS.items():
@@ -302,13 +316,13 @@ class Run:
     def read_split(self) -> Split:
         for path in (self.folds_csv, self.classes_json):
             if not path.is_file():
-                raise UserError(f"{path} not found: run the folds stage first (make folds EXP={self.name})")
+                raise UserError(f"{path} not found: run the folds stage first (make folds {self.make_args})")
         table = read_csv(self.folds_csv, ints=["fold"])
         classes = self.read_classes()
         unknown = set(table["label"].unique().to_list()) - set(classes)
         if unknown:
             raise UserError(f"{self.folds_csv}: label {sorted(unknown)[0]!r} is not in {self.classes_json}; "
-                            f"re-run make folds EXP={self.name}")
+                            f"re-run make folds {self.make_args}")
         groups = table["group"].to_list() if "group" in table.columns else None
         return Split(table["id"].to_list(), table["path"].to_list(), table["label"].to_list(), groups,
                      table["fold"].to_numpy(), classes)
@@ -324,7 +338,7 @@ class Run:
     def read_fold_oof(self, k: int, classes: list[str]) -> Predictions:
         path = self.fold(k).oof_csv
         if not path.is_file():
-            raise UserError(f"{path} not found: train fold {k} first (make train EXP={self.name})")
+            raise UserError(f"{path} not found: train fold {k} first (make train {self.make_args})")
         return _predictions(read_csv(path, floats=prob_columns(classes), ints=["fold"]), classes)
 
     def read_fold_oofs(self, split: Split) -> Predictions:
@@ -332,12 +346,12 @@ class Run:
         missing = [k for k in split.folds if not self.fold(k).oof_csv.is_file()]
         if missing:
             raise UserError(f"{self.root}: folds {missing} have no oof.csv yet; train them "
-                            f"(make train EXP={self.name})")
+                            f"(make train {self.make_args})")
         parts = [self.read_fold_oof(k, split.classes).frame() for k in split.folds]
         joined = pl.concat(parts)
         if sorted(joined["id"].to_list()) != sorted(split.ids):
             raise UserError(f"{self.root}: the fold OOF files do not cover folds.csv exactly; re-train "
-                            f"(make train EXP={self.name})")
+                            f"(make train {self.make_args})")
         order = pl.DataFrame({"id": split.ids})
         return _predictions(order.join(joined, on="id", how="left", maintain_order="left"), split.classes)
 
@@ -347,7 +361,7 @@ class Run:
     def read_oof(self) -> Predictions:
         """The joined OOF table of a scored run (oof.csv), with the class order from classes.json."""
         if not self.oof_csv.is_file():
-            raise UserError(f"{self.oof_csv} not found: score the run first (make train EXP={self.name})")
+            raise UserError(f"{self.oof_csv} not found: score the run first (make train {self.make_args})")
         classes = self.read_classes()
         return _predictions(read_csv(self.oof_csv, floats=prob_columns(classes), ints=["fold"]), classes)
 
@@ -358,7 +372,7 @@ class Run:
     def read_test(self, classes: list[str], k: int | None = None) -> Predictions:
         path = self.fold(k).test_csv if k is not None else self.test_csv
         if not path.is_file():
-            raise UserError(f"{path} not found: predict the test set first (make predict EXP={self.name})")
+            raise UserError(f"{path} not found: predict the test set first (make predict {self.make_args})")
         return _predictions(read_csv(path, floats=prob_columns(classes)), classes)
 
     # ---- scores, histories, decisions -------------------------------------------------------------------
@@ -368,7 +382,7 @@ class Run:
     def read_scores(self) -> dict:
         if not self.scores_json.is_file():
             raise UserError(f"{self.scores_json} not found: train and score the run first (make train "
-                            f"EXP={self.name})")
+                            f"{self.make_args})")
         return json.loads(self.scores_json.read_text(encoding="utf-8"))
 
     def write_history(self, k: int, rows: list[dict]) -> None:
@@ -522,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.exp, args.overrides, args.configs)
     run = Run(args.run_dir or Path("runs") / cfg.name)
     cfg.name = run.name  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
-    run.save_config(cfg)
+    run.save_config(cfg, args.exp)
     if args.print:
         sys.stdout.write(dump(to_dict(cfg)))
 

@@ -37,14 +37,14 @@ CHECKPOINT_KEYS = ("model", "classes", "channels", "model_config", "data_config"
 def retrain(error: CheckpointError, fold: int) -> UserError:
     """A damaged fold checkpoint, with what to do: the fold is trained again from scratch."""
     fold_dir = error.path.parent
-    return UserError(f"{error}; delete {fold_dir} and re-train fold {fold} (make train EXP={fold_dir.parent.name} "
+    return UserError(f"{error}; delete {fold_dir} and re-train fold {fold} (make train {Run(fold_dir.parent).make_args} "
                      f"FOLDS={fold}, then make predict)")
 
 
 def read_fold_checkpoint(path: Path, fold: int) -> dict:
     """best.pt of fold `fold`, or a one-line error naming it and what to do."""
     if not path.is_file():
-        raise UserError(f"{path} not found: train fold {fold} first (make train EXP={path.parent.parent.name})")
+        raise UserError(f"{path} not found: train fold {fold} first (make train {Run(path.parent.parent).make_args})")
     try:
         return read_checkpoint(path, CHECKPOINT_KEYS)
     except CheckpointError as e:
@@ -129,7 +129,7 @@ def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], wh
         if missing or len(row_of) != len(ids):
             raise UserError(f"{run.fold(k).test_csv} predicts other test images than {where} lists "
                             f"({len(missing)} missing, e.g. '{missing[0] if missing else part.ids[0]}'); "
-                            f"predict them again (make predict EXP={run.name})")
+                            f"predict them again (make predict {run.make_args})")
         total += part.probs[[row_of[i] for i in ids]]
     return total / len(folds)
 
