@@ -365,7 +365,7 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     setup = parts.setup
     console.print(f"fold {fold}: {len(parts.train_loader.dataset)} train / {len(parts.val_loader.dataset)} val "
                   f"images, {cfg.model.name} at {setup.data_cfg['size']}px, {parts.total_steps} optimizer steps, "
-                  f"amp {setup.amp.mode}, device {setup.device}")
+                  f"amp {setup.amp.mode}, device {setup.device}{cpu_threads(setup.device)}")
     tracker = create_tracker(cfg.tracking if world.main else "none", run_dir, f"{cfg.name}-fold{fold}", "train",
                              to_dict(cfg))
     try:
@@ -412,6 +412,12 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
         return {"fold": fold, metric: best["score"], "epoch": best["epoch"]}
     finally:
         tracker.finish()
+
+
+def cpu_threads(device: torch.device) -> str:
+    """On a CPU, how many threads torch computes with: results are bit-identical only at equal thread counts
+    (make -j N gives each process the cores / N), so the fold's first line says it."""
+    return f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
 
 
 def keep_snapshot(parts: FoldParts, state: dict, epoch: int, value: float, metric: str, k: int) -> None:
