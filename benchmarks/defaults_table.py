@@ -5,8 +5,9 @@
 
 Each (corpus, variant) is `make train` (5 folds, tracking off) into <runs>/<corpus>--<variant>; a finished one is
 not trained again (make sees its files). Every run is in float32 (train.amp=off) on one thread
-(OMP_NUM_THREADS=1): on this 2-core machine bf16 autocast trains EfficientNet-Lite0 3-5x slower than float32,
-and two torch threads under other processes' load spin-wait (7x slower measured); neither changes what a variant
+(OMP_NUM_THREADS=1, two folds side by side): on this 2-core machine bf16 autocast trains EfficientNet-Lite0
+slower than float32 (96 px, 2 threads: 115 against 174 img/s), and torch threads that outnumber the cores
+spin-wait on each other (two 2-thread trainings side by side: 1.8 img/s each); neither changes what a variant
 computes, only how long it takes. The table holds the OOF scores (the whole out-of-fold set scored at
 once): macro-F1, accuracy, log loss and AUC, the first epoch's validation log loss (mean over folds) and the
 training wall time. A corpus is an experiment, a data folder and the overrides that size it for a CPU:
@@ -68,7 +69,8 @@ def make_imbalanced(source: Path, out: Path) -> None:
 def train(corpus: str, variant: str, overrides: list[str], runs: Path) -> float:
     exp, data, sizing = CORPORA[corpus]
     args = " ".join(shlex.quote(a) for a in [*sizing, *overrides, "tracking=none", "train.amp=off"])
-    cmd = ["make", "--no-print-directory", "train", f"EXP={exp}", f"DATA={data}", f"NAME={corpus}--{variant}",
+    # -j2: two folds side by side, each on one thread (what OMP_NUM_THREADS=1 gives a single job too)
+    cmd = ["make", "--no-print-directory", "-j2", "train", f"EXP={exp}", f"DATA={data}", f"NAME={corpus}--{variant}",
            f"RUNS={runs}", f"ARGS={args}"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -417,7 +417,8 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
 def cpu_threads(device: torch.device) -> str:
     """On a CPU, how many threads torch computes with: results are bit-identical only at equal thread counts
     (make -j N gives each process the cores / N), so the fold's first line says it."""
-    return f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    n = torch.get_num_threads()
+    return f" ({n} thread{'' if n == 1 else 's'})" if device.type == "cpu" else ""
 
 
 def keep_snapshot(parts: FoldParts, state: dict, epoch: int, value: float, metric: str, k: int) -> None:
