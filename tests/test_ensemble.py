@@ -236,6 +236,19 @@ def test_the_report_page_of_a_blend_shows_members_weights_scores_and_correlation
     assert f"{info['oof_nested']:.4f}" in blend_part
 
 
+def test_the_leaderboard_tells_a_blend_by_its_members_not_by_its_first_members_config(toy):
+    from foldvision.results.leaderboard import build as leaderboard
+
+    a = toy.member("a", toy.probs(1.0))
+    b = toy.member("b", toy.probs(0.5))
+    Run(b).save_config(load_config(str(toy.tmp / "configs" / "b.yaml"), ["train.seed=7"]))
+    toy.blend([a, b], "mean")
+    [(_, _, table)] = leaderboard(toy.tmp / "runs", toy.tmp / "submissions")[0]
+    differs = dict(zip(table["experiment"], table["differs"]))
+    assert differs["blend"] == "mean blend of a 0.50, b 0.50"
+    assert differs["a"] == "train.seed=42" and differs["b"] == "train.seed=7"
+
+
 def test_the_report_page_of_an_experiment_has_no_blend_part(toy):
     a = toy.member("a", toy.probs(1.0))
     assert '<h2 id="blend">' not in report.build(a)

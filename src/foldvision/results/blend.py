@@ -23,6 +23,13 @@ def is_blend(scores: dict) -> bool:
     return "ensemble" in scores
 
 
+def blend_summary(scores: dict) -> str:
+    """One line for a blend in a comparison: its method and members with their weights."""
+    info = scores["ensemble"]
+    members = ", ".join(f"{m['name']} {m['weight']:.2f}" for m in info["members"])
+    return f"{info['method']} blend of {members}"
+
+
 def summary_tables(run: Run | str | Path) -> dict[str, pd.DataFrame]:
     """A blend's tables, from its scores.json and ensemble.json alone:
 

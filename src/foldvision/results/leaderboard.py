@@ -31,18 +31,22 @@ from foldvision.results.compare import (
     load_all,
     short_value,
 )
+from foldvision.results.blend import blend_summary, is_blend
 from foldvision.run import leaderboard_files, write_csv
 
 
 def corpus_table(experiments: list[Experiment], submissions: Path) -> tuple[str, pl.DataFrame]:
     """The metric and the ranked rows (raw numbers) of the experiments of one corpus."""
     metric = Counter(e.metric for e in experiments).most_common(1)[0][0]
-    keys = differing_keys(e.config for e in experiments)
+    # a blend's config is its first member's: it is told apart by its members, not by config keys
+    keys = differing_keys(e.config for e in experiments if not is_blend(e.scores))
     rows = []
     for exp in experiments:
         flat = flatten(exp.config)
+        differs = (blend_summary(exp.scores) if is_blend(exp.scores)
+                   else " ".join(f"{k}={short_value(flat.get(k))}" for k in keys))
         rows.append({"corpus": exp.corpus, "experiment": exp.name, **comparison_row(exp, metric, submissions),
-                     "differs": " ".join(f"{k}={short_value(flat.get(k))}" for k in keys)})
+                     "differs": differs})
     table = comparison_frame(rows).sort(f"oof_{metric}", descending=higher_is_better(metric), nulls_last=True,
                                         maintain_order=True)
     return metric, table
