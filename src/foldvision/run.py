@@ -79,6 +79,13 @@ class FoldFiles:
     def test_csv(self) -> Path:
         return self.dir / "test.csv"
 
+    def epoch_pt(self, epoch: int) -> Path:
+        """train.average_top_k: epoch `epoch`'s validated weights, kept while among the fold's k best."""
+        return self.dir / f"epoch{epoch}.pt"
+
+    def epoch_pts(self) -> list[Path]:
+        return sorted(self.dir.glob("epoch*.pt"))
+
 
 @dataclass
 class Predictions:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foldvision.errors import UserError
-from foldvision.run import Run, load_run_config
+from foldvision.run import Run, load_run_config, submission_csv
 
 try:  # the Slurm callable must be a Checkpointable; the module still imports without submitit
     from submitit.helpers import Checkpointable as _Checkpointable
@@ -249,7 +249,7 @@ def submission_path(predict: Path, run: Run, n_runs: int) -> Path:
     """--predict names the submission file of one run, or the folder of several (<folder>/<run>.csv)."""
     if n_runs == 1 and predict.suffix == ".csv":
         return predict
-    return predict / f"{run.root.name}.csv"
+    return submission_csv(predict, run.root.name)
 
 
 def forwarded_env() -> dict[str, str]:

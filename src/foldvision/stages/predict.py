@@ -26,7 +26,7 @@ from foldvision.errors import UserError
 from foldvision.learn.loader import create_loader, loader_kwargs
 from foldvision.results.metrics import resolve_metric
 from foldvision.learn.models import CheckpointError, read_checkpoint
-from foldvision.run import Predictions, Run, load_run_config, write_csv
+from foldvision.run import Predictions, Run, load_run_config, submission_csv, write_csv
 from foldvision.results.submission import Format, build, infer_format, write
 from foldvision.results.tracking import create_tracker
 from foldvision.learn.tta import tta_compose, tta_forward
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         for fold in args.fold:
             predict_fold(args.run_dir, fold)
         return
-    out = args.out or Path("submissions") / f"{args.run_dir.name}.csv"
+    out = args.out or submission_csv("submissions", args.run_dir.name)
     if ensemble(args.run_dir, out) is not None:
         track_submission(args.run_dir, out)
 

@@ -156,11 +156,6 @@ def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, pro
             "data_config": parts.setup.data_cfg, "val_ids": parts.val_ids, "val_probs": torch.from_numpy(probs)}
 
 
-def snapshot_path(files: FoldFiles, epoch: int) -> Path:
-    """train.average_top_k: the validated weights of epoch `epoch` while it is among the k best."""
-    return files.dir / f"epoch{epoch}.pt"
-
-
 # ---- set-up -----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -289,7 +284,7 @@ def initial_state(parts: FoldParts) -> dict:
                 start_over(e, parts.fold)
     if state["epoch"] == 0 and world.main:
         parts.files.best_pt.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
-        for snapshot in parts.files.dir.glob("epoch*.pt"):
+        for snapshot in parts.files.epoch_pts():
             snapshot.unlink()
     return state
 
@@ -427,11 +422,11 @@ def keep_snapshot(parts: FoldParts, state: dict, epoch: int, value: float, metri
     ranked, dropped = top_k(state.get("top_k", []), value, epoch, k, metric not in LOWER_IS_BETTER)
     state["top_k"] = ranked
     if any(e == epoch for _, e in ranked):
-        save_checkpoint(snapshot_path(parts.files, epoch),
+        save_checkpoint(parts.files.epoch_pt(epoch),
                         {"model": parts.eval_model.state_dict(), "size": parts.setup.data_cfg["size"]})
     for old in dropped:
         if old != epoch and parts.world.main:
-            snapshot_path(parts.files, old).unlink(missing_ok=True)
+            parts.files.epoch_pt(old).unlink(missing_ok=True)
 
 
 def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progress) -> None:
@@ -439,10 +434,10 @@ def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progre
     best one's input size), validated; it replaces best.pt only when it scores better than the best epoch."""
     distributed.barrier()  # rank 0 wrote the snapshots
     # none left: a fold stopped after its average, before its OOF file, comes back here with nothing to do
-    ranked = [(v, e) for v, e in state.get("top_k", []) if snapshot_path(parts.files, e).is_file()]
+    ranked = [(v, e) for v, e in state.get("top_k", []) if parts.files.epoch_pt(e).is_file()]
     if not ranked or state["best_score"] is None:
         return
-    snapshots = [read_checkpoint(snapshot_path(parts.files, e), ("model", "size")) for _, e in ranked]
+    snapshots = [read_checkpoint(parts.files.epoch_pt(e), ("model", "size")) for _, e in ranked]
     same = [(e, s) for (_, e), s in zip(ranked, snapshots) if s["size"] == snapshots[0]["size"]]
     if len(same) < 2:
         console.print(f"fold {parts.fold}: train.average_top_k: {len(same)} of the best epochs ran at the best one's "
@@ -466,7 +461,7 @@ def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progre
             best = best_checkpoint(parts, ranked[0][1], metric, scores[metric], probs, model.state_dict())
             save_checkpoint(parts.files.best_pt, {**best, "averaged": epochs})
     if parts.world.main:
-        for snapshot in parts.files.dir.glob("epoch*.pt"):
+        for snapshot in parts.files.epoch_pts():
             snapshot.unlink()
 
 
