@@ -74,4 +74,7 @@ def test_differing_keys_and_time_format():
     configs = [{"train": {"lr": 1e-3, "sampler": "random"}, "name": "a"},
                {"train": {"lr": 1e-3, "sampler": "imbalanced"}, "name": "b"}]
     assert differing_keys(configs) == ["train.sampler"]
+    # an empty section against one with keys: the keys differ, not the section as a whole as well
+    configs = [{"train": {"optimizer_args": {}}}, {"train": {"optimizer_args": {"disable_lr_scheduler": True}}}]
+    assert differing_keys(configs) == ["train.optimizer_args.disable_lr_scheduler"]
     assert [format_seconds(s) for s in (42, 61, 3725)] == ["42s", "1m 01s", "1h 02m"]

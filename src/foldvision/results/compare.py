@@ -151,10 +151,10 @@ def scores_title(scores: dict) -> str:
 
 # ---- comparing experiments --------------------------------------------------------------------------------
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; lists stay values."""
+    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; lists stay values; an empty section has no keys."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
