@@ -8,12 +8,15 @@ Each config runs in a process of its own (its peak resident memory is its own): 
 builds it (random weights: model.pretrained=false), at the input size timm resolves for it (448 px for EVA-02
 Base, 384 for ConvNeXt Base), the config's optimizer, loss and AMP, through the training loop's own
 `train_one_epoch` (batches of random images in channels_last, as the loader delivers them), then one
-validation-sized forward pass. `--set key=value ...` applies to every config (e.g. train.ema_decay=0.999).
+validation-sized forward pass. `--set key=value ...` applies to every config, with the recipes the fold loop
+applies in the loop itself (train.ema_decay, augment.mixup/cutmix, train.clip_grad, the optimizer's layer decay;
+train.finetune_size adds a step and a forward pass at that size through the resampled position embeddings).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -31,11 +34,15 @@ def one(config: str, batch: int, steps: int, overrides: list[str]) -> dict:
     from foldvision.learn.engine import build_model_for, predict, runtime_kwargs, train_one_epoch
     from foldvision.learn.losses import create_loss
     from foldvision.learn.optim import create_optimizer, create_scheduler
+    from foldvision.learn.recipes import WeightEma, create_mix
 
     cfg = load_config(config, ["model.pretrained=false", "model.pretrained_file=null", "train.device=cpu",
                                f"train.batch_size={batch}", *overrides], ROOT / "configs")
     classes = 5
-    setup = build_model_for(cfg.model, classes, cfg.data.channels, **runtime_kwargs(cfg.train))
+    # train.finetune_size: one set of weights at both sizes, as the fold loop builds it (ViTs resample their
+    # position embeddings per input)
+    model_cfg = dataclasses.replace(cfg.model, dynamic_img_size=True) if cfg.train.finetune_size else cfg.model
+    setup = build_model_for(model_cfg, classes, cfg.data.channels, **runtime_kwargs(cfg.train))
     size = setup.data_cfg["size"]
     optimizer = create_optimizer(setup.model, cfg.train, steps)
     scheduler = create_scheduler(optimizer, cfg.train, steps)
@@ -52,13 +59,26 @@ def one(config: str, batch: int, steps: int, overrides: list[str]) -> dict:
                 yield item
 
     start = time.perf_counter()
+    # the recipes as the fold loop passes them: EMA after each step, Mixup/CutMix as loss mixing, clipping
+    ema = WeightEma(setup.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
     stats = train_one_epoch(setup.net, Timed(batches), create_loss(cfg.loss), optimizer, scheduler, setup.amp,
-                            setup.device)
+                            setup.device, mix=create_mix(cfg.augment, classes), clip_grad=cfg.train.clip_grad,
+                            ema=ema)
     end = time.perf_counter()
     changed = sum(not torch.equal(before[k], v) for k, v in setup.model.state_dict().items() if k in before)
-    probs = predict(setup.net, [(batches[0][0], None)], setup.amp, setup.device)
+    probs = predict(ema.module if ema else setup.net, [(batches[0][0], None)], setup.amp, setup.device)
     step_seconds = [b - a for a, b in zip([start, *timed[1:]], [*timed[1:], end])]
-    return {"config": config, "model": cfg.model.name, "input": f"{size}x{size}", "batch": batch, "steps": steps,
+    finetune = None
+    if cfg.train.finetune_size:  # one more step and a forward pass at the larger size
+        big = cfg.train.finetune_size
+        images = torch.randn(batch, cfg.data.channels, big, big, generator=generator).contiguous(
+            memory_format=torch.channels_last)
+        start = time.perf_counter()
+        train_one_epoch(setup.net, [(images, torch.arange(batch) % classes)], create_loss(cfg.loss), optimizer,
+                        None, setup.amp, setup.device, ema=ema)
+        predict(ema.module if ema else setup.net, [(images, None)], setup.amp, setup.device)
+        finetune = {"size": big, "seconds": time.perf_counter() - start}
+    return {"finetune": finetune, "config": config, "model": cfg.model.name, "input": f"{size}x{size}", "batch": batch, "steps": steps,
             "amp": setup.amp.mode, "params_M": sum(p.numel() for p in setup.model.parameters()) / 1e6,
             "seconds_per_step": step_seconds, "train_loss": stats["train_loss"],
             "tensors_changed": f"{changed}/{len(before)}", "probs_shape": list(probs.shape),
@@ -87,7 +107,9 @@ def main() -> None:
         print(f"{r['config']}: {r['model']} at {r['input']}, batch {r['batch']}, amp {r['amp']}, "
               f"{r['params_M']:.1f}M parameters: {r['steps']} steps of {steps} s, train loss {r['train_loss']:.3f}, "
               f"{r['tensors_changed']} weight tensors changed, validation probs {r['probs_shape']}, "
-              f"peak memory {r['peak_rss_GiB']:.2f} GiB")
+              f"peak memory {r['peak_rss_GiB']:.2f} GiB"
+              + (f"; then a step and a forward pass at {r['finetune']['size']} px in {r['finetune']['seconds']:.1f} s"
+                 if r["finetune"] else ""))
 
 
 if __name__ == "__main__":
