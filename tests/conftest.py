@@ -53,6 +53,36 @@ def write_config(config_dir: Path, name: str, data_dir: Path, **sections) -> Pat
     return path
 
 
+def resolved_run(tmp_path: Path, corpus: Path, **sections):
+    """configs/exp.yaml on `corpus`, resolved into runs/exp with its folds made: (config, run folder)."""
+    from foldvision.config import load_config
+    from foldvision.run import save_run_config
+    from foldvision.stages.folds import run as make_folds
+
+    cfg = load_config(str(write_config(tmp_path / "configs", "exp", corpus, **sections)))
+    run_dir = tmp_path / "runs" / "exp"
+    save_run_config(cfg, run_dir)
+    make_folds(run_dir)
+    return cfg, run_dir
+
+
+def interrupt_second_validation(monkeypatch):
+    """A Ctrl-C during a fold's second validation (after epoch 1's last.pt is written): the train stage's
+    `score` raises KeyboardInterrupt on its second call. Returns what puts the real `score` back."""
+    import foldvision.stages.train as train_module
+
+    real_score, calls = train_module.score, []
+
+    def score(y, probs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(y, probs)
+
+    monkeypatch.setattr(train_module, "score", score)
+    return lambda: monkeypatch.setattr(train_module, "score", real_score)
+
+
 def make_corpus(root: Path, counts: dict[str, int], n_test: int = 6, size: int = 20, ext: str = ".png",
                 sample: str = "probability", seed: int = 0) -> Path:
     """A labelled corpus whose classes differ in colour, so a model can learn them in a few steps.

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import foldvision.stages.train as train_module
 from foldvision.config import AugmentConfig, TrainConfig, load_config
 from foldvision.learn.engine import Amp, train_one_epoch
 from foldvision.errors import UserError
@@ -21,11 +20,9 @@ from foldvision.learn.losses import ComplementCrossEntropy, FocalLoss
 from foldvision.learn.optim import create_optimizer, create_scheduler, current_lr, epoch_end, lr_scales, per_step
 from foldvision.learn.recipes import (LossMix, WeightEma, average_weights, keep_frozen_norms, log_prior, mixed_loss,
                                       pool_bn_stats, precise_bn, set_trainable, top_k, with_prior)
-from foldvision.run import save_run_config
-from foldvision.stages.folds import run as make_folds
 from foldvision.stages.train import fit_fold
 
-from conftest import ROOT, make_corpus, write_config
+from conftest import ROOT, interrupt_second_validation, make_corpus, resolved_run, write_config
 
 CPU = torch.device("cpu")
 
@@ -84,37 +81,21 @@ def test_ema_state_continues_exactly_after_a_reload():
     assert torch.equal(resumed.module.weight, straight.module.weight)
 
 
-def prepare(tmp_path, corpus, **sections):
-    cfg = load_config(str(write_config(tmp_path / "configs", "exp", corpus, **sections)))
-    run_dir = tmp_path / "runs" / "exp"
-    save_run_config(cfg, run_dir)
-    make_folds(run_dir)
-    return cfg, run_dir
-
-
 def test_ema_weights_are_validated_kept_and_resumed(tmp_path, multiclass_corpus, monkeypatch):
     """best.pt holds the EMA weights; last.pt holds the EMA and its step; a fold cut after its first epoch
     and resumed ends with the same EMA weights as one that ran through."""
     sections = {"train": {"epochs": 2, "ema_decay": 0.9, "metric": "log_loss", "patience": 5}}
-    cfg, run_dir = prepare(tmp_path / "a", multiclass_corpus, **sections)
+    cfg, run_dir = resolved_run(tmp_path / "a", multiclass_corpus, **sections)
     fit_fold(cfg, run_dir, 0)
     straight = torch.load(run_dir / "fold0" / "best.pt", weights_only=True)
 
-    cfg, run_dir = prepare(tmp_path / "b", multiclass_corpus, **sections)
-    real_score, calls = train_module.score, []
-
-    def interrupt_second_epoch(y, probs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_score(y, probs)
-
-    monkeypatch.setattr(train_module, "score", interrupt_second_epoch)
+    cfg, run_dir = resolved_run(tmp_path / "b", multiclass_corpus, **sections)
+    resume_scoring = interrupt_second_validation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         fit_fold(cfg, run_dir, 0)
     last = torch.load(run_dir / "fold0" / "last.pt", weights_only=True)
     assert last["ema"]["step"] == 1 and set(last["ema"]["weights"]) == set(last["model"])
-    monkeypatch.setattr(train_module, "score", real_score)
+    resume_scoring()
     fit_fold(cfg, run_dir, 0)
     resumed = torch.load(run_dir / "fold0" / "best.pt", weights_only=True)
     assert straight["epoch"] == resumed["epoch"] == 2
@@ -304,7 +285,7 @@ def test_prior_correction_shifts_the_oof_probabilities_and_best_pt_alike(tmp_pat
     p·prior renormalised, and best.pt's classifier bias differs by exactly log prior (predict needs nothing)."""
     runs = {}
     for on in (False, True):
-        cfg, run_dir = prepare(tmp_path / str(on), multiclass_corpus,
+        cfg, run_dir = resolved_run(tmp_path / str(on), multiclass_corpus,
                                train={"sampler": "imbalanced", "prior_correction": on})
         fit_fold(cfg, run_dir, 0)
         runs[on] = run_dir

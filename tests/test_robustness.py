@@ -22,12 +22,11 @@ import torch
 from PIL import Image
 
 import foldvision.learn.cache as cache_module
-import foldvision.stages.train as train_module
 from foldvision import cli
 from foldvision.learn.cache import Preprocess, cache_folder, open_images
 from foldvision.files import atomic_path, remove_partial_writes
 
-from conftest import Project, make_corpus, stage
+from conftest import Project, interrupt_second_validation, make_corpus, stage
 
 
 def one_line(code: int, err: str, *fragments: str) -> str:
@@ -79,18 +78,10 @@ def project(trained, tmp_path):
 def interrupted_fold(p: Project, capsys, monkeypatch) -> None:
     """Fold 0 of a two-epoch run stopped after its first epoch: a real last.pt, no oof.csv."""
     assert p.folds(capsys, "train.epochs=2")[0] == 0
-    real_score, calls = train_module.score, []
-
-    def interrupt_second_epoch(y, probs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_score(y, probs)
-
-    monkeypatch.setattr(train_module, "score", interrupt_second_epoch)
+    resume_scoring = interrupt_second_validation(monkeypatch)
     code, err = stage(capsys, "train", str(p.run), "--fold", "0")
     assert code == 130, err
-    monkeypatch.setattr(train_module, "score", real_score)
+    resume_scoring()
     assert (p.run / "fold0" / "last.pt").is_file() and not (p.run / "fold0" / "oof.csv").exists()
 
 

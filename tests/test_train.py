@@ -3,24 +3,13 @@ import pytest
 import torch
 
 import foldvision.stages.train as train_module
-from foldvision.config import load_config
-from foldvision.run import save_run_config
-from foldvision.stages.folds import run as make_folds
 from foldvision.stages.train import fit_fold
 
-from conftest import write_config
-
-
-def prepare(tmp_path, corpus, **sections):
-    cfg = load_config(str(write_config(tmp_path / "configs", "exp", corpus, **sections)))
-    run_dir = tmp_path / "runs" / "exp"
-    save_run_config(cfg, run_dir)
-    make_folds(run_dir)
-    return cfg, run_dir
+from conftest import interrupt_second_validation, resolved_run
 
 
 def test_fold_writes_checkpoint_oof_and_history(tmp_path, multiclass_corpus):
-    cfg, run_dir = prepare(tmp_path, multiclass_corpus, train={"epochs": 2, "sampler": "imbalanced"})
+    cfg, run_dir = resolved_run(tmp_path, multiclass_corpus, train={"epochs": 2, "sampler": "imbalanced"})
     result = fit_fold(cfg, run_dir, 1)
     fold_dir = run_dir / "fold1"
     best = torch.load(fold_dir / "best.pt", weights_only=True)  # nothing but tensors and plain values
@@ -37,20 +26,12 @@ def test_fold_writes_checkpoint_oof_and_history(tmp_path, multiclass_corpus):
 
 
 def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, binary_corpus, monkeypatch):
-    cfg, run_dir = prepare(tmp_path, binary_corpus, train={"epochs": 2})
-    real_score, calls = train_module.score, []
-
-    def interrupt_second_epoch(y, probs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_score(y, probs)
-
-    monkeypatch.setattr(train_module, "score", interrupt_second_epoch)
+    cfg, run_dir = resolved_run(tmp_path, binary_corpus, train={"epochs": 2})
+    resume_scoring = interrupt_second_validation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         fit_fold(cfg, run_dir, 0)
     assert (run_dir / "fold0" / "last.pt").is_file() and not (run_dir / "fold0" / "oof.csv").exists()
-    monkeypatch.setattr(train_module, "score", real_score)
+    resume_scoring()
     trained = []
     monkeypatch.setattr(train_module, "train_one_epoch",
                         lambda *a, **k: trained.append(1) or real_train_one_epoch(*a, **k))
@@ -64,7 +45,7 @@ real_train_one_epoch = train_module.train_one_epoch
 
 
 def test_early_stopping_after_patience(tmp_path, binary_corpus, monkeypatch):
-    cfg, run_dir = prepare(tmp_path, binary_corpus, train={"epochs": 5, "patience": 1, "metric": "log_loss"})
+    cfg, run_dir = resolved_run(tmp_path, binary_corpus, train={"epochs": 5, "patience": 1, "metric": "log_loss"})
     losses = iter([0.5, 0.6, 0.7, 0.8, 0.9])  # best at epoch 1, then never better
 
     real_score = train_module.score
@@ -77,7 +58,7 @@ def test_early_stopping_after_patience(tmp_path, binary_corpus, monkeypatch):
 def test_training_leaves_the_loaded_config_as_it_was(tmp_path, binary_corpus):
     from foldvision.config import to_dict
 
-    cfg, run_dir = prepare(tmp_path, binary_corpus)
+    cfg, run_dir = resolved_run(tmp_path, binary_corpus)
     before = to_dict(cfg)
     fit_fold(cfg, run_dir, 0)
     assert to_dict(cfg) == before
