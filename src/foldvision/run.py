@@ -83,8 +83,9 @@ class FoldFiles:
         """train.average_top_k: epoch `epoch`'s validated weights, kept while among the fold's k best."""
         return self.dir / f"epoch{epoch}.pt"
 
-    def epoch_pts(self) -> list[Path]:
-        return sorted(self.dir.glob("epoch*.pt"))
+    def remove_epoch_pts(self) -> None:
+        for path in self.dir.glob("epoch*.pt"):
+            path.unlink()
 
 
 @dataclass

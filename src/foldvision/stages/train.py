@@ -196,6 +196,15 @@ class FoldParts:
     def eval_net(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.setup.net
 
+    def use_size(self, size: int) -> bool:
+        """Train and validate at input size `size` from now on (the loaders at that size; best.pt records it, the
+        model is dynamic). Returns whether the size changed."""
+        if size == self.setup.data_cfg["size"]:
+            return False
+        self.train_loader, self.val_loader = self.loaders_at(size)
+        self.setup.data_cfg = {**self.setup.data_cfg, "size": size}
+        return True
+
 
 def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int,
                world: World = SINGLE) -> FoldParts:
@@ -251,10 +260,9 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
                      total_steps, split.classes, cfg.data.channels, dataclasses.asdict(model_cfg), train_config,
                      [i for i, v in zip(split.ids, val) if v], [label for label, v in zip(split.labels, val) if v],
                      split.y[val], world, world.wrap(setup.model, setup.net, t.compile),
-                     WeightEma(setup.model, t.ema_decay, t.ema_warmup) if t.ema_decay else None,
-                     create_mix(cfg.augment, len(split.classes)), prior,
-                     bias_name, loaders_at,
-                     setup.data_cfg["size"])
+                     ema=WeightEma(setup.model, t.ema_decay, t.ema_warmup) if t.ema_decay else None,
+                     mix=create_mix(cfg.augment, len(split.classes)), prior=prior, bias_name=bias_name,
+                     loaders_at=loaders_at, base_size=setup.data_cfg["size"])
 
 
 def clear_leftovers(files: FoldFiles, fold: int) -> None:
@@ -284,8 +292,7 @@ def initial_state(parts: FoldParts) -> dict:
                 start_over(e, parts.fold)
     if state["epoch"] == 0 and world.main:
         parts.files.best_pt.unlink(missing_ok=True)  # an earlier attempt's: its score is in no state this run knows
-        for snapshot in parts.files.epoch_pts():
-            snapshot.unlink()
+        parts.files.remove_epoch_pts()
     return state
 
 
@@ -327,9 +334,7 @@ def prepare_epoch(parts: FoldParts, cfg: Config, epoch: int) -> None:
                 ema_p.requires_grad_(p.requires_grad)
     if t.finetune_size:
         size = t.finetune_size if epoch >= t.epochs - t.finetune_epochs else parts.base_size
-        if size != parts.setup.data_cfg["size"]:
-            parts.train_loader, parts.val_loader = parts.loaders_at(size)
-            parts.setup.data_cfg = {**parts.setup.data_cfg, "size": size}  # best.pt's; the model is dynamic
+        if parts.use_size(size):
             console.print(f"fold {parts.fold}: epochs {epoch + 1}-{t.epochs} at {size}px")
 
 
@@ -443,10 +448,7 @@ def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progre
         console.print(f"fold {parts.fold}: train.average_top_k: {len(same)} of the best epochs ran at the best one's "
                       "input size; nothing to average")
     else:
-        size = same[0][1]["size"]
-        if size != parts.setup.data_cfg["size"]:
-            parts.train_loader, parts.val_loader = parts.loaders_at(size)
-            parts.setup.data_cfg = {**parts.setup.data_cfg, "size": size}
+        parts.use_size(same[0][1]["size"])
         weights = average_weights([s["model"] for _, s in same])
         model = copy.deepcopy(parts.eval_model)
         model.load_state_dict(weights)
@@ -461,8 +463,7 @@ def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progre
             best = best_checkpoint(parts, ranked[0][1], metric, scores[metric], probs, model.state_dict())
             save_checkpoint(parts.files.best_pt, {**best, "averaged": epochs})
     if parts.world.main:
-        for snapshot in parts.files.epoch_pts():
-            snapshot.unlink()
+        parts.files.remove_epoch_pts()
 
 
 def epoch_line(where: str, stats: dict, scores: dict, metric: str, improved: bool) -> str:
