@@ -90,9 +90,9 @@ def shown(frame: pd.DataFrame, index: bool = False) -> Shown:
     return Shown(columns, rows, left=text)
 
 
-def sections(run: Run) -> list[tuple[str, Shown]]:
-    """The report page's blend section: (title, table) per part; empty for an experiment that is no blend."""
-    scores = run.read_scores()
+def sections(run: Run, scores: dict) -> list[tuple[str, Shown]]:
+    """The report page's blend section (`scores`: the run's, as read): (title, table) per part; empty for an
+    experiment that is no blend."""
     if not is_blend(scores):
         return []
     parts, named = tables(scores, run.read_ensemble()), titles(scores, run.name)

@@ -213,7 +213,7 @@ def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = 
         task=exp.scores["task"], n=exp.scores["n"], metric=exp.metric, facts=facts(exp),
         stale=stale,
         scores_table=fold_scores(exp.scores),
-        blend=blend_sections(run),
+        blend=blend_sections(run, exp.scores),
         leaderboard=Shown([f"{part.capitalize()} {lb_metric}" for part in lb], [[fmt(v) for v in lb.values()]])
         if lb else None,
         submission=submission, solution=solution, lb_metric=lb_metric,
