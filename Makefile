@@ -73,7 +73,7 @@ NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc $(call quote,$(strip 
 # ...with every GPU for one fold: two fold jobs at once (make -j, GPUS, LAUNCHER, ablate -j) would share them
 NPROC_ALONE_ERROR = error: NPROC trains one fold at a time on all the GPUs: drop -j, GPUS and LAUNCHER (or NPROC)
 NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; }; } &&)
-# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.stages.slots), pinned by CUDA_VISIBLE_DEVICES
+# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.campaign.slot), pinned by CUDA_VISIBLE_DEVICES
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
 
 # ---- user targets ---------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def main() -> None:
 
     ws = args.keep or Path(tempfile.mkdtemp(prefix="campaign-"))
     try:
-        from foldvision.stages.demo import build
+        from foldvision.commands.demo_data import build
 
         corpus = ws / "digits"
         if not (corpus / "train.csv").is_file():

@@ -132,7 +132,7 @@ def multiclass_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits_corpus(tmp_path_factory) -> Path:
     """A few dozen real handwritten digits (scikit-learn's), in the demo corpus layout."""
-    from foldvision.stages.demo import build
+    from foldvision.commands.demo_data import build
 
     out = tmp_path_factory.mktemp("digits") / "digits"
     build(out, limit=60)

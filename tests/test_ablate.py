@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from foldvision.results.ablate import (
+from foldvision.commands.ablate import (
     Variant,
     comparison,
     labels,

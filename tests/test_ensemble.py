@@ -1,4 +1,4 @@
-"""foldvision.stages.ensemble: blends of scored run folders made directly through `Run` (no training here).
+"""foldvision.commands.ensemble: blends of scored run folders made directly through `Run` (no training here).
 
 Toy members whose best blend is known: a perfect member and a noise member (hill climbing keeps only the
 perfect one), two equally noisy views of one signal (their average beats each), members of pure noise (the
@@ -17,9 +17,9 @@ import pytest
 
 from foldvision.config import load_config
 from foldvision.results.decision import fit_rule, nested_rule_score
-from foldvision.results import report
+from foldvision.commands import report
 from foldvision.results.blend import summary_tables
-from foldvision.stages.ensemble import METHODS, blend, hill_climb, split_digest
+from foldvision.commands.ensemble import METHODS, blend, hill_climb, split_digest
 from foldvision.errors import UserError
 from foldvision.results.metrics import score, score_oof
 from foldvision.run import Predictions, Run
@@ -237,7 +237,7 @@ def test_the_report_page_of_a_blend_shows_members_weights_scores_and_correlation
 
 
 def test_the_leaderboard_tells_a_blend_by_its_members_not_by_its_first_members_config(toy):
-    from foldvision.results.leaderboard import build as leaderboard
+    from foldvision.commands.leaderboard import build as leaderboard
 
     a = toy.member("a", toy.probs(1.0))
     b = toy.member("b", toy.probs(0.5))

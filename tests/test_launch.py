@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli, stage, write_config
-from foldvision.stages import launch
+from foldvision.campaign import launch
 
 N_FOLDS = 5  # the issue's campaign: 5 folds, which the 60-image digits fixture cannot split (4 images of a '5')
 
@@ -27,7 +27,7 @@ N_FOLDS = 5  # the issue's campaign: 5 folds, which the 60-image digits fixture 
 @pytest.fixture(scope="module")
 def digits100(tmp_path_factory) -> Path:
     """100 of scikit-learn's digits (10 a class): enough for 5 stratified folds."""
-    from foldvision.stages.demo import build
+    from foldvision.commands.demo_data import build
 
     out = tmp_path_factory.mktemp("digits100") / "digits"
     build(out, limit=100)

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from foldvision.results.evaluate import evaluate
-from foldvision.results.leaderboard import build
-from foldvision.results.leaderboard import main as leaderboard_main
+from foldvision.commands.evaluate import evaluate
+from foldvision.commands.leaderboard import build
+from foldvision.commands.leaderboard import main as leaderboard_main
 from foldvision.results.compare import differing_keys, format_seconds, leaderboard_scores
 
 from conftest import make_corpus

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from foldvision.cli import main as cli_main
-from foldvision.results.plots import PLOTS
-from foldvision.results.report import build
-from foldvision.results.report import main as report_main
+from foldvision.commands.plots import PLOTS
+from foldvision.commands.report import build
+from foldvision.commands.report import main as report_main
 
 from conftest import make_corpus, stage
 from fakes import scored_run

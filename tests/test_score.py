@@ -60,8 +60,8 @@ def test_per_class_mean_and_std_over_folds():
     assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}
 
 
-@pytest.mark.parametrize("module", ["stages.folds", "stages.score", "results.evaluate", "results.leaderboard",
-                                    "results.ablate", "results.report", "results.blend", "stages.ensemble", "results",
+@pytest.mark.parametrize("module", ["stages.folds", "stages.score", "commands.evaluate", "commands.leaderboard",
+                                    "commands.ablate", "commands.report", "results.blend", "commands.ensemble", "results",
                                     "run", "corpus", "splits"])
 def test_the_results_side_imports_no_torch(module):
     """Splitting, scoring and comparing read and write tables: they must not pay torch's, timm's and

@@ -1,4 +1,4 @@
-"""GPU slots for `make -j N GPUS=...` (foldvision.stages.slots) and thread sharing under `make -j N` (foldvision.cli).
+"""GPU slots for `make -j N GPUS=...` (foldvision.campaign.slot) and thread sharing under `make -j N` (foldvision.cli).
 
 No GPU here: the slot logic is tested on its locks and on `CUDA_VISIBLE_DEVICES`, with a stand-in list of GPUs.
 """
@@ -12,7 +12,7 @@ import pytest
 
 from foldvision import cli
 
-from foldvision.stages import slots
+from foldvision.campaign import slot as slots
 from foldvision.errors import UserError
 
 
@@ -37,7 +37,7 @@ def test_each_job_takes_a_free_gpu_and_waits_when_none_is(tmp_path):
     assert (gpu0, gpu1) == ("0", "1")  # no two jobs on one GPU
     # a third job waits until a GPU is freed, then takes that one
     probe = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from foldvision.stages import slots; "
+        "import sys; from pathlib import Path; from foldvision.campaign import slot as slots; "
         f"print(slots.take_slot(['0', '1'], Path({str(tmp_path)!r}), poll=0.05)[0])")],
         stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -51,7 +51,7 @@ def test_the_command_runs_pinned_to_its_gpu_and_holds_the_slot(tmp_path, monkeyp
     monkeypatch.setattr(slots, "visible_gpus", lambda: ["0", "1"])
     script = ("import os, sys, fcntl; from pathlib import Path; "
               "print(os.environ['CUDA_VISIBLE_DEVICES'])")
-    code = (f"from foldvision.stages import slots; slots.visible_gpus = lambda: ['0', '1']; "
+    code = (f"from foldvision.campaign import slot as slots; slots.visible_gpus = lambda: ['0', '1']; "
             f"slots.main(['--gpus', '1 0', '--lock-dir', {str(tmp_path)!r}, '--', {sys.executable!r}, '-c', "
             f"{script!r}])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -32,21 +32,21 @@ from foldvision.errors import UserError
 
 COMMANDS = {
     "config": "foldvision.run",
-    "check": "foldvision.stages.check",
+    "check": "foldvision.commands.check",
     "folds": "foldvision.stages.folds",
     "train": "foldvision.stages.train",
     "score": "foldvision.stages.score",
     "predict": "foldvision.stages.predict",
-    "ensemble": "foldvision.stages.ensemble",
-    "evaluate": "foldvision.results.evaluate",
-    "ablate": "foldvision.results.ablate",
-    "leaderboard": "foldvision.results.leaderboard",
-    "report": "foldvision.results.report",
-    "plots": "foldvision.results.plots",
-    "demo-data": "foldvision.stages.demo",
-    "launch": "foldvision.stages.launch",
-    "slot": "foldvision.stages.slots",
-    "cache": "foldvision.stages.precache",
+    "ensemble": "foldvision.commands.ensemble",
+    "evaluate": "foldvision.commands.evaluate",
+    "ablate": "foldvision.commands.ablate",
+    "leaderboard": "foldvision.commands.leaderboard",
+    "report": "foldvision.commands.report",
+    "plots": "foldvision.commands.plots",
+    "demo-data": "foldvision.commands.demo_data",
+    "launch": "foldvision.campaign.launch",
+    "slot": "foldvision.campaign.slot",
+    "cache": "foldvision.stages.cache",
 }
 
 

@@ -410,7 +410,7 @@ class Run:
 
     # ---- blends -----------------------------------------------------------------------------------------------
     def write_ensemble(self, record: dict) -> None:
-        """ensemble.json: a blend's method, members and weights (foldvision.stages.ensemble)."""
+        """ensemble.json: a blend's method, members and weights (foldvision.commands.ensemble)."""
         write_text_atomic(self.ensemble_json, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
     def read_ensemble(self) -> dict | None:

@@ -1,1 +1,1 @@
-"""The results side (no torch): metrics, the decision rule, submissions, comparisons, the report and plots."""
+"""The results library (no torch): metrics, decision rules, submissions, blends, comparisons, tracking."""

@@ -1,7 +1,7 @@
 """A blend's tables as people read them, in the terminal (`make ensemble`) and on the report page: the members
 and their weights, the best member against the blend scored plainly and nested, the decision rule, the
 weights fitted without each fold and the correlation of the members' OOF predictions. Read from the blend's
-scores.json and ensemble.json alone (stages/ensemble.py writes them); torch-free.
+scores.json and ensemble.json alone (commands/ensemble.py writes them); torch-free.
 """
 
 from __future__ import annotations

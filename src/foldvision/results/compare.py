@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from foldvision.errors import UserError
-from foldvision.results.evaluate import evaluate
+from foldvision.commands.evaluate import evaluate
 from foldvision.results.metrics import LOWER_IS_BETTER
 from foldvision.run import Run, submission_csv
 
@@ -190,7 +190,7 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     solution has a Usage column, ('auc', {'test': .}) when not; ('', {}) without a submission or solution.
 
     `metric` is used when the submission's kind allows it (AUC needs probabilities), else the first one
-    `foldvision.results.evaluate` computes (accuracy for a label submission).
+    `foldvision.commands.evaluate` computes (accuracy for a label submission).
     """
     if solution is None or not submission.is_file():
         return "", {}

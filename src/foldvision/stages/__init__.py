@@ -1,1 +1,1 @@
-"""The stages: each a thin command that reads its inputs from files and writes its outputs (make runs them)."""
+"""make's stages: folds, cache, train, score, predict. Each reads run-folder files and writes run-folder files."""

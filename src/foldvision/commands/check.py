@@ -1,6 +1,6 @@
 """Validate a corpus before any training.
 
-    python -m foldvision.stages.check <exp> [key=value ...]        (make check EXP=<exp> DATA=<corpus>)
+    python -m foldvision.commands.check <exp> [key=value ...]        (make check EXP=<exp> DATA=<corpus>)
 
 The config is resolved in memory: check writes nothing, into a run folder or anywhere else.
 

@@ -1,12 +1,12 @@
 """Every experiment in `runs/`, best first: OOF score, per-fold scores, training time, the config keys that set
 it apart, and its submission's Public/Private scores when the corpus has a solution file.
 
-    python -m foldvision.results.leaderboard runs --submissions submissions
+    python -m foldvision.commands.leaderboard runs --submissions submissions
     make leaderboard
 
 Experiments are compared within a corpus (scores on different data do not rank), by the metric most of them
 were picked by. A corpus's solution is `solution.csv` (Kaggle's, with a Public/Private `Usage` column) or
-`test_labels.csv` in its folder; each experiment's submission is scored against it with `foldvision.results.evaluate`.
+`test_labels.csv` in its folder; each experiment's submission is scored against it with `foldvision.commands.evaluate`.
 Also written beside the run folders, as markdown and CSV (`foldvision.run.leaderboard_files`).
 """
 

@@ -1,6 +1,6 @@
 """The built-in demo corpus: scikit-learn's real 8x8 handwritten digits as a competition folder.
 
-    python -m foldvision.stages.demo inputs/digits
+    python -m foldvision.commands.demo_data inputs/digits
 
 Writes `train.csv` (image_id,label), `train/*.png`, `test/*.png`, `sample_submission.csv` (image_id,label:
 a digit per test image) and `test_labels.csv`, the held-back answers for `foldvision evaluate`.

@@ -1,6 +1,6 @@
 """Score a submission against known test labels, as a leaderboard would.
 
-    python -m foldvision.results.evaluate submissions/<exp>.csv <solution.csv>
+    python -m foldvision.commands.evaluate submissions/<exp>.csv <solution.csv>
 
 The solution has the id, the true label and optionally a `Usage` column (Public/Private): each part is then
 scored on its own, as a competition's public and private leaderboards are. Rows are joined by id.

@@ -1,6 +1,6 @@
 """Pictures of a scored experiment, as PNG files: what its numbers look like, and where it goes wrong.
 
-    python -m foldvision.results.plots runs/<exp>
+    python -m foldvision.commands.plots runs/<exp>
 
 Reads the run folder (config, scores, OOF table, split and every fold's history, through `foldvision.run`) and
 writes one PNG per plot into its plots folder (`Run.plot_png`): learning_curves (loss, task metric and

@@ -1,8 +1,8 @@
 """Ablations: every combination of a grid of config values trained as an experiment of its own, then one table.
 
     make ablate EXP=<exp> GRID="train.sampler=imbalanced,random loss.name=cce,ce"   (make -j N: variants side by side)
-    python -m foldvision.results.ablate <exp> [key=value ...] --grid "..." --plan     resolve the variants for make
-    python -m foldvision.results.ablate <exp> [key=value ...] --grid "..." --table    compare the finished variants
+    python -m foldvision.commands.ablate <exp> [key=value ...] --grid "..." --plan     resolve the variants for make
+    python -m foldvision.commands.ablate <exp> [key=value ...] --grid "..." --table    compare the finished variants
 
 The base is the experiment as configured (`runs/<exp>`, with any `key=value` given). A variant is named by
 what it changes from the base, e.g. `runs/<exp>--sampler-random--loss-ce`, so its run folder, W&B group and
