@@ -16,7 +16,7 @@ training wall time. A corpus is an experiment, a data folder and the overrides t
     pollen12    configs/pollen12_lite0, EfficientNet-Lite0 from ../shared/weights at 96 px, 3 epochs
     pollen12_imb  the same on an imbalanced cut of pollen12 (35 images in 4 classes, 10-12 in 4, 5 in 4): make it
                 with --make-imbalanced DIR
-    pneumonia   configs/pneumonia_small at 64 px, 1 epoch (5,216 images)
+    pneumonia   configs/pneumonia_small, the same weights at 64 px, 1 epoch (5,216 images)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CORPORA = {
     "digits": ("digits", "inputs/digits", ["train.epochs=1"]),
     "pollen12": ("pollen12_lite0", "../shared/data/pollen12", [LITE0, "model.img_size=96", "train.epochs=3"]),
     "pollen12_imb": ("pollen12_lite0", "/tmp/fv/data/pollen12_imb", [LITE0, "model.img_size=96", "train.epochs=3"]),
-    "pneumonia": ("pneumonia_small", "../shared/data/pneumonia", ["model.img_size=64", "train.epochs=1"]),
+    "pneumonia": ("pneumonia_small", "../shared/data/pneumonia", [LITE0, "model.img_size=64", "train.epochs=1"]),
 }
 R21_EXTERNAL = ["train.optimizer_args={disable_lr_scheduler: true}"]
 BEFORE = ["train.optimizer=ranger21", "loss.name=cce", "train.sampler=imbalanced"]

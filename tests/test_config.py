@@ -1,4 +1,7 @@
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,6 +82,29 @@ def test_base_config_is_inherited(tmp_path):
 def test_shipped_configs_are_valid(path):
     cfg = load_config(str(path))
     assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_name_no_path_outside_the_repository(path):
+    """A user's corpus and weights come on the command line (DATA=, model.pretrained_file=), comments included."""
+    text = path.read_text(encoding="utf-8")
+    assert "../" not in text
+    paths = [v for v in re.findall(r":\s*([^\s#{}\[\],]+)", text) if "/" in v]
+    assert not [v for v in paths if v.startswith(("/", "~"))], paths
+
+
+def test_make_without_exp_uses_the_starter_and_says_so(tmp_path):
+    """`make check DATA=...` with no EXP: the generic RGB recipe, named in one line, never the digits demo."""
+    cmd = ["make", "-n", "--no-print-directory", "-C", str(ROOT), "check", f"DATA={tmp_path / 'my corpus'}",
+           f"PY={sys.executable}"]
+    env = {k: v for k, v in os.environ.items() if k != "EXP"}  # EXP unset, as on a user's shell
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "config: configs/starter.yaml (no EXP given; EXP=<name> picks configs/<name>.yaml)"
+    assert "-m foldvision check starter " in lines[1]
+    named = subprocess.run([*cmd, "EXP=digits"], capture_output=True, text=True, timeout=60, env=env)
+    assert "foldvision check digits" in named.stdout and "starter" not in named.stdout
 
 
 def test_saved_stage_files_change_only_with_their_sections(tmp_path):
