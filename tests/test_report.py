@@ -131,6 +131,7 @@ def test_an_unscored_run_is_one_line_saying_what_to_run(tmp_path, capsys):
         f"RUNS={tmp_path / 'runs'} first"]
 
 
+@pytest.mark.slow  # runs make (its -q checks and the report stage): ~15 s on 2 cores
 def test_make_report_after_the_config_changed_never_trains(tmp_path, binary_corpus):
     run_dir = scored_run(tmp_path, "exp", binary_corpus)
     oofs = {p: p.stat().st_mtime_ns for p in run_dir.glob("fold*/oof.csv")}

@@ -73,6 +73,7 @@ def test_make_jobs_share_the_cores(monkeypatch):
     assert os.environ["OMP_NUM_THREADS"] == "4"
 
 
+@pytest.mark.slow  # make, then `foldvision config` and the refusal: ~10-30 s each on 2 cores
 @pytest.mark.parametrize("variables, message", [
     ({"NPROC": "abc"}, "NPROC"),
     ({"NPROC": "2", "GPUS": "0"}, "NPROC trains one fold at a time"),
