@@ -3,10 +3,10 @@
     python -m foldvision.stages.predict runs/<exp> --fold K                   fold<K>/test.csv: fold K's TTA probabilities
     python -m foldvision.stages.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
 
-`--fold` always runs the model; `--out` never does: it averages the existing `fold<k>/test.csv` files (id +
-one probability column per class) into `test.csv` and writes the submission in exactly the sample
-submission's format, joined by id (`foldvision.results.submission.write_submission`, the one writer). Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or
-re-labelling needs no new inference.
+`--fold` always runs the model; `--out` never does: `average_folds` averages the existing `fold<k>/test.csv`
+files (id + one probability column per class) into `test.csv` and writes the submission in exactly the sample
+submission's format, joined by id, through the one submission writer (`results.submission.write_submission`).
+Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or re-labelling needs no new inference.
 """
 
 from __future__ import annotations
