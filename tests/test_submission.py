@@ -115,3 +115,29 @@ def test_a_refused_submission_leaves_no_file(tmp_path):
         write_submission(tmp_path / "sub.csv", Predictions(["a"], ["0", "1"], np.array([[0.5, 0.5]])),
                          Sample(s, path, fmt))
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_submission_is_scored_per_leaderboard_part_joined_by_id(tmp_path):
+    """Each Usage part scored on its own rows, found by id (the submission is in another order), by scikit-learn."""
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from foldvision.results.submission import score_submission
+
+    ids = [f"i{n}" for n in range(8)]
+    truth = [0, 1, 1, 0, 1, 0, 0, 1]
+    p = [0.2, 0.7, 0.4, 0.6, 0.9, 0.1, 0.65, 0.8]  # Public AUC 0.75, Private 1.0
+    usage = ["Public", "Private"] * 4
+    pd.DataFrame({"id": ids, "target": truth, "Usage": usage}).to_csv(tmp_path / "sol.csv", index=False)
+    pd.DataFrame({"id": ids[::-1], "target": p[::-1]}).to_csv(tmp_path / "sub.csv", index=False)
+    scores = score_submission(tmp_path / "sub.csv", tmp_path / "sol.csv")
+    assert list(scores) == ["all", "Private", "Public"]
+    for part, rows in (("all", range(8)), ("Public", range(0, 8, 2)), ("Private", range(1, 8, 2))):
+        expected = roc_auc_score([truth[i] for i in rows], [p[i] for i in rows])
+        assert scores[part] == {"n": len(rows), "auc": pytest.approx(expected)}
+    # digits as labels: a submission of class names is scored by accuracy, though its cells are numbers
+    pd.DataFrame({"id": ids, "target": [1] * 8}).to_csv(tmp_path / "labels.csv", index=False)
+    assert score_submission(tmp_path / "labels.csv", tmp_path / "sol.csv")["all"]["accuracy"] == pytest.approx(
+        accuracy_score([str(t) for t in truth], ["1"] * 8))
+    pd.DataFrame({"id": ids[:7], "target": p[:7]}).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(UserError, match="short.csv: 1 solution ids have no row"):
+        score_submission(tmp_path / "short.csv", tmp_path / "sol.csv")
