@@ -184,8 +184,9 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
     if len(corpus.table) < n_images:
         raise UserError(f"--steps {steps} × batch {batch} needs {n_images} training images; the corpus has "
                         f"{len(corpus.table)}")
-    rows = corpus.table.sample(n=n_images, random_state=0).reset_index(drop=True)
-    targets = rows["label"].map({c: i for i, c in enumerate(corpus.classes)}).to_numpy()
+    rows = corpus.table.sample(n=n_images, seed=0)
+    index = {c: i for i, c in enumerate(corpus.classes)}
+    targets = np.array([index[label] for label in rows["label"].to_list()])
     setup = build_model_for(cfg.model, len(corpus.classes), cfg.data.channels, **runtime_kwargs(cfg.train))
     model, net, data_cfg, device, amp = setup.model, setup.net, setup.data_cfg, setup.device, setup.amp
     # the textbook's twin: the same weights in the default memory format, run uncompiled
@@ -206,7 +207,7 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         def run_epoch() -> float:
             """img/s of one epoch of foldvision's loop, the loader's set-up (and cache fill) included."""
             def epoch():
-                loader = create_loader(corpus.image_dir, rows["path"], targets, data_cfg, device, **train_kw)
+                loader = create_loader(corpus.image_dir, rows["path"].to_list(), targets, data_cfg, device, **train_kw)
                 return train_one_epoch(net, loader, loss_fn, optimizer, None, amp, device, cfg.train.accumulate)
             return (len(rows) // batch) * batch / timed(epoch)[0]
 
@@ -223,7 +224,7 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         # the textbook's kernels warmed up too (its own memory format): untimed
         model_only(textbook_model, data_cfg, cfg.data.channels, batch, len(corpus.classes), textbook_optimizer, loss_fn,
                    amp, device, 1, channels_last=False)
-        textbook_ds = TextbookDataset(corpus.image_dir, rows["path"], targets,
+        textbook_ds = TextbookDataset(corpus.image_dir, rows["path"].to_list(), targets,
                                       textbook_transform(cfg.augment.train, data_cfg, train=True), cfg.data.channels)
         loader = textbook_loader(textbook_ds, batch, True, workers)  # workers as for decoding
         textbook_s, seen = timed(partial(textbook_epoch, textbook_model, loader, loss_fn, textbook_optimizer, amp,
@@ -238,7 +239,7 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         views = len(tta_compose(TTA_VIEWS))  # as predict does: one forward pass of predict.batch_size images
         test_kw = loader_kwargs(cfg, train=False, cache_dir=cache, batch_size=max(1, cfg.predict.batch_size // views))
         # fills the cache, untimed
-        tta_loader = create_loader(test.image_dir, test_rows["path"], None, data_cfg, device, **test_kw)
+        tta_loader = create_loader(test.image_dir, test_rows["path"].to_list(), None, data_cfg, device, **test_kw)
         figures["tta_img_s"], figures["ttach_img_s"], gap = tta_figures(net, tta_loader, amp, device)
         console.print(f"bench: batched TTA vs ttach's wrapper, both averaging logits: largest probability "
                       f"difference {gap:.2e}")

@@ -20,7 +20,7 @@ from foldvision.run import save_run_config
 from foldvision.learn.images import load_image
 from foldvision.errors import UserError
 from foldvision.stages.folds import run as make_folds
-from foldvision.stages.predict import ensemble, predict_fold
+from foldvision.stages.predict import average_folds, predict_fold
 from foldvision.stages.train import fit_fold
 
 from conftest import make_corpus, write_config
@@ -168,7 +168,7 @@ def test_training_and_prediction_are_the_same_with_or_without_the_cache(tmp_path
         for fold in (0, 1):
             fit_fold(cfg, run_dir, fold)
             predict_fold(run_dir, fold)
-        ensemble(run_dir, tmp_path / f"{name}.csv")
+        average_folds(run_dir, tmp_path / f"{name}.csv")
         results[name] = (pd.read_csv(run_dir / "fold0" / "oof.csv"), pd.read_csv(tmp_path / f"{name}.csv"))
     assert list((tmp_path / "cache").glob("*/*/pixels.u8"))  # write_config's data.cache_dir
     (oof_a, sub_a), (oof_b, sub_b) = results["cached"], results["decoded"]

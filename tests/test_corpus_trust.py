@@ -100,7 +100,7 @@ def test_an_unknown_encoding_name_is_an_error(tmp_path):
 def test_bom_and_crlf_read_right(tmp_path, capsys, encoding, newline):
     cfg = write_corpus(tmp_path, CP1252_ROWS, encoding=encoding, newline=newline)
     corpus = read_train(cfg)
-    assert corpus.classes == ["café", "naïve"] and corpus.table["id"].tolist() == ["a", "b", "c"]
+    assert corpus.classes == ["café", "naïve"] and corpus.table["id"].to_list() == ["a", "b", "c"]
     assert list(read_table(tmp_path / "train.csv").columns) == ["image_id", "target"]
     assert "read as" not in capsys.readouterr().err  # UTF-8 is the default: nothing to say
 
@@ -130,7 +130,7 @@ def test_integral_floats_are_one_class_with_their_integers_and_it_is_said(tmp_pa
     cfg = write_corpus(tmp_path, [("a", "1"), ("b", "1.0"), ("c", "2"), ("d", "2.00"), ("e", "10"), ("f", "1.0")])
     corpus = read_train(cfg)
     assert corpus.classes == ["1", "2", "10"]
-    assert corpus.table["label"].tolist() == ["1", "1", "2", "2", "10", "1"]
+    assert corpus.table["label"].to_list() == ["1", "1", "2", "2", "10", "1"]
     err = capsys.readouterr().err
     assert "labels: '1.0' read as class '1' (2 rows), '2.00' read as class '2' (1 row)" in err
     assert len([line for line in err.splitlines() if "read as class" in line]) == 1
@@ -212,7 +212,7 @@ def test_a_header_only_sample_is_an_error_naming_the_file(tmp_path):
 def test_sample_values_are_read_as_written(tmp_path):
     cfg = sample_corpus(tmp_path, "image_id,label\nt1,NA\nt2,007\nt3,\n")
     test = read_test(cfg)
-    assert test.sample["label"].tolist() == ["NA", "007", ""] and test.table["id"].tolist() == ["t1", "t2", "t3"]
+    assert test.sample["label"].to_list() == ["NA", "007", ""] and test.table["id"].to_list() == ["t1", "t2", "t3"]
 
 
 # ---- 7. Unicode normal forms -------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "
 def test_an_id_matches_its_file_in_the_other_normal_form(tmp_path, id_form, file_form):
     cfg = write_corpus(tmp_path, [(id_form, "x"), ("b", "y")], files=[file_form, "b"])
     corpus = read_train(cfg)
-    path = corpus.table["path"].tolist()[0]
+    path = corpus.table["path"].to_list()[0]
     assert path == f"train/{file_form}.png"  # the name on disk, which is what opens
     assert (tmp_path / path).is_file()
 
@@ -232,7 +232,7 @@ def test_an_id_matches_its_file_in_the_other_normal_form(tmp_path, id_form, file
 def test_a_sample_id_matches_a_test_file_in_the_other_normal_form(tmp_path):
     cfg = sample_corpus(tmp_path, f"image_id,label\nt1,x\n{NFC},x\n")
     Image.new("RGB", (4, 4)).save(tmp_path / "test" / f"{NFD}.png")
-    assert read_test(cfg).table["path"].tolist() == ["test/t1.png", f"test/{NFD}.png"]
+    assert read_test(cfg).table["path"].to_list() == ["test/t1.png", f"test/{NFD}.png"]
 
 
 # ---- the index from a list of names --------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_a_quote_left_open_is_an_error_naming_its_row(tmp_path):
 
 def test_a_quote_inside_a_cell_is_kept_and_a_ragged_row_is_named(tmp_path):
     (tmp_path / "t.csv").write_text('id,label\na,5" disk\nb,y\n', encoding="utf-8")
-    assert read_table(tmp_path / "t.csv")["label"].tolist() == ['5" disk', "y"]
+    assert read_table(tmp_path / "t.csv")["label"].to_list() == ['5" disk', "y"]
     (tmp_path / "t.csv").write_text('id,label\na,5" disk\n\nb,y,z\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"t.csv: row 4 has 3 cells, the header 2"):
         read_table(tmp_path / "t.csv")

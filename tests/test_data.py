@@ -61,7 +61,7 @@ def test_bom_and_shift_jis_tables(tmp_path):
     frame.to_csv(tmp_path / "sjis.csv", index=False, encoding="cp932")
     for name, encoding in (("bom.csv", None), ("sjis.csv", "cp932")):
         table = read_table(tmp_path / name, encoding)
-        assert list(table.columns) == ["id", "label"] and table["label"].tolist() == ["猫", "犬"]
+        assert list(table.columns) == ["id", "label"] and table["label"].to_list() == ["猫", "犬"]
     with pytest.raises(UserError, match="sjis.csv: not UTF-8"):
         read_table(tmp_path / "sjis.csv")
 
@@ -78,7 +78,7 @@ def corpus(tmp_path, rows, name="train.csv", sep=","):
 def test_reads_tsv_and_orders_numeric_classes_numerically(tmp_path):
     cfg = corpus(tmp_path, [("a", "10"), ("b", "2"), ("c", "2")], name="train.tsv", sep="\t")
     c = read_train(cfg)
-    assert c.classes == ["2", "10"] and c.table["path"].tolist() == ["train/a.png", "train/b.png", "train/c.png"]
+    assert c.classes == ["2", "10"] and c.table["path"].to_list() == ["train/a.png", "train/b.png", "train/c.png"]
     assert sort_classes(["b", "a"]) == ["a", "b"]
 
 
@@ -105,7 +105,7 @@ def test_class_folders_in_the_corpus_folder_beside_test_and_hidden_folders(tmp_p
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "0.png")
     c = read_train(DataConfig(dir=str(tmp_path)))
-    assert c.classes == ["ant", "bee"] and c.table["path"].tolist() == ["ant/0.png", "bee/0.png"]
+    assert c.classes == ["ant", "bee"] and c.table["path"].to_list() == ["ant/0.png", "bee/0.png"]
 
 
 def test_the_corpus_module_imports_no_torch_and_leaves_pil_alone():

@@ -19,7 +19,8 @@ from foldvision.config import load_config
 from foldvision.results.decision import fit_rule, nested_rule_score
 from foldvision.commands import report
 from foldvision.results.blend import summary_tables
-from foldvision.commands.ensemble import METHODS, blend, hill_climb, split_digest
+from foldvision.commands.ensemble import blend
+from foldvision.results.blending import METHODS, hill_climb, split_digest
 from foldvision.errors import UserError
 from foldvision.results.metrics import score, score_oof
 from foldvision.run import Predictions, Run

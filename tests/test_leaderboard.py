@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from foldvision.commands.evaluate import evaluate
+from foldvision.results.submission import score_submission
 from foldvision.commands.leaderboard import build
 from foldvision.commands.leaderboard import main as leaderboard_main
 from foldvision.results.compare import differing_keys, format_seconds, leaderboard_scores
@@ -45,7 +45,7 @@ def test_experiments_ranked_per_corpus_with_public_and_private(tmp_path, capsys)
     metric, table = by_corpus[str(corpus)]
     assert metric == "auc" and table["experiment"].to_list() == ["strong", "weak"]  # best OOF AUC first
     assert table["differs"].to_list() == ["train.sampler=random", "train.sampler=imbalanced"]
-    expected = evaluate(subs / "strong.csv", corpus / "solution.csv")
+    expected = score_submission(subs / "strong.csv", corpus / "solution.csv")
     assert table[0, "public_auc"] == pytest.approx(expected["Public"]["auc"])
     assert table[0, "private_auc"] == pytest.approx(expected["Private"]["auc"])
     assert table[1, "public_auc"] is None  # weak has no submission

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from foldvision.errors import UserError
-from foldvision.commands.plots import PLOTS, image_file, most_wrong, write_plots
+from foldvision.results.figures import PLOTS, image_file, most_wrong, write_plots
 from foldvision.run import Predictions
 
 from fakes import scored_run

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from foldvision.cli import main as cli_main
-from foldvision.commands.plots import PLOTS
+from foldvision.results.figures import PLOTS
 from foldvision.commands.report import build
 from foldvision.commands.report import main as report_main
 

@@ -61,8 +61,9 @@ def test_per_class_mean_and_std_over_folds():
 
 
 @pytest.mark.parametrize("module", ["stages.folds", "stages.score", "commands.evaluate", "commands.leaderboard",
-                                    "commands.ablate", "commands.report", "results.blend", "commands.ensemble", "results",
-                                    "run", "corpus", "splits"])
+                                    "commands.ablate", "commands.report", "commands.plots", "results.blend",
+                                    "results.blending", "results.submission", "results.figures", "results.compare",
+                                    "commands.ensemble", "commands.check", "results", "run", "corpus", "splits"])
 def test_the_results_side_imports_no_torch(module):
     """Splitting, scoring and comparing read and write tables: they must not pay torch's, timm's and
     albumentations' imports (5 s per call)."""

@@ -6,7 +6,8 @@ extension, and images may sit in nested folders.
 
 Tables are parsed by polars with every cell a string ('007' keeps its zeros, 'NA' stays text until it is
 checked), then checked as a whole: missing-value marks, repeated ids, two ids naming one file, numbers spelt two
-ways. Every mistake is one UserError naming the file and the row. The stages downstream get pandas DataFrames.
+ways. Every mistake is one UserError naming the file and the row. The stages downstream get polars DataFrames
+(without the row numbers).
 Nothing here imports torch, so the stages that only read tables stay light.
 """
 
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import pandas as pd
 import polars as pl
 from PIL import Image, UnidentifiedImageError
 from rich.markup import escape
@@ -159,6 +159,11 @@ def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.Da
     return pl.DataFrame({ROW: numbers, **columns}, schema={ROW: pl.Int64, **{name: pl.String for name in columns}})
 
 
+def _strings(columns: dict) -> pl.DataFrame:
+    """A table of string columns (an empty one too: polars would type an empty list as Null)."""
+    return pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String))
+
+
 def _unique_names(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -175,14 +180,9 @@ def _read(path: Path, encoding: str | None = None, has_header: bool = True) -> p
     return _parse(path, data, _separator(path, data), has_header)
 
 
-def _to_pandas(table: pl.DataFrame) -> pd.DataFrame:
-    """Without pyarrow (which polars' own to_pandas needs): one list per column."""
-    return pd.DataFrame({c: table.get_column(c).to_list() for c in table.columns if c != ROW})
-
-
-def read_table(path: Path, encoding: str | None = None) -> pd.DataFrame:
+def read_table(path: Path, encoding: str | None = None) -> pl.DataFrame:
     """A CSV/TSV as strings (ids such as '007' keep their zeros): UTF-8, BOM or not, unless `encoding` says."""
-    return _to_pandas(_read(path, encoding))
+    return _read(path, encoding).drop(ROW)
 
 
 def _pick_column(columns: list[str], given: str | None, names: tuple[str, ...], what: str, key: str,
@@ -394,7 +394,7 @@ class ImageIndex:
 class Corpus:
     """The training table of a corpus: one row per image, with its resolved path and label."""
 
-    table: pd.DataFrame  # columns: id, path (relative to image_dir), label, and group when configured
+    table: pl.DataFrame  # columns: id, path (relative to image_dir), label, and group when configured (strings)
     image_dir: Path  # the corpus folder (data.dir): paths are relative to it
     classes: list[str]  # the fixed class order: probability columns and model outputs follow it
     source: Path  # the label table, or the folder of class folders
@@ -409,7 +409,7 @@ def sort_classes(labels: list[str]) -> list[str]:
         return unique
 
 
-def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pd.DataFrame:
+def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pl.DataFrame:
     """The label table read, checked and matched to the image files: id, path, label[, group]."""
     table = _read(path, cfg.encoding)
     id_col = _pick_column(table.columns, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
@@ -434,10 +434,10 @@ def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pd.DataFr
     out = _canonical_labels(out, path)
     out = out.with_columns(index.resolve_all(out.get_column("id"), out.get_column(ROW), str(path)))
     _refuse_shared_files(out, path)
-    return _to_pandas(out.select("id", "path", "label", *(["group"] if cfg.group_col is not None else [])))
+    return out.select("id", "path", "label", *(["group"] if cfg.group_col is not None else []))
 
 
-def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
+def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pl.DataFrame:
     """One folder per class (ImageFolder): the label is the first folder of each image's path."""
     if cfg.group_col is not None:
         raise UserError("data.group_col needs a label table with that column; a folder-per-class corpus has none")
@@ -449,8 +449,8 @@ def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pd.DataFrame:
         console.print(f"[yellow]warning[/]: {loose} images lie outside the class folders of "
                       f"{escape(str(index.folder))}; skipped")
     # a class is a name, not a path: a folder macOS wrote decomposed (NFD) is the class typed composed
-    return pd.DataFrame({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
-                         "label": [_nfc(p.split("/", 1)[0]) for p in paths]})
+    return _strings({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
+                     "label": [_nfc(p.split("/", 1)[0]) for p in paths]})
 
 
 def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
@@ -463,7 +463,7 @@ def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
         out, where = rows_from_table(cfg, lay.train_table, index), lay.train_table
     else:
         out, where = _rows_from_folders(cfg, index), lay.train_dir
-    classes = sort_classes(out["label"].tolist())
+    classes = sort_classes(out["label"].to_list())
     if len(classes) < 2:
         raise UserError(f"{where}: only one class ('{classes[0]}'); a classifier needs at least two")
     if verify:
@@ -500,17 +500,17 @@ def _sample(path: Path, header: str, index: ImageIndex | None, encoding: str | N
 
 
 def read_sample(path: Path, header: str, index: ImageIndex | None,
-                encoding: str | None = None) -> tuple[pd.DataFrame, bool]:
+                encoding: str | None = None) -> tuple[pl.DataFrame, bool]:
     """The sample submission as strings, and whether it has a header row (see `_sample`)."""
     table, has_header = _sample(path, header, index, encoding)
-    return _to_pandas(table), has_header
+    return table.drop(ROW), has_header
 
 
 @dataclass
 class TestSet:
-    table: pd.DataFrame  # id, path (relative to image_dir), in the order the submission needs
+    table: pl.DataFrame  # id, path (relative to image_dir), in the order the submission needs
     image_dir: Path
-    sample: pd.DataFrame | None  # the sample submission as read (strings), None when there is none
+    sample: pl.DataFrame | None  # the sample submission as read (strings), None when there is none
     sample_path: Path | None
     sample_header: bool
 
@@ -541,8 +541,8 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
         ids, where = _test_ids(_read(lay.test_table, cfg.encoding), lay.test_table, "the test table"), lay.test_table
     elif index is not None:
         files = index.files
-        return TestSet(pd.DataFrame({"id": [f.rsplit(".", 1)[0] for f in files],
-                                     "path": [index.relative(f) for f in files]}), lay.root, None, None, True)
+        return TestSet(_strings({"id": [f.rsplit(".", 1)[0] for f in files],
+                                 "path": [index.relative(f) for f in files]}), lay.root, None, None, True)
     else:
         return None
     if index is None:
@@ -554,8 +554,8 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
                       f"{escape(where.name)}; they are not predicted")
     if verify:
         verify_images(lay.root, paths, cfg.max_image_pixels)
-    return TestSet(pd.DataFrame({"id": ids.get_column("id").to_list(), "path": paths}), lay.root,
-                   None if sample is None else _to_pandas(sample), lay.sample, header)
+    return TestSet(_strings({"id": ids.get_column("id"), "path": paths}), lay.root,
+                   None if sample is None else sample.drop(ROW), lay.sample, header)
 
 
 # ---- the images, opened but not decoded --------------------------------------------------------------------------

@@ -120,14 +120,6 @@ class Predictions:
         probs = {name: self.probs[:, i].astype(np.float64) for i, name in enumerate(prob_columns(self.classes))}
         return pl.DataFrame({**columns, **probs})
 
-    def to_pandas(self):
-        """For the edges that want a pandas DataFrame (W&B tables, markdown). Column by column: polars' own
-        to_pandas needs pyarrow, which nothing else here does."""
-        import pandas as pd  # noqa: PLC0415 - only at those edges
-
-        frame = self.frame()
-        return pd.DataFrame({c: frame.get_column(c).to_list() for c in frame.columns})
-
 
 @dataclass
 class Split:

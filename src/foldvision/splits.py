@@ -9,10 +9,12 @@ folder named for the corpus: foldvision writes nothing inside a corpus folder.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
+from rich.table import Table
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config
@@ -24,10 +26,10 @@ from foldvision.files import write_atomic
 
 def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed: int) -> np.ndarray:
     """Fold number (0..K-1) of every row: class proportions kept per fold, groups never split."""
-    counts = pd.Series(labels).value_counts()
-    small = counts[counts < n_folds]
-    if len(small):
-        name, n = small.index[-1], int(small.iloc[-1])
+    by_size = sorted(Counter(labels).items(), key=lambda item: -item[1])  # stable: ties in order of appearance
+    small = [(name, n) for name, n in by_size if n < n_folds]
+    if small:
+        name, n = small[-1]
         fix = (f"use cv.n_folds={n} or add images" if n >= 2 else
                f"no K works for a class of one image: add images of '{name}' or drop its row")
         raise UserError(
@@ -78,7 +80,7 @@ def _whole_number(text: str) -> int | None:
     return int(value) if value.is_integer() else None
 
 
-def check_folds_file(folds: pd.DataFrame, path: Path, n_folds: int) -> pd.Series:
+def check_folds_file(folds: pl.DataFrame, path: Path, n_folds: int) -> list[int]:
     """The fold numbers of a saved or user-supplied split, checked against cv.n_folds: whole numbers in
     0..K-1, every fold present, every id once. Each problem is one line naming the file and the row."""
     if not {"id", "label", "fold"} <= set(folds.columns):
@@ -95,16 +97,16 @@ def check_folds_file(folds: pd.DataFrame, path: Path, n_folds: int) -> pd.Series
     if empty:
         raise UserError(f"{path}: no rows in fold {empty[0]} of 0..{n_folds - 1} (cv.n_folds={n_folds}); set "
                         f"cv.n_folds to the file's number of folds ({len(set(numbers))}) or fix the file")
-    dupes = folds["id"][folds["id"].duplicated()]
+    dupes = folds["id"].filter(~folds["id"].is_first_distinct())
     if len(dupes):
-        first = dupes.iloc[0]
-        rows = [int(i) + 2 for i in folds.index[folds["id"] == first]]
-        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.nunique()} ids repeated); "
+        first = dupes[0]
+        rows = [i + 2 for i, v in enumerate(folds["id"].to_list()) if v == first]
+        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({dupes.n_unique()} ids repeated); "
                         "a split names each id once")
-    return pd.Series(numbers, index=folds.index, dtype=int)
+    return numbers
 
 
-def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, source: Path) -> None:
+def check_folds_match(folds: pl.DataFrame, table: pl.DataFrame, path: Path, source: Path) -> None:
     """A saved split must cover exactly the current images with the current labels."""
     if not {"id", "label", "fold"} <= set(folds.columns):
         raise UserError(f"{path}: not a folds file (needs id, label, fold columns); delete it to re-split")
@@ -121,19 +123,32 @@ def check_folds_match(folds: pd.DataFrame, table: pd.DataFrame, path: Path, sour
         )
 
 
-def corpus_folds(cfg: Config, table: pd.DataFrame, source: Path) -> pd.Series:
+def corpus_folds(cfg: Config, table: pl.DataFrame, source: Path) -> np.ndarray:
     """The corpus's saved split (made now if it does not exist yet), as a fold number per row of `table`."""
     path = corpus_folds_path(cfg)
     if path.is_file():
         saved = read_table(path)
         numbers = check_folds_file(saved, path, cfg.cv.n_folds)
         check_folds_match(saved, table, path, source)
-        fold_of = dict(zip(saved["id"], numbers))
+        fold_of = dict(zip(saved["id"].to_list(), numbers))
         console.print(f"folds: reusing {path}")
-        return table["id"].map(fold_of)
-    groups = table["group"].tolist() if "group" in table else None
-    folds = assign_folds(table["label"].tolist(), groups, cfg.cv.n_folds, cfg.cv.seed)
-    split = table[["id", "label"] + (["group"] if groups else [])].assign(fold=folds)
-    write_atomic(path, lambda tmp: split.to_csv(tmp, index=False))
+        return np.array([fold_of[i] for i in table["id"].to_list()], dtype=np.int64)
+    groups = table["group"].to_list() if "group" in table.columns else None
+    folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed).astype(np.int64)
+    split = table.select("id", "label", *(["group"] if groups else [])).with_columns(fold=pl.Series(folds))
+    write_atomic(path, lambda tmp: split.write_csv(tmp))
     console.print(f"folds: wrote {path}")
-    return pd.Series(folds, index=table.index)
+    return folds
+
+
+def fold_counts(labels: list[str], folds: list | None, classes: list[str]) -> Table:
+    """Images per class and fold, with an `all` row and column (`folds` None: one column `n`), as printed by
+    the folds stage and by check; an image without a fold (None) is not counted."""
+    keys = sorted({k for k in folds if k is not None}) if folds is not None else ["n"]
+    folds = folds if folds is not None else ["n"] * len(labels)
+    counts = Counter(zip(labels, folds))
+    table = Table("label \\ fold", *map(str, keys), "all", box=None)
+    for name in [*classes, "all"]:
+        row = [sum(counts[(c, k)] for c in (classes if name == "all" else [name])) for k in keys]
+        table.add_row(name, *map(str, row), str(sum(row)))
+    return table

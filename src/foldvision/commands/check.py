@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from PIL import ImageOps
 
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
 from foldvision.corpus import open_image, read_table, read_test, read_train
 from foldvision.errors import UserError
-from foldvision.splits import assign_folds, corpus_folds_path
+from foldvision.splits import assign_folds, corpus_folds_path, fold_counts
 
 
 @dataclass
@@ -68,37 +68,70 @@ def _spread(values: list[int]) -> str:
     return f"{min(values)} / {int(np.median(values))} / {max(values)}"
 
 
-def run(cfg: Config) -> int:
-    errors: list[str] = []
-    warnings: list[str] = []
-    corpus = read_train(cfg.data, verify=False)
-    table = corpus.table
-    console.print(f"[bold]{corpus.source}[/]: {len(table)} images, {len(corpus.classes)} classes")
-
-    # folds: the saved corpus split if there is one, else the one `make folds` would write
+def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], errors: list[str]) -> pl.DataFrame:
+    """`table` with the fold of each image (the saved corpus split if there is one, else the one `make folds`
+    would write), after printing the images per class and fold; what is wrong is added to `errors`."""
     folds_path = corpus_folds_path(cfg)
     if folds_path.is_file():
         saved = read_table(folds_path)
-        table = table.assign(fold=table["id"].map(dict(zip(saved["id"], saved["fold"]))))
-        if table["fold"].isna().any():
-            errors.append(f"{folds_path} does not cover {table['fold'].isna().sum()} images; delete it to re-split")
+        fold_of = dict(zip(saved["id"].to_list(), saved["fold"].to_list()))
+        table = table.with_columns(fold=pl.Series([fold_of.get(i) for i in table["id"].to_list()], dtype=pl.String))
+        if table["fold"].null_count():
+            errors.append(f"{folds_path} does not cover {table['fold'].null_count()} images; delete it to re-split")
     else:
         try:
-            groups = table["group"].tolist() if "group" in table else None
-            table = table.assign(fold=assign_folds(table["label"].tolist(), groups, cfg.cv.n_folds, cfg.cv.seed))
+            groups = table["group"].to_list() if "group" in table.columns else None
+            folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed)
+            table = table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
         except UserError as e:
             errors.append(str(e))
-    counts = pd.crosstab(table["label"], table["fold"] if "fold" in table else "n", margins=True, margins_name="all")
-    console.print(counts.reindex([*corpus.classes, "all"]).to_string())
-    if "group" in table and "fold" in table:
-        split = table.dropna(subset=["fold"]).groupby("group")["fold"].nunique()
-        if (split > 1).any():
-            errors.append(f"{(split > 1).sum()} groups span several folds (e.g. '{split[split > 1].index[0]}'): "
+    has_folds = "fold" in table.columns
+    console.print(fold_counts(table["label"].to_list(), table["fold"].to_list() if has_folds else None, classes))
+    if "group" in table.columns and has_folds:
+        spans = (table.drop_nulls("fold").group_by("group").agg(pl.col("fold").n_unique())
+                 .filter(pl.col("fold") > 1).sort("group"))
+        if spans.height:
+            errors.append(f"{spans.height} groups span several folds (e.g. '{spans['group'][0]}'): "
                           f"delete {folds_path} and re-split with data.group_col set")
+    return table
 
-    facts = inspect_all(corpus.image_dir, table["path"].tolist(), cfg.data.max_image_pixels)
+
+def copies_and_leaks(table: pl.DataFrame, facts: list[ImageFacts], test_facts: list[ImageFacts]) -> list[str]:
+    """Warnings: training images that are byte-identical copies of each other, and test images that are
+    copies of training images (a leak)."""
+    warnings = []
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(facts):
+        if f.digest:
+            by_digest[f.digest].append(i)
+    copies = [rows for rows in by_digest.values() if len(rows) > 1]
+    ids = table["id"].to_list()
+    if copies:
+        labels = table["label"].to_list()
+        conflicting = [rows for rows in copies if len({labels[i] for i in rows}) > 1]
+        folds = table["fold"].to_list() if "fold" in table.columns else None
+        # a copy in another fold is validated on while its twin is trained on: the OOF score is inflated
+        across = [rows for rows in copies if folds is not None and len({folds[i] for i in rows}) > 1]
+        warnings.append(f"{sum(len(r) for r in copies)} train images are copies of another ({len(copies)} groups, "
+                        f"e.g. {', '.join(ids[i] for i in copies[0][:3])}); {len(conflicting)} groups disagree on "
+                        f"the label; {len(across)} groups span folds (a CV leak: drop the copies, or give each "
+                        "group one id in a data.group_col column)")
+    leaks = [f for f in test_facts if f.digest in by_digest]
+    if leaks:
+        warnings.append(f"leak: {len(leaks)} test images are byte-identical to train images "
+                        f"(e.g. {Path(leaks[0].path).name} = {ids[by_digest[leaks[0].digest][0]]})")
+    return warnings
+
+
+def run(cfg: Config) -> int:
+    errors: list[str] = []
+    corpus = read_train(cfg.data, verify=False)
+    console.print(f"[bold]{corpus.source}[/]: {corpus.table.height} images, {len(corpus.classes)} classes")
+    table = folds_and_counts(cfg, corpus.table, corpus.classes, errors)
+
+    facts = inspect_all(corpus.image_dir, table["path"].to_list(), cfg.data.max_image_pixels)
     test = read_test(cfg.data, verify=False)  # every image is decoded below: all unreadable ones listed
-    test_facts = inspect_all(test.image_dir, test.table["path"].tolist(), cfg.data.max_image_pixels) if test else []
+    test_facts = inspect_all(test.image_dir, test.table["path"].to_list(), cfg.data.max_image_pixels) if test else []
     for f in facts + test_facts:
         if f.error:
             errors.append(f"{f.path}: {f.error}")
@@ -109,27 +142,7 @@ def run(cfg: Config) -> int:
                       f"height {_spread([f.size[1] for f in readable])}")
         console.print(f"modes: {dict(Counter(f.mode for f in readable))}; "
                       f"formats: {dict(Counter(f.format for f in readable))}")
-
-    by_digest: dict[str, list[int]] = defaultdict(list)
-    for i, f in enumerate(facts):
-        if f.digest:
-            by_digest[f.digest].append(i)
-    copies = [rows for rows in by_digest.values() if len(rows) > 1]
-    if copies:
-        labels = table["label"].tolist()
-        conflicting = [rows for rows in copies if len({labels[i] for i in rows}) > 1]
-        ids = table["id"].tolist()
-        folds = table["fold"].tolist() if "fold" in table else None
-        # a copy in another fold is validated on while its twin is trained on: the OOF score is inflated
-        across = [rows for rows in copies if folds is not None and len({folds[i] for i in rows}) > 1]
-        warnings.append(f"{sum(len(r) for r in copies)} train images are copies of another ({len(copies)} groups, "
-                        f"e.g. {', '.join(ids[i] for i in copies[0][:3])}); {len(conflicting)} groups disagree on "
-                        f"the label; {len(across)} groups span folds (a CV leak: drop the copies, or give each "
-                        "group one id in a data.group_col column)")
-    leaks = [f for f in test_facts if f.digest in by_digest]
-    if leaks:
-        warnings.append(f"leak: {len(leaks)} test images are byte-identical to train images "
-                        f"(e.g. {Path(leaks[0].path).name} = {table['id'].iloc[by_digest[leaks[0].digest][0]]})")
+    warnings = copies_and_leaks(table, facts, test_facts)
 
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -36,10 +36,10 @@ def build(out: Path, test_size: float = 0.2, seed: int = 0, limit: int | None = 
         (tmp / split).mkdir(parents=True)
         for i in idx:
             Image.fromarray(images[i], mode="L").save(tmp / split / f"{ids[i]}.png")
-    labels = lambda idx: pd.DataFrame({"image_id": [ids[i] for i in idx], "label": digits.target[idx]})  # noqa: E731
-    labels(train_idx).to_csv(tmp / "train.csv", index=False)
-    labels(test_idx).to_csv(tmp / "test_labels.csv", index=False)
-    labels(test_idx).assign(label=0).to_csv(tmp / "sample_submission.csv", index=False)
+    labels = lambda idx: pl.DataFrame({"image_id": [ids[i] for i in idx], "label": digits.target[idx]})  # noqa: E731
+    labels(train_idx).write_csv(tmp / "train.csv")
+    labels(test_idx).write_csv(tmp / "test_labels.csv")
+    labels(test_idx).with_columns(label=pl.lit(0)).write_csv(tmp / "sample_submission.csv")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # the corpus appears whole or not at all
     return len(train_idx), len(test_idx)

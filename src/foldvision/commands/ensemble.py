@@ -18,14 +18,8 @@ labels and classes, the same test ids. The blend is a run folder of its own that
     ensemble.json             the method, the weights (fitted on all OOF, and per held-out fold) and the members
     decision.json             the decision rule refitted on the blended OOF (when the submission holds labels)
 
-Methods: `mean` of probabilities; `rank`, the mean of each class column's ranks (for AUC; multi-class rows are
-rescaled to sum to 1); `hill_climb` (Caruana et al. 2004: start from the best member, then add with replacement
-the member that most improves the OOF metric, for at most `rounds` additions; weights = selection counts /
-total); `stack`, a logistic regression on the members' OOF log-probabilities (log-odds for binary; multinomial
-for multi-class). The metric is the experiment's `train.metric` (AUC unless set; log_loss is minimised).
-
-Weights fitted on the rows they are scored on flatter the blend. The nested score fits them on the other folds'
-OOF rows and applies them to each held-out fold; the gap between the plain and the nested score is the optimism.
+The methods (`mean`, `rank`, `hill_climb`, `stack`) and the plain and nested scores are
+`foldvision.results.blending`'s; this command checks the blend's folder and writes it.
 
 Seeds and sizes as members: `make ablate EXP=e GRID="train.seed=1,2,3"` (or `model.img_size=224,320`) makes the
 variants runs/e--train.seed-1 ...; `make ensemble NAME=e-seeds MEMBERS="e--train.seed-1 e--train.seed-2 ..."`
@@ -35,259 +29,23 @@ blends them.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import polars as pl
 from rich.markup import escape
-from scipy.stats import rankdata
 
 from foldvision.console import console, print_wide
 from foldvision.corpus import read_test
-from foldvision.results.decision import fit_rule, nested_rule_score
 from foldvision.errors import UserError
-from foldvision.files import write_atomic
-from foldvision.results.metrics import accuracy, auc, is_better, macro_f1, resolve_metric, score, score_oof
 from foldvision.results.blend import shown, tables, titles
+from foldvision.results.blending import METHODS, ROUNDS, blend_members, ensemble_record, ensemble_scores, load_members
+from foldvision.results.decision import fit_rule
+from foldvision.results.metrics import resolve_metric, score_oof
+from foldvision.results.submission import build, sample_format, write_submission
 from foldvision.run import Predictions, Run, Split, check_name, submission_csv
-from foldvision.results.submission import build, infer_format, write
-
-METHODS = ("hill_climb", "mean", "rank", "stack")
-ROUNDS = 50  # hill climbing: at most this many additions after the first member (it stops earlier at no gain)
-EPS = 1e-7  # probabilities are clipped to [EPS, 1] before their log (stack)
 
 
-# ---- members ----------------------------------------------------------------------------------------------
-@dataclass
-class Member:
-    """A scored experiment's OOF and test probabilities, aligned to the blend's row and class order."""
-
-    name: str
-    root: Path
-    oof: np.ndarray  # (training ids, classes), in the first member's folds.csv order
-    test: np.ndarray  # (test ids, classes), in the first member's test.csv order
-
-
-@dataclass
-class Members:
-    split: Split  # the shared split (the first member's folds.csv and classes.json)
-    test_ids: list[str]
-    members: list[Member]
-
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.members]
-
-
-def split_digest(split: Split) -> str:
-    """A content hash of the (id, fold) pairs, in id order: the same split whatever the file's name or row order."""
-    h = hashlib.sha1()
-    for i, k in sorted(zip(split.ids, split.fold.tolist())):
-        h.update(f"{i}\0{k}\n".encode("utf-8", "surrogatepass"))
-    return h.hexdigest()[:16]
-
-
-def _aligned(pred: Predictions, ids: list[str], classes: list[str]) -> np.ndarray:
-    """pred's probabilities in the order of `ids` (all of them there) and of `classes`."""
-    row = {i: n for n, i in enumerate(pred.ids)}
-    col = {c: n for n, c in enumerate(pred.classes)}
-    return pred.probs[np.ix_([row[i] for i in ids], [col[c] for c in classes])]
-
-
-def _member(root: Path) -> Run:
-    """A member's run folder, checked to be finished: scores, OOF and test predictions."""
-    run = Run(root)
-    if not run.exists():
-        raise UserError(f"member {root}: not a run folder (no {run.config_yaml.name}); members are scored "
-                        "experiments (make train predict)")
-    for path in (run.folds_csv, run.classes_json, run.oof_csv, run.scores_json):
-        if not path.is_file():
-            raise UserError(f"member {root} is unfinished (no {path.name}): train and score it first "
-                            f"(make train {run.make_args})")
-    if not run.test_csv.is_file():
-        raise UserError(f"member {root} has no test predictions (no {run.test_csv.name}): predict them first "
-                        f"(make predict {run.make_args})")
-    return run
-
-
-def load_members(roots: list[Path]) -> Members:
-    """The members, checked to share one split, labels, classes and test ids; each problem one line naming it."""
-    if not roots:
-        raise UserError("an ensemble needs at least one member (--members runs/a runs/b ...)")
-    names = [Path(r).name for r in roots]
-    repeated = next((n for n in names if names.count(n) > 1), None)
-    if repeated:
-        raise UserError(f"member {repeated!r} is named twice; list each run folder once (hill climbing "
-                        "weights a member by picking it more than once)")
-    runs = [_member(Path(r)) for r in roots]
-    first = runs[0]
-    split = first.read_split()
-    digest, classes = split_digest(split), split.classes
-    label_of = dict(zip(split.ids, split.labels))
-    first_test = first.read_test(classes)
-    members = []
-    for run in runs:
-        own = run.read_split() if run is not first else split
-        if set(own.classes) != set(classes):
-            raise UserError(f"member {run.root} has classes {own.classes} and {first.root} has {classes}: "
-                            "members must be experiments on one corpus")
-        if set(own.ids) != set(split.ids):
-            other = sorted(set(own.ids) ^ set(split.ids))
-            raise UserError(f"member {run.root} has other training ids than {first.root} ({len(other)} not in "
-                            f"both, e.g. {other[0]!r}): members must be experiments on one corpus")
-        if split_digest(own) != digest:
-            raise UserError(f"member {run.root} has another split than {first.root} (its folds.csv puts ids in "
-                            "other folds): blend experiments of one corpus split (same data, cv.n_folds, cv.seed)")
-        wrong = next((i for i, label in zip(own.ids, own.labels) if label_of[i] != label), None)
-        if wrong is not None:
-            raise UserError(f"member {run.root} labels {wrong!r} {dict(zip(own.ids, own.labels))[wrong]!r} and "
-                            f"{first.root} labels it {label_of[wrong]!r}: members must be experiments on one corpus")
-        oof = run.read_oof()
-        if sorted(oof.ids) != sorted(split.ids):
-            raise UserError(f"member {run.root}: oof.csv does not cover its folds.csv; re-score it "
-                            f"(make train {run.make_args})")
-        test = run.read_test(own.classes)
-        if test.ids != first_test.ids and sorted(test.ids) != sorted(first_test.ids):
-            raise UserError(f"member {run.root}: test.csv has other ids than {first.root}'s; predict both on the "
-                            "same test set (make predict)")
-        members.append(Member(run.name, run.root, _aligned(oof, split.ids, classes),
-                              _aligned(test, first_test.ids, classes)))
-    return Members(split, first_test.ids, members)
-
-
-# ---- the metric the weights are fitted for -----------------------------------------------------------------
-def objective(metric: str):
-    """`(y, probs) -> float` for the metric (the same scikit-learn calls as the scores); see is_better."""
-    if metric == "auc":
-        return auc
-    if metric == "accuracy":
-        return lambda y, p: accuracy(y, p.argmax(axis=1))
-    if metric == "macro_f1":
-        return lambda y, p: macro_f1(y, p.argmax(axis=1), np.arange(p.shape[1]))
-    return lambda y, p: score(y, p)[metric]
-
-
-# ---- methods ----------------------------------------------------------------------------------------------
-@dataclass
-class Blend:
-    """What a method fitted: one weight per member (summing to 1), or a stacker; `apply` blends."""
-
-    method: str
-    weights: np.ndarray
-    picks: list[int] = field(default_factory=list)  # hill_climb: the members picked, in order
-    stacker: object | None = None  # stack: the fitted LogisticRegression
-
-    def apply(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """The blended probabilities of rows of the members' inputs (see `method_inputs`)."""
-        if self.stacker is not None:
-            return _stack_proba(self.stacker, inputs)
-        blended = sum(w * p for w, p in zip(self.weights, inputs))
-        if self.method == "rank":  # mean ranks are not probabilities: make each row sum to 1
-            if blended.shape[1] == 2:
-                return np.column_stack([1 - blended[:, 1], blended[:, 1]])
-            return blended / blended.sum(axis=1, keepdims=True)
-        return blended
-
-
-def method_inputs(method: str, probs: list[np.ndarray]) -> list[np.ndarray]:
-    """What a method blends: the probabilities, or (rank) each class column's ranks scaled to (0, 1].
-
-    Ranks are taken over all the rows given (the whole OOF table, or the whole test table), once, so the nested
-    and the plain blend of an unfitted method are the same numbers.
-    """
-    if method != "rank":
-        return probs
-    return [rankdata(p, axis=0) / len(p) for p in probs]
-
-
-def hill_climb(inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS) -> Blend:
-    """Caruana et al. (2004): from the best single member, add (with replacement) the member that most improves
-    the metric of the running average, at most `rounds` times; stop when no addition improves it strictly."""
-    measure = objective(metric)
-    singles = [measure(y, p) for p in inputs]
-    best = 0
-    for i, s in enumerate(singles):
-        if is_better(metric, s, singles[best]):
-            best = i
-    picks, total, current = [best], inputs[best].copy(), singles[best]
-    for _ in range(rounds):
-        trials = [measure(y, (total + p) / (len(picks) + 1)) for p in inputs]
-        pick = None
-        for i, s in enumerate(trials):
-            if is_better(metric, s, current if pick is None else trials[pick]):
-                pick = i
-        if pick is None:
-            break
-        picks.append(pick)
-        total += inputs[pick]
-        current = trials[pick]
-    counts = np.bincount(picks, minlength=len(inputs)).astype(np.float64)
-    return Blend("hill_climb", counts / counts.sum(), picks)
-
-
-def _stack_features(inputs: list[np.ndarray]) -> np.ndarray:
-    """Each member's log-probabilities (binary: the log-odds, the one column that carries them)."""
-    logs = [np.log(np.clip(p, EPS, 1.0)) for p in inputs]
-    if inputs[0].shape[1] == 2:
-        return np.column_stack([lp[:, 1] - lp[:, 0] for lp in logs])
-    return np.hstack(logs)
-
-
-def _stack_proba(model, inputs: list[np.ndarray]) -> np.ndarray:
-    """The stacker's probabilities in class-index columns (a class absent where it was fitted gets 0)."""
-    out = np.zeros((len(inputs[0]), inputs[0].shape[1]))
-    out[:, model.classes_] = model.predict_proba(_stack_features(inputs))
-    return out
-
-
-def stack(inputs: list[np.ndarray], y: np.ndarray) -> Blend:
-    """scikit-learn's logistic regression (multinomial for multi-class) on the members' OOF log-probabilities.
-    Its member weights are each member's share of the absolute coefficients (for show)."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - only this method needs it
-
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(_stack_features(inputs), y)
-    per_member = np.abs(model.coef_).reshape(len(model.coef_), len(inputs), -1).sum(axis=(0, 2))
-    total = per_member.sum()
-    weights = per_member / total if total > 0 else np.full(len(inputs), 1 / len(inputs))
-    return Blend("stack", weights, stacker=model)
-
-
-def fit_blend(method: str, inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS) -> Blend:
-    if method == "hill_climb":
-        return hill_climb(inputs, y, metric, rounds)
-    if method == "stack":
-        return stack(inputs, y)
-    return Blend(method, np.full(len(inputs), 1 / len(inputs)))  # mean, rank: nothing to fit
-
-
-def nested_blend(method: str, inputs: list[np.ndarray], y: np.ndarray, folds: np.ndarray, metric: str,
-                 rounds: int = ROUNDS) -> tuple[np.ndarray, dict[int, Blend]]:
-    """The honest OOF blend: each fold's rows blended by a blend fitted on the other folds' rows only."""
-    out = np.empty_like(inputs[0], dtype=np.float64)
-    fitted = {}
-    for k in sorted(set(folds.tolist())):
-        held = folds == k
-        blend = fit_blend(method, [p[~held] for p in inputs], y[~held], metric, rounds)
-        out[held] = blend.apply([p[held] for p in inputs])
-        fitted[int(k)] = blend
-    return out, fitted
-
-
-def correlation(members: list[np.ndarray]) -> np.ndarray:
-    """Pearson correlation of the members' OOF predictions: of P(positive) for binary, else the mean over the
-    class columns."""
-    columns = [1] if members[0].shape[1] == 2 else range(members[0].shape[1])
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore")  # a constant column has no correlation: NaN
-        mats = [np.atleast_2d(np.corrcoef(np.stack([p[:, c] for p in members]))) for c in columns]
-    return np.mean(mats, axis=0)
-
-
-# ---- the blend ---------------------------------------------------------------------------------------------
 def _blend_folder(root: Path, roots: list[Path]) -> Run:
     run = Run(root)
     check_name(run.name)
@@ -311,63 +69,33 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     group = load_members(roots)
     cfg = Run(roots[0]).load_config()
     metric = resolve_metric(cfg.train.metric)
-    split, names = group.split, group.names
-    y, folds = split.y, split.fold
-
-    oof_inputs = method_inputs(method, [m.oof for m in group.members])
-    fitted = fit_blend(method, oof_inputs, y, metric, rounds)
-    plain = fitted.apply(oof_inputs)
-    nested, per_fold = nested_blend(method, oof_inputs, y, folds, metric, rounds)
-    test = fitted.apply(method_inputs(method, [m.test for m in group.members]))
-
-    member_scores = {m.name: score(y, m.oof) for m in group.members}
-    best = names[0]
-    for name in names:
-        if is_better(metric, member_scores[name][metric], member_scores[best][metric]):
-            best = name
-    rule = fit_rule(y, plain, metric)
-    oof = Predictions(split.ids, split.classes, plain, folds, split.labels)
+    split = group.split
+    blended = blend_members(group, method, metric, rounds)
+    rule = fit_rule(split.y, blended.oof, metric)
+    oof = Predictions(split.ids, split.classes, blended.oof, split.fold, split.labels)
     scores = score_oof(oof, metric)
-    nested_scores = score(y, nested)
-    scores["ensemble"] = {
-        "method": method,
-        "rounds": rounds if method == "hill_climb" else None,
-        "metric": metric,
-        "members": [{"name": m.name, "run": str(m.root), "weight": float(w), "oof": member_scores[m.name]}
-                    for m, w in zip(group.members, fitted.weights)],
-        "best_member": {"name": best, "oof": member_scores[best]},
-        "oof": scores["oof"][metric],  # weights fitted on all OOF rows and scored on them: optimistic
-        "oof_nested": nested_scores[metric],  # weights fitted on the other folds: what to expect of new data
-        "nested": nested_scores,
-        "decision": {"metric": rule.metric, "rule": rule.describe(), "argmax": rule.oof_before,
-                     "fitted": rule.oof_after, "nested": nested_rule_score(y, plain, folds, metric)},
-        "correlation": {"members": names, "matrix": correlation([m.oof for m in group.members]).tolist()},
-    }
-    record = {
-        "method": method, "rounds": rounds if method == "hill_climb" else None, "metric": metric,
-        "members": names, "runs": [str(m.root) for m in group.members], "split": split_digest(split),
-        "weights": dict(zip(names, map(float, fitted.weights))),
-        "fold_weights": {str(k): dict(zip(names, map(float, b.weights))) for k, b in per_fold.items()},
-    }
-    if method == "hill_climb":
-        record["picks"] = [names[i] for i in fitted.picks]
-    if fitted.stacker is not None:
-        record["stacker"] = {"features": "log-odds" if len(split.classes) == 2 else "log-probabilities",
-                             "coef": fitted.stacker.coef_.tolist(), "intercept": fitted.stacker.intercept_.tolist(),
-                             "classes": [split.classes[c] for c in fitted.stacker.classes_]}
+    scores["ensemble"] = ensemble_scores(group, blended, scores["oof"], rule)
+    record = ensemble_record(group, blended)
 
     cfg.name = folder.name
     folder.check_owner(cfg)  # a blend folder keeps its corpus, as any run folder
     out = out or submission_csv("submissions", folder.name)
-    submission = _submission(cfg, group.test_ids, test, split.classes, metric, rule)  # checked before writing
+    test = Predictions(group.test_ids, split.classes, blended.test)
+    sample = sample_format(read_test(cfg.data, verify=False), split.classes, metric, cfg.predict.value)
+    rule = rule if sample is not None and sample.format.labels_by_rule(cfg.predict.decision) else None
+    if sample is not None:  # checked before anything is written
+        build(sample.frame, sample.format, test.ids, test.probs, test.classes, rule)
 
     # an interrupted re-blend must not leave the old scores beside new tables: scores.json goes first, comes last
     folder.scores_json.unlink(missing_ok=True)
     folder.save_config(cfg)
     folder.write_split(_split_table(split), split.classes)
     folder.write_oof(oof)
-    folder.write_test(Predictions(group.test_ids, split.classes, test))
-    submission.write(folder, out)
+    folder.write_test(test)
+    if rule is not None:
+        folder.write_decision(rule.to_dict())
+        console.print(f"ensemble: labels by {rule.describe()}")
+    console.print(f"ensemble: {escape(write_submission(out, test, sample, rule))}")
     folder.write_ensemble(record)
     folder.write_scores(scores)
     print_blend(scores, record, folder.name)
@@ -381,38 +109,8 @@ def _split_table(split: Split) -> pl.DataFrame:
     return pl.DataFrame({**columns, "fold": split.fold.astype(np.int64)})
 
 
-@dataclass
-class _Submission:
-    frame: pd.DataFrame | pl.DataFrame
-    fmt: object | None  # submission.Format; None: no sample submission, id + class probabilities
-    rule: object | None  # the decision rule that chose the labels, saved beside the blend
-
-    def write(self, folder: Run, out: Path) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if self.fmt is None:
-            write_atomic(out, lambda tmp: self.frame.write_csv(tmp))
-            console.print(f"ensemble: wrote {escape(str(out))} (no sample submission: id + class probabilities)")
-            return
-        if self.rule is not None:
-            folder.write_decision(self.rule.to_dict())
-            console.print(f"ensemble: labels by {self.rule.describe()}")
-        write(self.frame, out, self.fmt)
-        console.print(f"ensemble: wrote {escape(str(out))} ({len(self.frame)} rows, {self.fmt.kind} in "
-                      f"{', '.join(self.fmt.columns)}{'' if self.fmt.header else ', no header'})")
-
-
-def _submission(cfg, ids: list[str], probs: np.ndarray, classes: list[str], metric: str, rule) -> _Submission:
-    """The submission in the sample's format, as predict makes it; labels by the rule fitted on the blended OOF."""
-    test = read_test(cfg.data, verify=False)
-    if test is None or test.sample is None:
-        return _Submission(Predictions(ids, classes, probs).frame(), None, None)
-    fmt = infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
-    rule = rule if fmt.kind == "label" and cfg.predict.decision == "oof" else None
-    return _Submission(build(test.sample, fmt, ids, probs, classes, rule), fmt, rule)
-
-
-# ---- the blend as people read it ------------------------------------------------------------------------------
 def print_blend(scores: dict, record: dict, name: str) -> None:
+    """The blend's tables (`foldvision.results.blend`) in the terminal."""
     parts = tables(scores, record)
     for part, title in titles(scores, name).items():
         print_wide(shown(parts[part], index=part == "correlation").rich(title))

@@ -3,7 +3,7 @@
     python -m foldvision.commands.report runs/<exp> [--submission submissions/<exp>.csv] [--stale scores submission]
     make report EXP=<exp>
 
-Writes the plots (`foldvision.commands.plots`, PNG files in the run's plots folder) and the run's page
+Writes the plots (`foldvision.results.figures`, PNG files in the run's plots folder) and the run's page
 (`Run.report_html`): what was run, the OOF and per-fold scores, the submission's Public/Private scores when the
 corpus has a solution file, the ablation table when the experiment was ablated, per-class scores, the plots and
 the most confidently wrong images. Images are embedded (base64) and the styles inline, so the one file opens
@@ -31,7 +31,6 @@ from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.files import write_text_atomic
 from foldvision.results.blend import sections as blend_sections
-from foldvision.commands.plots import most_wrong, write_plots
 from foldvision.results.compare import (
     Experiment,
     Shown,
@@ -46,6 +45,7 @@ from foldvision.results.compare import (
     per_class,
     short_value,
 )
+from foldvision.results.figures import most_wrong, write_plots
 from foldvision.run import Run, input_digests
 
 # what --stale names, and what the user runs to bring it up to date

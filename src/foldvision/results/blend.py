@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from foldvision.errors import UserError
 from foldvision.results.compare import Shown, fmt
@@ -30,7 +30,7 @@ def blend_summary(scores: dict) -> str:
     return f"{info['method']} blend of {members}"
 
 
-def summary_tables(run: Run | str | Path) -> dict[str, pd.DataFrame]:
+def summary_tables(run: Run | str | Path) -> dict[str, pl.DataFrame]:
     """A blend's tables, from its scores.json and ensemble.json alone:
 
     - `members`: each member's weight and OOF scores;
@@ -47,22 +47,23 @@ def summary_tables(run: Run | str | Path) -> dict[str, pd.DataFrame]:
     return tables(scores, run.read_ensemble())
 
 
-def tables(scores: dict, record: dict) -> dict[str, pd.DataFrame]:
+def tables(scores: dict, record: dict) -> dict[str, pl.DataFrame]:
     """summary_tables of a blend's scores and ensemble record."""
     info, best, decision = scores["ensemble"], scores["ensemble"]["best_member"], scores["ensemble"]["decision"]
-    members = pd.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in SCORE_NAMES}}
+    members = pl.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in SCORE_NAMES}}
                             for m in info["members"]])
-    compared = pd.DataFrame([
+    compared = pl.DataFrame([
         {"": f"best member ({best['name']})", **{n: best["oof"][n] for n in SCORE_NAMES}},
         {"": "blend OOF (weights fitted on all OOF)", **{n: scores["oof"][n] for n in SCORE_NAMES}},
         {"": "blend nested OOF (weights fitted on the other folds)", **{n: info["nested"][n] for n in SCORE_NAMES}},
     ])
-    rule = pd.DataFrame({"labels by": ["argmax", f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
+    rule = pl.DataFrame({"labels by": ["argmax", f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
                                        "rule fitted on the other folds (nested)"],
                          decision["metric"]: [decision["argmax"], decision["fitted"], decision["nested"]]})
     names = info["correlation"]["members"]
-    corr = pd.DataFrame(info["correlation"]["matrix"], index=names, columns=names)
-    fold_weights = pd.DataFrame([{"without fold": int(k), **w} for k, w in record["fold_weights"].items()])
+    # a square matrix: row i is the member named by column i (see `shown`)
+    corr = pl.DataFrame(info["correlation"]["matrix"], schema=names, orient="row")
+    fold_weights = pl.DataFrame([{"without fold": int(k), **w} for k, w in record["fold_weights"].items()])
     return {"members": members, "scores": compared, "decision": rule, "correlation": corr,
             "fold_weights": fold_weights}
 
@@ -81,12 +82,14 @@ def titles(scores: dict, name: str) -> dict[str, str]:
     }
 
 
-def shown(frame: pd.DataFrame, index: bool = False) -> Shown:
-    """A summary table as the terminal and the report show it: numbers at 4 digits, '–' for none."""
+def shown(frame: pl.DataFrame, index: bool = False) -> Shown:
+    """A summary table as the terminal and the report show it: numbers at 4 digits, '–' for none. `index`: the
+    table is a square matrix (the correlation) whose rows are named as its columns."""
     columns = ([""] if index else []) + [str(c) for c in frame.columns]
+    labels = frame.columns if index else [None] * frame.height
     rows = [([str(label)] if index else []) + [fmt(v) if isinstance(v, float) else str(v) for v in row]
-            for label, row in zip(frame.index, frame.itertuples(index=False))]
-    text = tuple(c for c in frame.columns if frame[c].dtype.kind not in "fi")
+            for label, row in zip(labels, frame.iter_rows())]
+    text = tuple(c for c in frame.columns if not frame[c].dtype.is_numeric())
     return Shown(columns, rows, left=text)
 
 

@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from foldvision.errors import UserError
-from foldvision.commands.evaluate import evaluate
 from foldvision.results.metrics import LOWER_IS_BETTER
+from foldvision.results.submission import score_submission
 from foldvision.run import Run, submission_csv
 
 # A corpus's test labels: Kaggle's published solution (with a Public/Private `Usage` column), or held-back
@@ -190,12 +190,12 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     solution has a Usage column, ('auc', {'test': .}) when not; ('', {}) without a submission or solution.
 
     `metric` is used when the submission's kind allows it (AUC needs probabilities), else the first one
-    `foldvision.commands.evaluate` computes (accuracy for a label submission).
+    `score_submission` computes (accuracy for a label submission).
     """
     if solution is None or not submission.is_file():
         return "", {}
     try:
-        results = evaluate(submission, solution)
+        results = score_submission(submission, solution)
     except UserError:  # a submission for another test set, or a solution we cannot read: no score, no crash
         return "", {}
     parts = {k.lower(): v for k, v in results.items() if k != "all"} or {"test": results["all"]}

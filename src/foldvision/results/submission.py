@@ -1,4 +1,9 @@
-"""The submission file, in exactly the sample submission's format: columns, header, id order, value kind."""
+"""The submission file: the one writer (predict and ensemble write through it), in exactly the sample
+submission's format (columns, header, id order, value kind); and the one reader that scores a submission
+against known test labels, as a leaderboard would (`evaluate` and the leaderboard's Public/Private columns).
+
+Every table here is polars, every cell of a sample or solution a string as `foldvision.corpus` reads it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from foldvision.console import console
-from foldvision.results.decision import DecisionRule
+from foldvision.corpus import TestSet, read_table, sort_classes
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
+from foldvision.results.decision import DecisionRule
+from foldvision.results.metrics import accuracy, auc, macro_f1, score
+from foldvision.run import Predictions
 
 
-@dataclass
+@dataclass(frozen=True)
 class Format:
     """What a sample submission asks for."""
 
@@ -25,12 +33,33 @@ class Format:
     sep: str
     header: bool  # write a header row (SIGNATE samples often have none)
 
+    def labels_by_rule(self, decision: str) -> bool:
+        """Whether the labels come from the OOF-fitted decision rule (`predict.decision: oof`), not argmax."""
+        return self.kind == "label" and decision == "oof"
 
-def _is_number(values: pd.Series) -> bool:
-    return bool(len(values)) and pd.to_numeric(values, errors="coerce").notna().all()
+    def describe(self) -> str:
+        return f"{self.kind} in {', '.join(self.columns)}{'' if self.header else ', no header'}"
 
 
-def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: str, value: str = "auto",
+@dataclass(frozen=True)
+class Sample:
+    """A corpus's sample submission as read (every cell a string) and the format it asks for."""
+
+    frame: pl.DataFrame
+    path: Path
+    format: Format
+
+
+def _numbers(values: pl.Series) -> np.ndarray:
+    """The cells as floats (spaces around a number allowed), NaN where a cell is no number ('', 'abc', 'NaN')."""
+    return values.str.strip_chars().cast(pl.Float64, strict=False).fill_null(np.nan).to_numpy()
+
+
+def _is_number(values: pl.Series) -> bool:
+    return bool(len(values)) and not np.isnan(_numbers(values)).any()
+
+
+def infer_format(sample: pl.DataFrame, path: Path, classes: list[str], metric: str, value: str = "auto",
                  header: bool = True) -> Format:
     """Read the value kind off the sample: its column names and the values it holds."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -50,11 +79,11 @@ def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: s
                             "the sample must have one value column or one column per class")
         return Format(id_col, "classes", columns, columns, sep, header)
     column = columns[0]
-    values = sample[column].str.strip()
     if value == "auto":
         # a binary contest shows a probability (0.5) or is scored by AUC; anything else wants a class
+        values = sample[column].str.strip_chars()
         numeric = _is_number(values)
-        fractional = numeric and bool((pd.to_numeric(values) % 1 != 0).any())
+        fractional = numeric and bool((_numbers(values) % 1 != 0).any())
         binary_probability = len(classes) == 2 and (fractional or (numeric and metric == "auc"))
         value = "probability" if binary_probability else "label"
         console.print(f"[dim]{path.name}: column '{column}' takes a {value}"
@@ -68,33 +97,109 @@ def infer_format(sample: pd.DataFrame, path: Path, classes: list[str], metric: s
     return Format(id_col, "label", [column], list(classes), sep, header)
 
 
-def build(sample: pd.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, classes: list[str],
-          rule: DecisionRule | None = None) -> pd.DataFrame:
+def sample_format(test: TestSet | None, classes: list[str], metric: str, value: str = "auto") -> Sample | None:
+    """The test set's sample submission and its format (checked before minutes of inference); None without one."""
+    if test is None or test.sample is None:
+        return None
+    fmt = infer_format(test.sample, test.sample_path, classes, metric, value, test.sample_header)
+    return Sample(test.sample, test.sample_path, fmt)
+
+
+def build(sample: pl.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, classes: list[str],
+          rule: DecisionRule | None = None) -> pl.DataFrame:
     """The submission rows, in the sample's id order, checked before anything is written.
 
     Labels come from `rule` (fitted on the OOF predictions) when given, else from argmax.
     """
     order = {i: n for n, i in enumerate(ids)}
-    sample_ids = sample[fmt.id_col].str.strip()
+    sample_ids = sample[fmt.id_col].str.strip_chars().to_list()
     absent = [i for i in sample_ids if i not in order]
     if absent:
         raise UserError(f"no prediction for {len(absent)} sample submission ids (e.g. '{absent[0]}')")
     probs = probs[[order[i] for i in sample_ids]]
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1 + 1e-6).any():
         raise UserError("predicted probabilities are not all finite and within [0, 1]; the models diverged")
-    out = pd.DataFrame({fmt.id_col: sample[fmt.id_col]})
     col = {c: i for i, c in enumerate(classes)}
+    values: dict[str, pl.Series | np.ndarray] = {fmt.id_col: sample[fmt.id_col]}  # the ids as the sample spells them
     if fmt.kind == "classes":  # a headerless sample's columns are named column1...: fmt.classes maps them
         for name, cls in zip(fmt.columns, fmt.classes):
-            out[name] = probs[:, col[cls]]
+            values[name] = probs[:, col[cls]]
     elif fmt.kind == "probability":
-        out[fmt.columns[0]] = probs[:, col[fmt.classes[0]]]
+        values[fmt.columns[0]] = probs[:, col[fmt.classes[0]]]
     else:
         picked = rule.apply(probs) if rule is not None else probs.argmax(axis=1)
-        out[fmt.columns[0]] = np.asarray(classes, dtype=object)[picked]
-    assert len(out) == len(sample) and list(out.columns) == list(sample.columns)
+        values[fmt.columns[0]] = pl.Series([classes[i] for i in picked], dtype=pl.String)
+    out = pl.DataFrame(values)
+    assert out.height == sample.height and out.columns == sample.columns
     return out
 
 
-def write(frame: pd.DataFrame, path: Path, fmt: Format) -> None:
-    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, sep=fmt.sep, header=fmt.header))
+def _shortest_floats(frame: pl.DataFrame) -> pl.DataFrame:
+    """Float columns as Python writes them (repr: shortest round trip, '1e-09'). Submissions have always been
+    written so; polars' own float text differs in the exponents ('1e-9', '0.000032'), and a submission must not
+    change byte for byte with the library that writes it."""
+    return frame.with_columns(pl.Series(c, [repr(v) for v in frame[c].to_list()], dtype=pl.String)
+                              for c in frame.columns if frame[c].dtype == pl.Float64)
+
+
+def write_submission(out: Path, preds: Predictions, sample: Sample | None, rule: DecisionRule | None = None) -> str:
+    """The one submission writer: `preds` (test ids, class probabilities, class order) in the sample's format
+    (labels by `rule` when given, else argmax), or, without a sample, the id + class-probability table.
+    Everything is checked before the file is written, atomically. Returns the line that says what was written.
+    """
+    if sample is None:
+        write_atomic(out, lambda tmp: preds.frame().write_csv(tmp))
+        return f"wrote {out} (no sample submission: id + class probabilities)"
+    fmt = sample.format
+    frame = build(sample.frame, fmt, preds.ids, preds.probs, preds.classes, rule)
+    written = _shortest_floats(frame)
+    write_atomic(out, lambda tmp: written.write_csv(tmp, separator=fmt.sep, include_header=fmt.header))
+    return f"wrote {out} ({frame.height} rows, {fmt.describe()})"
+
+
+# ---- a submission scored against the test labels -----------------------------------------------------------------
+SOLUTION_PARTS = "Usage"  # a Kaggle solution's column naming each row's leaderboard (Public, Private)
+
+
+def _part_scores(truth: list[str], values: pl.DataFrame) -> dict[str, float]:
+    """One leaderboard part's scores (`values`: the submission's value columns, rows aligned to `truth`),
+    computed by `foldvision.results.metrics`, as the OOF scores are: probabilities by AUC (and accuracy and log
+    loss for a column per class), labels by accuracy and macro-F1."""
+    numbers = np.column_stack([_numbers(values[c]) for c in values.columns])
+    first = values[values.columns[0]].to_list()
+    if np.isnan(numbers).any() or (values.width == 1 and set(first) <= set(truth)):  # labels, even numeric ones
+        return {"accuracy": accuracy(truth, first), "macro_f1": macro_f1(truth, first)}
+    if values.width == 1:  # P(positive): the larger of the two true labels
+        positive, p = sort_classes(truth)[-1], numbers[:, 0]
+        return {"auc": auc((np.asarray(truth) == positive).astype(np.int64), np.stack([1 - p, p], axis=1))}
+    index = {c: i for i, c in enumerate(values.columns)}
+    unknown = sorted(set(truth) - set(index))
+    if unknown:
+        raise UserError(f"solution labels {unknown} are not submission columns")
+    scores = score(np.array([index[t] for t in truth], dtype=np.int64), numbers)
+    return {name: scores[name] for name in ("auc", "accuracy", "log_loss")}
+
+
+def score_submission(submission_path: Path, solution_path: Path) -> dict[str, dict[str, float]]:
+    """A submission's scores against the solution (id, label[, Usage]), rows joined by id: {'all': {...}} and,
+    with a Usage column, one entry per part ('Private', 'Public'), each with its row count `n`."""
+    sub = read_table(submission_path)
+    solution = read_table(solution_path)
+    if sub.width < 2 or solution.width < 2:
+        short = submission_path if sub.width < 2 else solution_path
+        raise UserError(f"{short}: needs an id column and a value column")
+    id_col, label_col = solution.columns[0], solution.columns[1]
+    row_of: dict[str, int] = {}
+    for n, i in enumerate(sub[sub.columns[0]].to_list()):
+        row_of.setdefault(i, n)
+    missing = set(solution[id_col].to_list()) - row_of.keys()
+    if missing:
+        raise UserError(f"{submission_path}: {len(missing)} solution ids have no row (e.g. '{sorted(missing)[0]}')")
+    parts = {"all": solution}
+    if SOLUTION_PARTS in solution.columns:
+        parts |= {usage: solution.filter(pl.col(SOLUTION_PARTS) == usage)
+                  for usage in sorted(solution[SOLUTION_PARTS].unique().to_list())}
+    values = sub.drop(sub.columns[0])
+    return {name: {"n": part.height, **_part_scores(part[label_col].to_list(),
+                                                     values[[row_of[i] for i in part[id_col].to_list()]])}
+            for name, part in parts.items()}

@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from foldvision.errors import UserError
 from foldvision.run import Predictions, Run
 
@@ -94,10 +92,10 @@ class WandbTracker:
     def log_oof(self, scores: dict, oof: Predictions) -> None:
         """The OOF metrics in the summary; per-fold and per-class tables, the confusion matrix and the ROC curve
         (the positive class for binary, one-vs-rest for multi-class) as W&B plots."""
+        import pandas as pd  # noqa: PLC0415 - the edge where a library wants a DataFrame: wandb.Table's
         import wandb
 
         classes, y, probs = oof.classes, oof.y, oof.probs
-        # pandas here only: wandb.Table takes a pandas DataFrame
         per_class = pd.DataFrame([{"class": name, **entry} for name, entry in scores["per_class"].items()])
         self.run.summary.update({f"oof_{k}": v for k, v in scores["oof"].items()})
         self.run.log({

@@ -13,24 +13,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
 import polars as pl
 
 from foldvision.console import console
 from foldvision.corpus import read_train
 from foldvision.run import Run
-from foldvision.splits import corpus_folds
+from foldvision.splits import corpus_folds, fold_counts
 
 
 def run(run_dir: Path) -> None:
     run = Run(run_dir)
     cfg = run.load_config()
     corpus = read_train(cfg.data)
-    table = corpus.table.assign(fold=corpus_folds(cfg, corpus.table, corpus.source).to_numpy())
-    run.write_split(pl.DataFrame({c: table[c].tolist() for c in table.columns}), corpus.classes)
-    summary = pd.crosstab(table["label"], table["fold"]).reindex(corpus.classes)
-    console.print(f"folds: {len(table)} images, {len(corpus.classes)} classes, {cfg.cv.n_folds} folds")
-    console.print(summary.to_string())
+    folds = corpus_folds(cfg, corpus.table, corpus.source)
+    table = corpus.table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
+    run.write_split(table, corpus.classes)
+    console.print(f"folds: {table.height} images, {len(corpus.classes)} classes, {cfg.cv.n_folds} folds")
+    console.print(fold_counts(table["label"].to_list(), table["fold"].to_list(), corpus.classes))
 
 
 def main(argv: list[str] | None = None) -> None:

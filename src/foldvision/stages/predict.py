@@ -3,10 +3,10 @@
     python -m foldvision.stages.predict runs/<exp> --fold K                   fold<K>/test.csv: fold K's TTA probabilities
     python -m foldvision.stages.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
 
-`--fold` always runs the model; `--out` never does: it averages the existing `fold<k>/test.csv` files (id +
-one probability column per class) into `test.csv` and writes the submission in exactly the sample
-submission's format, joined by id. Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or
-re-labelling needs no new inference.
+`--fold` always runs the model; `--out` never does: `average_folds` averages the existing `fold<k>/test.csv`
+files (id + one probability column per class) into `test.csv` and writes the submission in exactly the sample
+submission's format, joined by id, through the one submission writer (`results.submission.write_submission`).
+Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or re-labelling needs no new inference.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from rich.markup import escape
 
 from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
@@ -26,8 +26,8 @@ from foldvision.errors import UserError
 from foldvision.learn.loader import create_loader, loader_kwargs
 from foldvision.results.metrics import resolve_metric
 from foldvision.learn.models import CheckpointError, read_checkpoint
-from foldvision.run import Predictions, Run, load_run_config, submission_csv, write_csv
-from foldvision.results.submission import Format, build, infer_format, write
+from foldvision.run import Predictions, Run, load_run_config, submission_csv
+from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.results.tracking import create_tracker
 from foldvision.learn.tta import tta_compose, tta_forward
 
@@ -79,18 +79,15 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
                        description=description)
 
 
-def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Format | None]:
-    """The test images and the submission format, checked before minutes of inference; (None, None) and one
-    printed line when the corpus has no test set."""
+def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Sample | None]:
+    """The test images and the sample submission with its format, checked before minutes of inference;
+    (None, None) and one printed line when the corpus has no test set."""
     test = read_test(cfg.data, verify=verify)
     if test is None:
         console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
                       f"submission): nothing to predict; the OOF scores are in {run.scores_json}")
         return None, None
-    if test.sample is None:
-        return test, None
-    metric = resolve_metric(cfg.train.metric)
-    return test, infer_format(test.sample, test.sample_path, classes, metric, cfg.predict.value, test.sample_header)
+    return test, sample_format(test, classes, resolve_metric(cfg.train.metric), cfg.predict.value)
 
 
 def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
@@ -105,7 +102,7 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     ckpt = read_fold_checkpoint(files.best_pt, fold)
     if list(ckpt["classes"]) != classes:
         raise retrain(CheckpointError(files.best_pt, f"its classes are not those of {run.classes_json}"), fold)
-    ids, paths = [str(i) for i in test.table["id"]], [str(p) for p in test.table["path"]]
+    ids, paths = test.table["id"].to_list(), test.table["path"].to_list()
     console.print(f"fold {fold}: {len(ids)} test images × {len(tta_compose(cfg.predict.tta))} TTA views")
     try:
         probs = fold_test_probs(ckpt, files.best_pt, test.image_dir, paths, tta=cfg.predict.tta,
@@ -143,31 +140,23 @@ def label_rule(run: Run, classes: list[str], metric: str) -> DecisionRule:
     return rule
 
 
-def ensemble(run_dir: Path, out: Path) -> pd.DataFrame | None:
-    """test.csv (the fold mean of every fold<k>/test.csv) and the submission `out`; runs no model."""
+def average_folds(run_dir: Path, out: Path) -> Predictions | None:
+    """test.csv (the mean of every fold<k>/test.csv) and the submission `out`; runs no model. Returns the mean,
+    or None when the corpus has no test set."""
     cfg, run = load_run_config(run_dir), Run(run_dir)
     split = run.read_split()
-    test, fmt = test_set(cfg, run, split.classes, verify=False)  # no image is opened: the fold files hold it all
+    test, sample = test_set(cfg, run, split.classes, verify=False)  # no image is opened: the fold files hold it all
     if test is None:
         return None
-    ids = [str(i) for i in test.table["id"]]
-    where = test.sample_path or test.image_dir
-    probs = fold_mean(run, split.folds, split.classes, ids, where)
+    ids = test.table["id"].to_list()
+    probs = fold_mean(run, split.folds, split.classes, ids, test.sample_path or test.image_dir)
     mean = Predictions(ids, split.classes, probs)
     run.write_test(mean)
     console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
-    if fmt is None:
-        write_csv(out, mean.frame())
-        console.print(f"predict: wrote {out} (no sample submission: id + class probabilities)")
-        return mean.to_pandas()
-    metric = resolve_metric(cfg.train.metric)
-    use_rule = fmt.kind == "label" and cfg.predict.decision == "oof"
-    rule = label_rule(run, split.classes, metric) if use_rule else None
-    submission = build(test.sample, fmt, ids, probs, split.classes, rule)
-    write(submission, out, fmt)
-    console.print(f"predict: wrote {out} ({len(submission)} rows, {fmt.kind} in {', '.join(fmt.columns)}"
-                  f"{'' if fmt.header else ', no header'})")
-    return submission
+    use_rule = sample is not None and sample.format.labels_by_rule(cfg.predict.decision)
+    rule = label_rule(run, split.classes, resolve_metric(cfg.train.metric)) if use_rule else None
+    console.print(f"predict: {escape(write_submission(out, mean, sample, rule))}")
+    return mean
 
 
 def track_submission(run_dir: Path, out: Path) -> None:
@@ -195,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             predict_fold(args.run_dir, fold)
         return
     out = args.out or submission_csv("submissions", args.run_dir.name)
-    if ensemble(args.run_dir, out) is not None:
+    if average_folds(args.run_dir, out) is not None:
         track_submission(args.run_dir, out)
 
 
