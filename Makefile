@@ -241,17 +241,18 @@ GPU_SITE ?= /tmp/site
 GPU_CHECK_OUT ?= gpu_check.json
 GPU_CHECK_ARGS ?=
 # pip matches a manylinux tag exactly: these cover the wheels of the packages above for CPython 3.12 on x86-64
-GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
+GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,\
+	--platform $(p)_x86_64)
 .PHONY: gpu-wheels gpu-check
 
-gpu-wheels: | $(INSTALLED)  ## the wheels the GPU machine lacks (CPython 3.12, x86-64), pinned by constraints.txt, in .whl/
+gpu-wheels: | $(INSTALLED)  ## the wheels the GPU machine lacks (CPython 3.12, x86-64), pinned by constraints.txt
 	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_PLATFORMS) -c constraints.txt -d $(WHEELS) $(GPU_WHEELS)
 	@echo "$(WHEELS): $$(ls $(WHEELS) | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1)"
 
 # there: no network, so pip installs only the carried wheels; foldvision itself runs from the tree (PYTHONPATH=src)
-gpu-check:  ## on the GPU machine: install .whl/ with pip --no-index, then run benchmarks/gpu_check.py on the GPU
+gpu-check:  ## on the GPU machine: install the wheels with pip --no-index, run benchmarks/gpu_check.py
 	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 		--target $(GPU_SITE) $(WHEELS)/*.whl
 	PYTHONPATH=src:$(GPU_SITE) $(GPU_PYTHON) benchmarks/gpu_check.py --keep-going --out $(GPU_CHECK_OUT) \

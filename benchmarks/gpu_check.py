@@ -12,7 +12,8 @@ and on any machine, the same steps at a tiny size on the CPU (what `make test` r
     python benchmarks/gpu_check.py --cpu-dry-run --out gpu_check.json
 
 The steps, each under a time limit (`LIMITS`), in this order; the corpus is the built-in digits
-(`foldvision demo-data`), every fold a BatchNorm CNN (resnet10t; timm's test_resnet in the dry run), tracking off (wandb is not needed):
+(`foldvision demo-data`), every fold a BatchNorm CNN (resnet10t; timm's test_resnet in the dry run), tracking off
+(wandb is not needed):
 
     corpus                the digits corpus (a stratified 50 of them in the dry run)
     fold_fp16, fold_bf16  `foldvision train` of one fold in fp16 (GradScaler) and in bf16, cut by a SIGINT once
@@ -42,6 +43,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -216,8 +218,9 @@ def fold_line_checks(check: Check, output: str, amp: str) -> None:
         raise StepFailed(f"the fold did not run on the GPU: {tail(output)}")
 
 
-def learned(check: Check, run_dir: Path, fold: int, epochs: int) -> dict:
-    """Every epoch in history.csv, finite losses, and on the GPU a validation accuracy far above chance."""
+def learned(check: Check, run_dir: Path, fold: int, epochs: int, must_learn: bool = False) -> dict:
+    """Every epoch in history.csv, finite losses, and (`must_learn`, on the GPU) a validation accuracy far above
+    chance: one epoch is mostly Ranger21's warm-up, so only the longer folds are held to it."""
     import numpy as np
 
     table = history(run_dir, fold)
@@ -226,7 +229,7 @@ def learned(check: Check, run_dir: Path, fold: int, epochs: int) -> dict:
     if not np.isfinite(table["train_loss"].to_numpy(float)).all():
         raise StepFailed(f"non-finite training loss: {table['train_loss'].tolist()}")
     best = float(table["val_accuracy"].max())
-    if not check.dry and best < 0.5:  # 10 digits: chance is 0.1; resnet10t reaches > 0.9 in one epoch
+    if must_learn and not check.dry and best < 0.5:  # 10 digits: chance is 0.1
         raise StepFailed(f"validation accuracy {best:.3f} after {epochs} epochs: the fold did not learn")
     if not (run_dir / f"fold{fold}" / "oof.csv").is_file():
         raise StepFailed("no oof.csv after the fold")
@@ -288,7 +291,7 @@ def fold_cut_and_resumed(check: Check, amp: str) -> dict:
     output = check.foldvision("train", str(run_dir), "--fold", "0")
     if f"resuming after epoch {state['epoch']}" not in output:
         raise StepFailed(f"the second run did not resume after epoch {state['epoch']}: {tail(output)}")
-    figures = {"cut_after_epoch": state["epoch"], **learned(check, run_dir, 0, epochs)}
+    figures = {"cut_after_epoch": state["epoch"], **learned(check, run_dir, 0, epochs, must_learn=True)}
     if scaler is not None:
         figures["scaler_scale_at_cut"] = scaler["scale"]
     return figures
@@ -359,6 +362,8 @@ def fake_nvidia_smi(check: Check) -> str:
 
 
 def step_make_slots(check: Check) -> dict:
+    if shutil.which("make") is None:
+        raise Skip("no make on this machine")
     run_dir = experiment(check, "slots", train={"epochs": 1})
     env = {"PATH": fake_nvidia_smi(check)} if check.dry and shutil.which("nvidia-smi") is None else {}
     output = check.run(["make", "--no-print-directory", "-j2", "train", "EXP=slots", "GPUS=0",
@@ -505,11 +510,18 @@ STEP_FUNCTIONS: dict[str, Callable[[Check], dict]] = {
 
 # ---- the run ---------------------------------------------------------------------------------------------
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished subprocesses (their own included): a step's cost that a
+    busy machine does not inflate, unlike its wall-clock seconds."""
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage,
+                                                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
 def run_step(check: Check, name: str) -> dict:
     """One step under its time limit: {status: passed|skipped|failed, seconds, reason, ...figures}."""
     check.step, check.logs = name, []
     limit = LIMITS[name][check.dry]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     try:
         with time_limit(limit):
             result = {"status": "passed", **STEP_FUNCTIONS[name](check)}
@@ -521,6 +533,7 @@ def run_step(check: Check, name: str) -> dict:
         where = traceback.extract_tb(e.__traceback__)[-1]
         result = {"status": "failed", "reason": f"{type(e).__name__}: {e} ({Path(where.filename).name}:{where.lineno})"}
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result["cpu_seconds"] = round(cpu_seconds() - cpu, 1)
     result["limit_seconds"] = limit
     result["logs"] = [str(p) for p in check.logs]
     return result
@@ -543,11 +556,13 @@ def environment(check: Check) -> dict:
 
 
 def summary(report: dict) -> str:
-    lines = [f"gpu_check on {report['environment'].get('gpu', 'the CPU (dry run)')}, "
-             f"{report['seconds']:.0f} s: {'all passed or skipped' if report['passed'] else 'FAILED'}"]
+    lines = [f"gpu_check on {report['environment'].get('gpu', 'the CPU (dry run)')}, {report['seconds']:.0f} s "
+             f"({report.get('cpu_seconds', 0):.0f} s of CPU): "
+             f"{'all passed or skipped' if report['passed'] else 'FAILED'}"]
     for name in STEPS:
         step = report["steps"].get(name, {"status": "not run"})
-        figures = {k: v for k, v in step.items() if k not in ("status", "seconds", "limit_seconds", "logs", "reason")}
+        figures = {k: v for k, v in step.items()
+                   if k not in ("status", "seconds", "cpu_seconds", "limit_seconds", "logs", "reason")}
         shown = "  ".join(f"{k}={v}" for k, v in figures.items() if not isinstance(v, (dict, list)))
         lines.append(f"  {name:22} {step['status']:8} {step.get('seconds', 0):6.1f} s  "
                      f"{step.get('reason', '')}{shown}")
@@ -563,11 +578,12 @@ def write_report(path: Path, report: dict) -> None:
 
 def check_all(check: Check, out: Path, steps: list[str], keep_going: bool) -> dict:
     report = {"environment": environment(check), "steps": {}, "seconds": 0.0, "passed": True}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for name in steps:
         print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
         report["steps"][name] = result = run_step(check, name)
         report["seconds"] = round(time.perf_counter() - start, 1)
+        report["cpu_seconds"] = round(cpu_seconds() - cpu, 1)
         report["passed"] &= result["status"] != "failed"
         write_report(out, report)
         if result["status"] == "failed" and not keep_going:
