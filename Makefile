@@ -235,3 +235,32 @@ $(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv
 # the fold ensemble in the sample's format (labels use the decision rule fitted on the OOF predictions)
 $(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_TESTS,$(ALL_FOLDS)) $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) predict $(RUN) --out $@
+
+# ---- the GPU machine (benchmarks/gpu_check.py) -----------------------------------------------------
+# What its image lacks (it has torch, torchvision, timm, numpy, pandas, scikit-learn, OpenCV, PyYAML, rich...), with
+# their own missing needs; typing-extensions travels because pydantic needs a newer one than such images hold.
+# Ray and wandb stay behind: Ray is too large to carry, and the check trains with tracking off.
+GPU_WHEELS := albumentations albucore simsimd stringzilla pydantic pydantic-core annotated-types typing-inspection \
+	typing-extensions ttach torchsampler pytorch-optimizer polars polars-runtime-32
+WHEELS ?= .whl
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/site
+GPU_CHECK_OUT ?= gpu_check.json
+GPU_CHECK_ARGS ?=
+# pip matches a manylinux tag exactly: these cover the wheels of the packages above for CPython 3.12 on x86-64
+GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,\
+	--platform $(p)_x86_64)
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: | $(INSTALLED)  ## the wheels the GPU machine lacks (CPython 3.12, x86-64), pinned by constraints.txt
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -c constraints.txt -d $(WHEELS) $(GPU_WHEELS)
+	@echo "$(WHEELS): $$(ls $(WHEELS) | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1)"
+
+# there: no network, so pip installs only the carried wheels; foldvision itself runs from the tree (PYTHONPATH=src)
+gpu-check:  ## on the GPU machine: install the wheels with pip --no-index, run benchmarks/gpu_check.py
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target $(GPU_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=src:$(GPU_SITE) $(GPU_PYTHON) benchmarks/gpu_check.py --keep-going --out $(GPU_CHECK_OUT) \
+		$(GPU_CHECK_ARGS)

@@ -68,7 +68,11 @@ class WandbTracker:
     """One W&B run: `group` = experiment, so the folds and the OOF run of an experiment sit together."""
 
     def __init__(self, run_dir: Path, name: str, job_type: str, config: dict):
-        import wandb  # late: importing wandb costs a second, and `tracking: none` needs none of it
+        try:  # late: importing wandb costs a second, and `tracking: none` needs none of it
+            import wandb
+        except ImportError:  # a machine set up without it (the GPU machine's wheels leave it out)
+            raise UserError("tracking=wandb, but wandb is not installed here: pip install wandb, or set "
+                            "tracking=none (ARGS=\"tracking=none\")") from None
 
         folder = Run(run_dir)
         self.run = wandb.init(
