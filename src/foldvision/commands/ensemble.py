@@ -35,6 +35,7 @@ blends them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import warnings
 from dataclasses import dataclass, field
@@ -356,7 +357,7 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
                              "coef": fitted.stacker.coef_.tolist(), "intercept": fitted.stacker.intercept_.tolist(),
                              "classes": [split.classes[c] for c in fitted.stacker.classes_]}
 
-    cfg.name = folder.name
+    cfg = dataclasses.replace(cfg, name=folder.name)
     folder.check_owner(cfg)  # a blend folder keeps its corpus, as any run folder
     out = out or submission_csv("submissions", folder.name)
     submission = _submission(cfg, group.test_ids, test, split.classes, metric, rule)  # checked before writing
