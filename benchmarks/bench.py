@@ -50,6 +50,7 @@ from foldvision.learn.loader import create_loader, loader_kwargs, loader_workers
 from foldvision.learn.losses import create_loss
 from foldvision.results.metrics import score
 from foldvision.learn.optim import create_optimizer
+from foldvision.learn.transforms import Preprocessing
 from foldvision.learn.tta import tta_compose, tta_forward
 
 TTA_VIEWS = ["hflip", "vflip"]  # 4 views
@@ -74,10 +75,10 @@ class TextbookDataset(torch.utils.data.Dataset):
             return self.transform(image.convert(self.mode)), int(self.targets[i])
 
 
-def textbook_transform(augment: list[dict], data_cfg: dict, train: bool) -> T.Compose:
+def textbook_transform(augment: list[dict], spec: Preprocessing, train: bool) -> T.Compose:
     """torchvision's version of the experiment's pipeline (its flips and rot90; other augmentations are left
     out, which only makes the textbook loop faster)."""
-    ops = [T.Resize((data_cfg["size"],) * 2, interpolation=T.InterpolationMode(data_cfg["interpolation"]))]
+    ops = [T.Resize((spec.size,) * 2, interpolation=T.InterpolationMode(spec.interpolation))]
     for item in augment if train else []:
         (name, args), = item.items()
         p = (args or {}).get("p", 1.0 if name == "RandomRotate90" else 0.5)
@@ -87,7 +88,7 @@ def textbook_transform(augment: list[dict], data_cfg: dict, train: bool) -> T.Co
             ops.append(T.RandomVerticalFlip(p))
         elif name == "RandomRotate90":
             ops.append(T.RandomApply([T.RandomChoice([T.RandomRotation((a, a)) for a in (90, 180, 270)])], p))
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(data_cfg["mean"], data_cfg["std"])])
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 def textbook_loader(dataset: TextbookDataset, batch_size: int, train: bool,
@@ -128,10 +129,10 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def model_only(net: nn.Module, data_cfg: dict, channels: int, batch: int, n_classes: int, optimizer, loss_fn,
+def model_only(net: nn.Module, spec: Preprocessing, channels: int, batch: int, n_classes: int, optimizer, loss_fn,
                amp: Amp, device: torch.device, steps: int, channels_last: bool) -> float:
     """img/s of training steps on one synthetic batch already on the device, as foldvision's loop runs them."""
-    size = data_cfg["size"]
+    size = spec.size
     images = torch.randn(batch, channels, size, size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -188,14 +189,14 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
     index = {c: i for i, c in enumerate(corpus.classes)}
     targets = np.array([index[label] for label in rows["label"].to_list()])
     setup = build_model_for(cfg.model, len(corpus.classes), cfg.data.channels, **runtime_kwargs(cfg.train))
-    model, net, data_cfg, device, amp = setup.model, setup.net, setup.data_cfg, setup.device, setup.amp
+    model, net, spec, device, amp = setup.model, setup.net, setup.preprocessing, setup.device, setup.amp
     # the textbook's twin: the same weights in the default memory format, run uncompiled
     textbook_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     workers = loader_workers(cfg.train.num_workers, device)
     optimizer = create_optimizer(model, cfg.train, 100 * steps)
     textbook_optimizer = create_optimizer(textbook_model, cfg.train, 100 * steps)
     loss_fn = create_loss(cfg.loss)
-    console.print(f"bench: {cfg.model.name} at {data_cfg['size']} px, batch {batch}, {steps} steps ({n_images} "
+    console.print(f"bench: {cfg.model.name} at {spec.size} px, batch {batch}, {steps} steps ({n_images} "
                   f"images of {cfg.data.dir}), amp {amp.mode}, channels_last {cfg.train.channels_last}, compile "
                   f"{cfg.train.compile}, textbook loader workers {workers}, TTA forward passes "
                   f"of {cfg.predict.batch_size}, {os.cpu_count()} cores, device {device}")
@@ -207,7 +208,7 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         def run_epoch() -> float:
             """img/s of one epoch of foldvision's loop, the loader's set-up (and cache fill) included."""
             def epoch():
-                loader = create_loader(corpus.image_dir, rows["path"].to_list(), targets, data_cfg, device, **train_kw)
+                loader = create_loader(corpus.image_dir, rows["path"].to_list(), targets, spec, device, **train_kw)
                 return train_one_epoch(net, loader, loss_fn, optimizer, None, amp, device, cfg.train.accumulate)
             return (len(rows) // batch) * batch / timed(epoch)[0]
 
@@ -216,16 +217,16 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         # drifts by ±10% over a minute, which a single pair of runs would read as a loader gap (or a gain).
         limit, warm = [], []
         for _ in range(repeats):
-            limit.append(model_only(net, data_cfg, cfg.data.channels, batch, len(corpus.classes), optimizer, loss_fn,
+            limit.append(model_only(net, spec, cfg.data.channels, batch, len(corpus.classes), optimizer, loss_fn,
                                     amp, device, steps, cfg.train.channels_last))
             warm.append(run_epoch())
         figures["model_only_img_s"], figures["train_warm_img_s"] = float(np.median(limit)), float(np.median(warm))
 
         # the textbook's kernels warmed up too (its own memory format): untimed
-        model_only(textbook_model, data_cfg, cfg.data.channels, batch, len(corpus.classes), textbook_optimizer, loss_fn,
+        model_only(textbook_model, spec, cfg.data.channels, batch, len(corpus.classes), textbook_optimizer, loss_fn,
                    amp, device, 1, channels_last=False)
         textbook_ds = TextbookDataset(corpus.image_dir, rows["path"].to_list(), targets,
-                                      textbook_transform(cfg.augment.train, data_cfg, train=True), cfg.data.channels)
+                                      textbook_transform(cfg.augment.train, spec, train=True), cfg.data.channels)
         loader = textbook_loader(textbook_ds, batch, True, workers)  # workers as for decoding
         textbook_s, seen = timed(partial(textbook_epoch, textbook_model, loader, loss_fn, textbook_optimizer, amp,
                                          device))
@@ -239,7 +240,7 @@ def bench(cfg: Config, steps: int, tta_images: int, repeats: int = 3) -> dict[st
         views = len(tta_compose(TTA_VIEWS))  # as predict does: one forward pass of predict.batch_size images
         test_kw = loader_kwargs(cfg, train=False, cache_dir=cache, batch_size=max(1, cfg.predict.batch_size // views))
         # fills the cache, untimed
-        tta_loader = create_loader(test.image_dir, test_rows["path"].to_list(), None, data_cfg, device, **test_kw)
+        tta_loader = create_loader(test.image_dir, test_rows["path"].to_list(), None, spec, device, **test_kw)
         figures["tta_img_s"], figures["ttach_img_s"], gap = tta_figures(net, tta_loader, amp, device)
         console.print(f"bench: batched TTA vs ttach's wrapper, both averaging logits: largest probability "
                       f"difference {gap:.2e}")
@@ -272,12 +273,12 @@ def textbook_folds(run_dir: Path, folds: list[int] | None) -> None:
         # built as foldvision builds it, but left in the default memory format and uncompiled
         setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels, device=str(device), amp=amp.mode,
                                 channels_last=False, compile=False)
-        model, data_cfg = setup.model, setup.data_cfg
+        model, spec = setup.model, setup.preprocessing
         train_loader = textbook_loader(TextbookDataset(root, paths[train_rows], split.y[train_rows],
-                                       textbook_transform(cfg.augment.train, data_cfg, True), cfg.data.channels),
+                                       textbook_transform(cfg.augment.train, spec, True), cfg.data.channels),
                                        cfg.train.batch_size, True, workers)
         val_loader = textbook_loader(TextbookDataset(root, paths[val_rows], split.y[val_rows],
-                                     textbook_transform([], data_cfg, False), cfg.data.channels),
+                                     textbook_transform([], spec, False), cfg.data.channels),
                                      cfg.predict.batch_size, False, workers)
         optimizer = create_optimizer(model, cfg.train, len(train_loader) * cfg.train.epochs)
         loss_fn = create_loss(cfg.loss)

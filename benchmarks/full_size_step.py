@@ -43,7 +43,7 @@ def one(config: str, batch: int, steps: int, overrides: list[str]) -> dict:
     # position embeddings per input)
     model_cfg = dataclasses.replace(cfg.model, dynamic_img_size=True) if cfg.train.finetune_size else cfg.model
     setup = build_model_for(model_cfg, classes, cfg.data.channels, **runtime_kwargs(cfg.train))
-    size = setup.data_cfg["size"]
+    size = setup.preprocessing.size
     optimizer = create_optimizer(setup.model, cfg.train, steps)
     scheduler = create_scheduler(optimizer, cfg.train, steps)
     generator = torch.Generator().manual_seed(0)

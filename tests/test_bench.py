@@ -6,6 +6,7 @@ import torch
 
 from bench import ORDER, TextbookDataset, main, textbook_transform
 from foldvision.learn.images import load_image
+from foldvision.learn.transforms import Preprocessing
 
 from conftest import make_corpus, write_config
 
@@ -23,9 +24,9 @@ def test_bench_prints_every_figure(tmp_path, capsys):
 
 def test_textbook_pipeline_without_augmentation_matches_the_model_statistics(tmp_path):
     corpus = make_corpus(tmp_path / "c", {"0": 2, "1": 2}, size=16)
-    data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2)}
-    dataset = TextbookDataset(corpus, ["train/0_000.png"], [0], textbook_transform([], data_cfg, False), 3)
+    spec = Preprocessing(16, "bilinear", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), channels=3)
+    dataset = TextbookDataset(corpus, ["train/0_000.png"], [0], textbook_transform([], spec, False), 3)
     image, target = dataset[0]
     pixels = load_image(corpus / "train/0_000.png", 3).astype(np.float32) / 255
-    expected = (pixels - np.array(data_cfg["mean"])) / np.array(data_cfg["std"])
+    expected = (pixels - np.array(spec.mean)) / np.array(spec.std)
     assert target == 0 and torch.allclose(image.permute(1, 2, 0), torch.from_numpy(expected).float(), atol=1e-5)

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 import foldvision.learn.cache as cache_module
-from foldvision.learn.cache import CachedImages, DecodedImages, Preprocess, cache_folder, open_images
+from foldvision.learn.cache import CachedImages, DecodedImages, cache_folder, open_images
 from foldvision.config import load_config
 from foldvision.run import save_run_config
 from foldvision.learn.images import load_image
+from foldvision.learn.transforms import Preprocessing
 from foldvision.errors import UserError
 from foldvision.stages.folds import run as make_folds
 from foldvision.stages.predict import average_folds, predict_fold
@@ -25,7 +26,12 @@ from foldvision.stages.train import fit_fold
 
 from conftest import make_corpus, write_config
 
-PREP = Preprocess(size=12, channels=3, interpolation="bicubic")
+def spec(size: int, channels: int, interpolation: str, mean: float = 0.5) -> Preprocessing:
+    """A model's input; the cache keeps what its size, channels and interpolation decide (not mean and std)."""
+    return Preprocessing(size, interpolation, (mean,) * channels, (0.25,) * channels, channels)
+
+
+PREP = spec(12, 3, "bicubic")
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ def data_cfg(tmp_path, cache=True):
 
 @pytest.mark.parametrize("channels,interpolation", [(3, "bicubic"), (1, "bilinear"), (3, "area")])
 def test_cached_pixels_equal_a_fresh_decode_and_resize(tmp_path, corpus, channels, interpolation):
-    prep = Preprocess(12, channels, interpolation)
+    prep = spec(12, channels, interpolation)
     images = open_images(data_cfg(tmp_path), corpus, paths(corpus), prep, workers=0)
     assert isinstance(images, CachedImages)
     flag = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}[interpolation]
@@ -108,7 +114,7 @@ def test_another_setting_is_another_cache(tmp_path, corpus, decodes):
     cfg = data_cfg(tmp_path)
     open_images(cfg, corpus, paths(corpus), PREP, workers=0)
     decodes.clear()
-    for prep in (Preprocess(16, 3, "bicubic"), Preprocess(12, 1, "bicubic"), Preprocess(12, 3, "bilinear")):
+    for prep in (spec(16, 3, "bicubic"), spec(12, 1, "bicubic"), spec(12, 3, "bilinear")):
         images = open_images(cfg, corpus, paths(corpus), prep, workers=0)
         assert images["train/0.png"].shape == prep.shape
     assert len(decodes) == 18  # each new setting decoded every image once
@@ -116,6 +122,8 @@ def test_another_setting_is_another_cache(tmp_path, corpus, decodes):
     open_images(cfg, corpus, paths(corpus), PREP, workers=0)
     assert decodes == []  # the first setting's cache is untouched
     assert len(list((tmp_path / "cache").glob("*/*/pixels.u8"))) == 4
+    open_images(cfg, corpus, paths(corpus), spec(12, 3, "bicubic", mean=0.1), workers=0)
+    assert decodes == []  # another normalisation reads the same pixels: mean and std are applied on the device
 
 
 def test_cache_off_decodes_on_every_read_and_writes_nothing(tmp_path, corpus):

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 import subprocess
@@ -33,6 +34,19 @@ def test_layers_defaults_file_overrides(tmp_path):
     assert cfg.model.name == "resnet18"
     assert cfg.train.batch_size == Config().train.batch_size  # untouched default
     assert cfg.name == "exp"
+
+
+def test_a_resolved_config_is_a_value_a_change_makes_a_new_one(tmp_path):
+    path = write(tmp_path / "exp.yaml", {"train": {"epochs": 7}, "augment": {"mixup": 0.8}})
+    cfg = load_config(str(path), ["train.lr=1e-3"])
+    for section, key in (("train", "epochs"), ("data", "dir"), ("augment", "mixup"), ("predict", "tta")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(getattr(cfg, section), key, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "other"
+    shorter = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1))
+    assert (shorter.train.epochs, cfg.train.epochs, shorter.train.lr) == (1, 7, 1e-3)
+    assert load_config(str(path)).train.lr == Config().train.lr == 1e-4  # no layer leaks into the next load
 
 
 def test_misspelt_key_names_the_closest(tmp_path):

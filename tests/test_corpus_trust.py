@@ -7,6 +7,7 @@ one file, a sample submission with repeated ids or no rows, and file names in an
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 
 import polars as pl
@@ -50,13 +51,13 @@ def test_a_windows_1252_table_that_also_decodes_as_shift_jis_is_not_misread(tmp_
     with pytest.raises(UserError, match=r"not UTF-8 \(line 2, byte 0xe8\); .*data.encoding=cp1252 \(Western European "
                                         r"Excel\) or data.encoding=cp932 \(Japanese Excel\)"):
         read_train(cfg)
-    cfg.encoding = "cp1252"
+    cfg = dataclasses.replace(cfg, encoding="cp1252")
     assert read_train(cfg).classes == ["brûlée", "crème"]
 
 
 def test_a_windows_1252_table_reads_right_with_data_encoding_and_says_so(tmp_path, capsys):
     cfg = write_corpus(tmp_path, CP1252_ROWS, encoding="cp1252")
-    cfg.encoding = "cp1252"
+    cfg = dataclasses.replace(cfg, encoding="cp1252")
     corpus = read_train(cfg)
     assert corpus.classes == ["café", "naïve"]
     err = capsys.readouterr().err
@@ -67,7 +68,7 @@ def test_shift_jis_is_never_guessed_and_reads_right_when_named(tmp_path, capsys)
     cfg = write_corpus(tmp_path, [("a", "猫"), ("b", "犬")], encoding="cp932")
     with pytest.raises(UserError, match=r"train.csv: not UTF-8 \(line 2.*data.encoding=cp932 \(Japanese Excel\)"):
         read_train(cfg)
-    cfg.encoding = "cp932"
+    cfg = dataclasses.replace(cfg, encoding="cp932")
     assert read_train(cfg).classes == ["犬", "猫"]
     assert "read as cp932" in capsys.readouterr().err
 
@@ -75,7 +76,7 @@ def test_shift_jis_is_never_guessed_and_reads_right_when_named(tmp_path, capsys)
 def test_a_named_encoding_that_does_not_fit_names_the_line(tmp_path):
     cfg = write_corpus(tmp_path, [("a", "猫"), ("b", "犬"), ("c", "\x81")], encoding="utf-8")
     (tmp_path / "train.csv").write_bytes((tmp_path / "train.csv").read_bytes().replace(b"\xc2\x81", b"\x81"))
-    cfg.encoding = "cp1252"  # 0x81 is undefined in Windows-1252
+    cfg = dataclasses.replace(cfg, encoding="cp1252")  # 0x81 is undefined in Windows-1252
     with pytest.raises(UserError, match=r"train.csv: not cp1252 \(line 4, byte 0x81\).*data.encoding"):
         read_train(cfg)
 
@@ -85,13 +86,13 @@ def test_a_utf16_table_is_named_as_such(tmp_path):
     cfg = write_corpus(tmp_path, CP1252_ROWS, encoding="utf-16")
     with pytest.raises(UserError, match=r"not UTF-8 \(line 1, byte 0xff\); it is UTF-16 .*data.encoding=utf-16"):
         read_train(cfg)
-    cfg.encoding = "utf-16"
+    cfg = dataclasses.replace(cfg, encoding="utf-16")
     assert read_train(cfg).classes == ["café", "naïve"]
 
 
 def test_an_unknown_encoding_name_is_an_error(tmp_path):
     cfg = write_corpus(tmp_path, CP1252_ROWS)
-    cfg.encoding = "latin-9000"
+    cfg = dataclasses.replace(cfg, encoding="latin-9000")
     with pytest.raises(UserError, match="data.encoding: unknown encoding 'latin-9000'"):
         read_train(cfg)
 

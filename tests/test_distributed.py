@@ -217,11 +217,12 @@ def hook(event, args):
 
 sys.addaudithook(hook)
 
+import foldvision.learn.fold as fold_module  # noqa: E402
 import foldvision.stages.train as train  # noqa: E402
 
 if os.environ.get("FV_TEST_NAN_RANK") == rank:  # this rank's loss becomes NaN at its first step
-    make_loss = train.create_loss
-    train.create_loss = lambda cfg: (lambda fn: lambda logits, y: fn(logits, y) * float("nan"))(make_loss(cfg))
+    make_loss = fold_module.create_loss
+    fold_module.create_loss = lambda cfg: (lambda fn: lambda logits, y: fn(logits, y) * float("nan"))(make_loss(cfg))
 if os.environ.get("FV_TEST_INTERRUPT_AT"):  # Ctrl-C during this validation (1-based), on every rank
     real_score, calls = train.score, []
 
@@ -273,17 +274,20 @@ def oof_scores(run: Path) -> dict:
 def repredict(run: Path, fold: int) -> pd.DataFrame:
     """The fold's validation images predicted again in one process with its best.pt, by id."""
     from foldvision.config import Config
+    from foldvision.learn.checkpoint import read_preprocessing
     from foldvision.learn.engine import build_model_for, predict
     from foldvision.learn.loader import create_loader, loader_kwargs
     from foldvision.run import Run, load_run_config
 
     cfg: Config = load_run_config(run)
-    best = torch.load(run / f"fold{fold}" / "best.pt", weights_only=True)
+    best_pt = run / f"fold{fold}" / "best.pt"
+    best = torch.load(best_pt, weights_only=True)
     split = Run(run).read_split()
     val = split.fold == fold
     setup = build_model_for(cfg.model, len(split.classes), cfg.data.channels, device="cpu", amp="off",
-                            pretrained=False, weights=best["model"], data_cfg=best["data_config"])
-    loader = create_loader(Path(cfg.data.dir), np.asarray(split.paths)[val], split.y[val], setup.data_cfg,
+                            pretrained=False, weights=best["model"],
+                            preprocessing=read_preprocessing(best, best_pt))
+    loader = create_loader(Path(cfg.data.dir), np.asarray(split.paths)[val], split.y[val], setup.preprocessing,
                            setup.device, **loader_kwargs(cfg, train=False))
     probs = predict(setup.net, loader, setup.amp, setup.device)
     return pd.DataFrame(probs, index=[i for i, v in zip(split.ids, val) if v])

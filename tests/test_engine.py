@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,7 @@ def test_train_one_epoch_scores_its_own_batches():
     stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", cpu), cpu)
     assert {"train_loss", "train_auc", "train_accuracy", "train_macro_f1", "train_log_loss", "lr",
             "train_img_s"} <= set(stats)
+    assert list(stats)[0] == "train_loss" and list(stats)[-2:] == ["lr", "train_img_s"]  # history.csv's columns
     assert 0 <= stats["train_accuracy"] <= 1 and 0 <= stats["train_auc"] <= 1
     # with plain cross entropy the objective is the log loss of the batches' own predictions
     assert stats["train_log_loss"] == pytest.approx(stats["train_loss"], rel=1e-5)
@@ -70,12 +73,13 @@ def test_build_model_for_is_the_one_model_set_up():
     cfg = TrainConfig(device="cpu", amp="off")
     setup = build_model_for(ModelConfig(name="test_convnext", img_size=32), 3, 3, **runtime_kwargs(cfg))
     assert setup.device.type == "cpu" and setup.amp.mode == "off" and setup.net is setup.model
-    assert setup.data_cfg["size"] == 32 and len(setup.data_cfg["mean"]) == 3
+    assert setup.preprocessing.size == 32 and len(setup.preprocessing.mean) == 3 and setup.preprocessing.channels == 3
     weight = next(p for p in setup.model.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)  # as the loader's batches come
-    # a checkpoint's weights and data config, as predict rebuilds a fold model
+    # a checkpoint's weights and input, as predict rebuilds a fold model
+    saved = dataclasses.replace(setup.preprocessing, size=40, interpolation="nearest")
     again = build_model_for(ModelConfig(name="test_convnext", img_size=32), 3, 3, **runtime_kwargs(cfg),
-                            pretrained=False, weights=setup.model.state_dict(), data_cfg={"size": 32, "saved": 1})
-    assert again.data_cfg["saved"] == 1
+                            pretrained=False, weights=setup.model.state_dict(), preprocessing=saved)
+    assert again.preprocessing is saved
     for a, b in zip(setup.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)

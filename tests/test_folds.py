@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_read_only_corpus_gets_its_folds_under_inputs_keyed_by_the_corpus(tmp_pa
     os.chmod(data, stat.S_IRUSR | stat.S_IXUSR)
     try:
         cfg = load_config(str(write_config(tmp_path / "configs", "e", data)))
-        cfg.data.folds_dir = "inputs/folds"  # the default
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, folds_dir="inputs/folds"))  # the default
         path = corpus_folds_path(cfg)
         assert path.parent.parent == Path("inputs/folds") and path.name == "folds_k2_seed42.csv"
         assert path.parent.name.startswith("ro-") and corpus_key(twin) != corpus_key(data)

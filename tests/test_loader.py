@@ -1,6 +1,8 @@
 """Loaders: which augmentations move to the device, what they draw there, and batches normalised on the device
 exactly as albumentations' Normalize would."""
 
+import dataclasses
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -8,10 +10,18 @@ import torch
 
 from foldvision.config import Config
 from foldvision.learn.loader import BatchAugment, create_loader, loader_kwargs, split_augment
+from foldvision.learn.transforms import Preprocessing
 
 from conftest import make_corpus
 
 FLIPS = [{"HorizontalFlip": {"p": 0.5}}, {"VerticalFlip": {"p": 0.5}}, {"RandomRotate90": {"p": 0.5}}]
+
+
+def config(**sections: dict) -> Config:
+    """The defaults with some keys of some sections changed (a Config is frozen: a new one)."""
+    cfg = Config()
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **keys)
+                                       for name, keys in sections.items()})
 
 
 def test_only_trailing_pixel_permutations_move_to_the_device():
@@ -64,18 +74,17 @@ def test_each_image_is_drawn_on_its_own_and_seeding_repeats_the_draw():
 
 def test_batches_arrive_normalised_as_albumentations_would(tmp_path):
     corpus = make_corpus(tmp_path / "c", {"a": 5, "b": 5}, size=20)
-    cfg = Config()
-    cfg.data.cache_dir, cfg.train.num_workers = str(tmp_path / "cache"), 0
-    data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}
+    cfg = config(data={"cache_dir": str(tmp_path / "cache")}, train={"num_workers": 0})
+    spec = Preprocessing(16, "bilinear", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), channels=3)
     paths = [f"train/a_00{i}.png" for i in range(5)]
-    loader = create_loader(corpus, paths, [0] * 5, data_cfg, torch.device("cpu"),
+    loader = create_loader(corpus, paths, [0] * 5, spec, torch.device("cpu"),
                            **loader_kwargs(cfg, train=False, batch_size=5))
     (images, targets), = list(loader)
     assert images.dtype == torch.float32 and images.shape == (5, 3, 16, 16)
     assert images.is_contiguous(memory_format=torch.channels_last)
     from foldvision.learn.images import load_image
 
-    reference = A.Compose([A.Resize(16, 16), A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"])])
+    reference = A.Compose([A.Resize(16, 16), A.Normalize(mean=spec.mean, std=spec.std)])
     for got, rel in zip(images, paths):
         want = reference(image=load_image(corpus / rel, 3))["image"]
         np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), want, atol=1e-5)
@@ -83,22 +92,20 @@ def test_batches_arrive_normalised_as_albumentations_would(tmp_path):
 
 
 def test_a_cache_size_below_the_input_size_is_refused(tmp_path):
-    cfg = Config()
-    cfg.data.cache_dir, cfg.data.cache_size = str(tmp_path / "cache"), 8
+    cfg = config(data={"cache_dir": str(tmp_path / "cache"), "cache_size": 8})
     with pytest.raises(Exception, match="data.cache_size=8 is below the input size 16"):
-        create_loader(tmp_path, [], [], {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3,
-                                         "std": (0.5,) * 3}, torch.device("cpu"), **loader_kwargs(cfg, train=True))
+        create_loader(tmp_path, [], [], Preprocessing(16, "bilinear", (0.5,) * 3, (0.5,) * 3, 3), torch.device("cpu"),
+                      **loader_kwargs(cfg, train=True))
 
 
 def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_again(tmp_path):
     """What resuming a fold relies on: the same torch seed and epoch seed give the same batches."""
     corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, size=20)
-    cfg = Config()
-    cfg.data.cache_dir, cfg.train.num_workers, cfg.train.batch_size = str(tmp_path / "cache"), 1, 4
-    cfg.augment.train = [{"RandomBrightnessContrast": {"p": 1.0}}]  # stays on the CPU, in the worker
-    data_cfg = {"size": 16, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    cfg = config(data={"cache_dir": str(tmp_path / "cache")}, train={"num_workers": 1, "batch_size": 4},
+                 augment={"train": [{"RandomBrightnessContrast": {"p": 1.0}}]})  # stays on the CPU, in the worker
+    spec = Preprocessing(16, "bilinear", (0.5,) * 3, (0.25,) * 3, 3)
     paths = [f"train/{c}_00{i}.png" for c in "ab" for i in range(6)]
-    loader = create_loader(corpus, paths, [0] * 6 + [1] * 6, data_cfg, torch.device("cpu"),
+    loader = create_loader(corpus, paths, [0] * 6 + [1] * 6, spec, torch.device("cpu"),
                            **loader_kwargs(cfg, train=True))
 
     def epoch(seed):
@@ -111,8 +118,7 @@ def test_an_epoch_with_cpu_augmentations_in_workers_draws_the_same_when_run_agai
 
 
 def test_loader_kwargs_take_each_split_its_settings_and_leave_the_config_alone():
-    cfg = Config()
-    cfg.data.cache_size, cfg.train.sampler, cfg.predict.batch_size = 48, "imbalanced", 7
+    cfg = config(data={"cache_size": 48}, train={"sampler": "imbalanced"}, predict={"batch_size": 7})
     before = repr(cfg)
     train, test = loader_kwargs(cfg, train=True), loader_kwargs(cfg, train=False, batch_size=3)
     assert train["augment"] == cfg.augment.train and train["sampler"] == "imbalanced" and train["cache_size"] == 48
@@ -121,5 +127,4 @@ def test_loader_kwargs_take_each_split_its_settings_and_leave_the_config_alone()
     assert test["batch_size"] == 3  # an override wins
     train["augment"].append({"Blur": {}})  # the caller's copy, not the config's list
     assert repr(cfg) == before
-    cfg.data.cache = False
-    assert loader_kwargs(cfg, train=False)["cache_dir"] is None  # decode on every read
+    assert loader_kwargs(config(data={"cache": False}), train=False)["cache_dir"] is None  # decode on every read

@@ -9,7 +9,7 @@ from foldvision.config import ModelConfig, load_config
 from foldvision.learn.engine import Amp, train_one_epoch
 from foldvision.errors import UserError
 from foldvision.learn.losses import create_loss
-from foldvision.learn.models import create_model, data_config
+from foldvision.learn.models import create_model, preprocessing
 from foldvision.learn.optim import create_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +21,10 @@ def test_headline_recipes_train_a_step_at_tiny_size(exp, img_size):
     """The shipped GPU recipes build and take an optimizer step on the CPU at a tiny image size."""
     cfg = load_config(exp, ["model.pretrained=false", f"model.img_size={img_size}"], ROOT / "configs")
     model = create_model(cfg.model, num_classes=3, in_chans=3)
-    dcfg = data_config(model, cfg.model, 3)
-    assert dcfg["size"] == img_size
+    spec = preprocessing(model, cfg.model, 3)
+    assert spec.size == img_size and spec.channels == 3
     if exp.startswith("eva02"):
-        assert dcfg["mean"][0] == pytest.approx(0.48145466)  # CLIP statistics, not ImageNet's
+        assert spec.mean[0] == pytest.approx(0.48145466)  # CLIP statistics, not ImageNet's
     x = torch.randn(4, 3, img_size, img_size)
     y = torch.tensor([0, 1, 2, 1])
     loader = [(x, y)]
@@ -63,7 +63,7 @@ def test_plain_state_dict_file_also_loads(tmp_path):
 def test_real_efficientnet_lite0_weights_load_offline():
     model = create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained_file=str(SHARED_WEIGHTS)), 2, 3)
     assert model.classifier.out_features == 2
-    assert data_config(model, ModelConfig(name="tf_efficientnet_lite0"), 3)["mean"] == (0.5, 0.5, 0.5)
+    assert preprocessing(model, ModelConfig(name="tf_efficientnet_lite0"), 3).mean == (0.5, 0.5, 0.5)
 
 
 def test_weights_of_another_architecture_are_a_clear_error(tmp_path):

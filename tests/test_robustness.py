@@ -23,8 +23,9 @@ from PIL import Image
 
 import foldvision.learn.cache as cache_module
 from foldvision import cli
-from foldvision.learn.cache import Preprocess, cache_folder, open_images
+from foldvision.learn.cache import cache_folder, open_images
 from foldvision.files import atomic_path, remove_partial_writes
+from foldvision.learn.transforms import Preprocessing
 
 from conftest import Project, interrupt_second_validation, make_corpus, stage
 
@@ -206,7 +207,7 @@ def predict_commands(p: Project) -> list[tuple[str, ...]]:
 
 # ---- 5. a corrupt cache index: named, set aside, rebuilt -------------------------------------------
 
-PREP = Preprocess(size=12, channels=3, interpolation="bilinear")
+PREP = Preprocessing(size=12, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
 
 
 @pytest.fixture

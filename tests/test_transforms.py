@@ -1,19 +1,21 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from foldvision.errors import UserError
-from foldvision.learn.transforms import build_transform
+from foldvision.learn.transforms import Preprocessing, build_transform
 
-CLIP = {"size": 28, "interpolation": "bicubic", "mean": (0.48145466, 0.4578275, 0.40821073),
-        "std": (0.26862954, 0.26130258, 0.27577711)}
+CLIP = Preprocessing(28, "bicubic", mean=(0.48145466, 0.4578275, 0.40821073),
+                     std=(0.26862954, 0.26130258, 0.27577711), channels=3)
 
 
 def test_resize_and_normalise_with_the_models_statistics():
     image = np.full((50, 70, 3), 128, dtype=np.uint8)
     x = build_transform([], CLIP, train=False)(image=image)["image"]
     assert x.shape == (3, 28, 28) and x.dtype == torch.float32
-    expected = (128 / 255 - np.array(CLIP["mean"])) / np.array(CLIP["std"])
+    expected = (128 / 255 - np.array(CLIP.mean)) / np.array(CLIP.std)
     assert x[:, 0, 0].numpy() == pytest.approx(expected, abs=1e-4)
 
 
@@ -38,9 +40,18 @@ def test_an_unknown_transform_suggests_names():
         build_transform([{"HorizontalFlp": {}}], CLIP, train=True)
 
 
+def test_a_spec_is_a_value_another_size_is_another_spec():
+    larger = CLIP.at(40)
+    assert (CLIP.size, larger.size) == (28, 40) and larger == dataclasses.replace(CLIP, size=40)
+    assert larger.mean == CLIP.mean and larger.key == "40px-3ch-bicubic" and larger.shape == (40, 40, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CLIP.size = 40
+    assert Preprocessing.from_dict(larger.to_dict()) == larger and hash(larger) == hash(CLIP.at(40))
+
+
 # ---- the size of the images received: foldvision.learn.cache hands them over resized already ----------------
 
-SIZE16 = {"size": 16, "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+SIZE16 = Preprocessing(16, "bicubic", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), channels=3)
 CROP = [{"RandomCrop": {"height": 16, "width": 16}}]
 
 

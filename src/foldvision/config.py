@@ -5,6 +5,7 @@ it into a run folder. YAML is read safely with YAML 1.2's numbers (`1e-4` is a f
 
 Every default below has a comment; an experiment file holds only what differs. A key that does not exist
 is an error naming the closest valid key; a value of the wrong type is an error naming the expected type.
+A resolved `Config` is a value: its sections are frozen, and a change makes a new one (`dataclasses.replace`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dir: str | None = None  # the corpus folder; the paths below are relative to it
     # Each of the next five: null infers the usual names (printed); "none" says there is none.
@@ -83,13 +84,13 @@ class DataConfig:
     cache_size: int | None = None  # null: training images cached at the input size; larger: a margin for random crops
 
 
-@dataclass
+@dataclass(frozen=True)
 class CVConfig:
     n_folds: int = 5  # K of (Group)StratifiedKFold
     seed: int = 42  # split seed: same seed, same folds, for every experiment on the corpus
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "convnext_tiny"  # any timm model name (timm.list_models())
     pretrained: bool = False  # timm's pretrained weights from the HF hub or its cache
@@ -107,7 +108,7 @@ class ModelConfig:
     dynamic_img_size: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     # albumentations transforms by name with their arguments, applied after Resize and before Normalize
     # (which takes mean/std from the model). The seed's preset; RandomRotate90 defaults to p=1.0 in 2.x.
@@ -126,7 +127,7 @@ class AugmentConfig:
     mix_off_epoch: int = 0  # no mixing from this epoch on (1-based: the last clean epochs settle the model); 0: never
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3  # epochs per fold
     batch_size: int = 32  # images per step
@@ -178,7 +179,7 @@ class TrainConfig:
     seed: int = 42  # model init, sampler and augmentation seed
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     name: Literal["cce", "ce", "label_smoothing", "focal"] = "cce"  # Complement Cross Entropy by default
     cce_gamma: float = 1.0  # cce: weight γ' of the complement entropy (the paper's γ = -1)
@@ -186,7 +187,7 @@ class LossConfig:
     smoothing: float = 0.1  # label_smoothing only
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictConfig:
     tta: list = field(default_factory=lambda: ["hflip", "vflip", "rot90"])  # TTA_VIEWS; [] for none
     batch_size: int = 64  # images per forward pass, TTA views included: a batch holds 64 / views test images
@@ -194,7 +195,7 @@ class PredictConfig:
     decision: Literal["oof", "argmax"] = "oof"  # labels: threshold/prior correction fitted on OOF, or plain argmax
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     cv: CVConfig = field(default_factory=CVConfig)
@@ -255,10 +256,10 @@ def _valid_keys(obj: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
-    """Apply a nested dict onto dataclass `obj`, checking every key and type."""
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> Any:
+    """`obj` (a frozen dataclass) with a nested dict applied, every key and type checked: a new value."""
+    hints, names = typing.get_type_hints(type(obj)), {f.name for f in dataclasses.fields(obj)}
+    changes = {}
     for key, value in updates.items():
         dotted = prefix + str(key)
         if key not in names:
@@ -272,17 +273,23 @@ def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"{source}: '{dotted}' is a section; give its keys ({dotted}.<key>=...)")
-            _merge(current, value, source, dotted + ".")
-            continue
-        if isinstance(value, bool) and not _type_ok(value, hints[key]) and _type_ok("off", hints[key]):
-            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on (train.amp=off) as a boolean
-        if not _type_ok(value, hints[key]):
-            raise UserError(
-                f"{source}: '{dotted}' must be {_describe(hints[key])}, got {value!r}"
-            )
-        if hints[key] is float and isinstance(value, int):
-            value = float(value)
-        setattr(obj, key, value)
+            changes[key] = _merge(current, value, source, dotted + ".")
+        else:
+            changes[key] = _checked(value, hints[key], source, dotted)
+    return dataclasses.replace(obj, **changes)
+
+
+def _checked(value: Any, annotation: Any, source: str, dotted: str) -> Any:
+    """A YAML value for a field of type `annotation`, or a UserError naming the key and the type it needs."""
+    if isinstance(value, bool) and not _type_ok(value, annotation) and _type_ok("off", annotation):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare off/on (train.amp=off) as a boolean
+    if not _type_ok(value, annotation):
+        raise UserError(
+            f"{source}: '{dotted}' must be {_describe(annotation)}, got {value!r}"
+        )
+    if annotation is float and isinstance(value, int):
+        value = float(value)
+    return value
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -349,8 +356,8 @@ def load_config(exp_or_path: str, overrides: list[str] = (), config_dir: Path = 
     cfg = Config(name=layers[0][0].stem)
     for source, data in reversed(layers):
         data.pop("_meta", None)  # a saved resolved config can be loaded back
-        _merge(cfg, data, str(source))
-    _merge(cfg, parse_overrides(list(overrides)), "command line")
+        cfg = _merge(cfg, data, str(source))
+    cfg = _merge(cfg, parse_overrides(list(overrides)), "command line")
     validate(cfg)
     return cfg
 
@@ -406,20 +413,31 @@ def validate(cfg: Config) -> None:
         _require(_finite(getattr(loss, key)) and getattr(loss, key) >= 0, f"loss.{key}", getattr(loss, key),
                  "must be 0 or more")
     _check_recipes(cfg)
-    if t.optimizer.lower() == "ranger21" and not t.optimizer_args.get("disable_lr_scheduler", False):
-        if t.scheduler != "none":
-            raise UserError(
-                "train.scheduler with ranger21: Ranger21's own warm-up/warm-down overrides external "
-                "schedulers; set train.optimizer_args.disable_lr_scheduler=true or train.scheduler=none"
-            )
-        grouped = [k for k, on in (("train.layer_decay", t.layer_decay is not None),
-                                   ("train.head_lr_scale", t.head_lr_scale != 1)) if on]
-        if grouped:
-            raise UserError(
-                f"{' and '.join(grouped)} with ranger21: Ranger21's built-in warm-down sets one lr for every "
-                "parameter group (it would flatten the per-group rates from 72% of training); set "
-                "train.optimizer_args.disable_lr_scheduler=true and a train.scheduler (cosine, step, plateau)"
-            )
+    _check_ranger21(t)
+    _check_lists(cfg)
+
+
+def _check_ranger21(t: TrainConfig) -> None:
+    """Ranger21 runs its own lr schedule, one rate for every group: what would fight it is refused."""
+    if t.optimizer.lower() != "ranger21" or t.optimizer_args.get("disable_lr_scheduler", False):
+        return
+    if t.scheduler != "none":
+        raise UserError(
+            "train.scheduler with ranger21: Ranger21's own warm-up/warm-down overrides external "
+            "schedulers; set train.optimizer_args.disable_lr_scheduler=true or train.scheduler=none"
+        )
+    grouped = [k for k, on in (("train.layer_decay", t.layer_decay is not None),
+                               ("train.head_lr_scale", t.head_lr_scale != 1)) if on]
+    if grouped:
+        raise UserError(
+            f"{' and '.join(grouped)} with ranger21: Ranger21's built-in warm-down sets one lr for every "
+            "parameter group (it would flatten the per-group rates from 72% of training); set "
+            "train.optimizer_args.disable_lr_scheduler=true and a train.scheduler (cosine, step, plateau)"
+        )
+
+
+def _check_lists(cfg: Config) -> None:
+    """augment.train's items ({Name: {arg: value}}) and predict.tta's view names."""
     for i, item in enumerate(cfg.augment.train):
         if not (isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())) or {}, dict)):
             raise UserError(
@@ -477,9 +495,7 @@ def to_dict(cfg: Config) -> dict:
 
 def from_dict(data: dict, source: str) -> Config:
     """A saved config (e.g. runs/<exp>/config.yaml) back into a checked `Config`."""
-    cfg = Config()
-    _merge(cfg, {k: v for k, v in data.items() if k != "_meta"}, source)
-    return cfg
+    return _merge(Config(), {k: v for k, v in data.items() if k != "_meta"}, source)
 
 
 def dump(data: dict) -> str:

@@ -28,6 +28,7 @@ and written with polars; `Predictions` is what every consumer of OOF or test pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.exp, args.overrides, args.configs)
     run = Run(args.run_dir or Path("runs") / cfg.name)
-    cfg.name = run.name  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
+    cfg = dataclasses.replace(cfg, name=run.name)  # an ablation variant (runs/<exp>--loss-ce) is an experiment of its own in W&B
     run.save_config(cfg, args.exp)
     if args.print:
         sys.stdout.write(dump(to_dict(cfg)))

@@ -24,6 +24,7 @@ folder (`Run.ablation_csv`, numbers; `Run.ablation_md`, as printed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import re
 import shlex
@@ -119,7 +120,7 @@ def write_plan(variants: list[Variant], runs: Path) -> Path:
     """Each variant's config saved into its run folder (named after the variant, which also refuses a folder
     that holds another corpus), then the variant names for make, in the base's run folder."""
     for variant in variants:
-        variant.config.name = variant.name  # an experiment of its own: run folder, W&B group, submission
+        variant.config = dataclasses.replace(variant.config, name=variant.name)  # an experiment of its own: run folder, W&B group, submission
         Run(runs / variant.name).check_owner(variant.config)  # all checked before any is written
     for variant in variants:
         Run(runs / variant.name).save_config(variant.config)

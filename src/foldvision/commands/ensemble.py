@@ -29,6 +29,7 @@ blends them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     scores["ensemble"] = ensemble_scores(group, blended, scores["oof"], rule)
     record = ensemble_record(group, blended)
 
-    cfg.name = folder.name
+    cfg = dataclasses.replace(cfg, name=folder.name)
     folder.check_owner(cfg)  # a blend folder keeps its corpus, as any run folder
     out = out or submission_csv("submissions", folder.name)
     test = Predictions(group.test_ids, split.classes, blended.test)

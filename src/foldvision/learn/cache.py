@@ -5,6 +5,8 @@ once per fold model). The first stage that needs an image at a given preprocessi
 interpolation) decodes it with `data.load_image`, resizes it with albumentations' own `Resize` (the step the
 pipeline used to start with, so cached pixels equal a fresh decode + resize) and writes it to the cache;
 every later epoch, fold, experiment and the predict stage with the same preprocessing read it from there.
+The preprocessing is a `transforms.Preprocessing` (the model's input spec, at `data.cache_size` when larger);
+the records depend on its `key` alone, since mean and std are applied later, on the device.
 
     <data.cache_dir>/<corpus>-<hash of its absolute path>/<size>px-<channels>ch-<interpolation>-v<FORMAT>-<libs>/
         pixels.u8    one fixed-size record per image: size × size × channels uint8 in C order
@@ -37,7 +39,6 @@ import os
 import stat
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -50,7 +51,7 @@ from foldvision.console import console
 from foldvision.learn.images import load_image
 from foldvision.errors import UserError
 from foldvision.files import write_text_atomic
-from foldvision.learn.transforms import INTERPOLATION
+from foldvision.learn.transforms import INTERPOLATION, Preprocessing
 
 FORMAT = 1  # bump when load_image or the resize changes what a record holds: old caches are then not reused
 CHECKPOINT_EVERY = 2000  # images between index writes while building, so an interrupted build keeps its work
@@ -61,32 +62,10 @@ def library_versions() -> dict[str, str]:
     return {"pillow": PIL.__version__, "opencv": cv2.__version__, "albumentations": A.__version__}
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """What a cached image depends on besides its file: the square size, channels and interpolation."""
-
-    size: int
-    channels: int
-    interpolation: str  # a key of transforms.INTERPOLATION (the model's, from timm)
-
-    @property
-    def key(self) -> str:
-        return f"{self.size}px-{self.channels}ch-{self.interpolation}"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.size, self.size, self.channels
-
-
-def preprocessing(data_cfg: dict, channels: int, size: int | None = None) -> Preprocess:
-    """The preprocessing of a model's data config (`models.data_config`), at `size` when given."""
-    return Preprocess(size or data_cfg["size"], channels, data_cfg["interpolation"])
-
-
 class Decoder:
     """Decode + resize: the one function behind both the cache and `data.cache: false`."""
 
-    def __init__(self, prep: Preprocess):
+    def __init__(self, prep: Preprocessing):
         self.prep = prep
         interpolation = INTERPOLATION.get(prep.interpolation, INTERPOLATION["bilinear"])
         self.resize = A.Resize(prep.size, prep.size, interpolation=interpolation, p=1.0)
@@ -99,7 +78,7 @@ class Decoder:
 class DecodedImages:
     """Images decoded and resized on every read (the cache turned off): `images[relative_path]`."""
 
-    def __init__(self, root: Path, prep: Preprocess):
+    def __init__(self, root: Path, prep: Preprocessing):
         self.root, self.prep, self.decode = root, prep, Decoder(prep)
 
     def __getitem__(self, rel: str) -> np.ndarray:
@@ -112,7 +91,7 @@ class CachedImages:
     The file is opened lazily in each process (loader workers included) and never pickled open.
     """
 
-    def __init__(self, pixels: Path, rows: dict[str, int], prep: Preprocess):
+    def __init__(self, pixels: Path, rows: dict[str, int], prep: Preprocessing):
         self.pixels, self.rows, self.prep = pixels, rows, prep
         self.record = int(np.prod(prep.shape))
         self._fd: int | None = None
@@ -139,7 +118,7 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
 
 
-def cache_folder(cache_dir: str | Path, root: Path, prep: Preprocess) -> Path:
+def cache_folder(cache_dir: str | Path, root: Path, prep: Preprocessing) -> Path:
     """`<cache_dir>/<corpus>-<hash>/<preprocessing>`; refused inside a read-only corpus folder."""
     base = Path(cache_dir)
     corpus = root.resolve()
@@ -154,7 +133,7 @@ def cache_folder(cache_dir: str | Path, root: Path, prep: Preprocess) -> Path:
 class _Build(torch.utils.data.Dataset):
     """Decode + resize + write one record per item; a DataLoader runs it on every core."""
 
-    def __init__(self, root: Path, pixels: Path, todo: list[tuple[str, int]], prep: Preprocess):
+    def __init__(self, root: Path, pixels: Path, todo: list[tuple[str, int]], prep: Preprocessing):
         self.root, self.pixels, self.todo, self.decode = root, pixels, todo, Decoder(prep)
         self.record = int(np.prod(prep.shape))
 
@@ -175,7 +154,7 @@ class _Build(torch.utils.data.Dataset):
 class ImageCache:
     """One corpus at one preprocessing: brings records up to date and hands out `CachedImages`."""
 
-    def __init__(self, folder: Path, root: Path, prep: Preprocess):
+    def __init__(self, folder: Path, root: Path, prep: Preprocessing):
         self.folder, self.root, self.prep = folder, root, prep
         self.pixels, self.index_path = folder / "pixels.u8", folder / "index.json"
         self.record = int(np.prod(prep.shape))
@@ -288,7 +267,7 @@ class ImageCache:
                 progress.remove_task(task)
 
 
-def open_images(cache_dir: str | Path | None, root: Path, paths: Iterable[str], prep: Preprocess, workers: int,
+def open_images(cache_dir: str | Path | None, root: Path, paths: Iterable[str], prep: Preprocessing, workers: int,
                 progress=None) -> CachedImages | DecodedImages:
     """`images[path]` for `paths` (relative to the corpus folder `root`): from the cache under `cache_dir`
     (data.cache_dir), built first where an image is missing or changed, or decoded on every read when

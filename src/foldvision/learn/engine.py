@@ -1,4 +1,4 @@
-"""The loop's parts: one model set-up for train, predict and bench (`build_model_for`: model, data config,
+"""The loop's parts: one model set-up for train, predict and bench (`build_model_for`: model, input spec,
 device, AMP), and `train_one_epoch` and `predict`, each taking its parts and returning plain values."""
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from foldvision.config import ModelConfig, TrainConfig
 from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.results.metrics import score
-from foldvision.learn.models import create_model, data_config, load_weights
+from foldvision.learn.checkpoint import load_weights
+from foldvision.learn.models import create_model, preprocessing as model_preprocessing
 from foldvision.learn.optim import current_lr
 from foldvision.learn.recipes import LossMix, WeightEma, keep_frozen_norms, mixed_loss
+from foldvision.learn.transforms import Preprocessing
 
 
 class NonFiniteLoss(UserError):
@@ -104,7 +106,7 @@ class ModelSetup:
 
     model: nn.Module  # the weights: what checkpoints save and optimizers update
     net: nn.Module  # what runs them: `model`, or its torch.compile'd twin
-    data_cfg: dict  # input size, interpolation, mean/std: from the model, or as saved with its checkpoint
+    preprocessing: Preprocessing  # the model's input: from the model, or as saved with its checkpoint
     device: torch.device
     amp: Amp
 
@@ -117,7 +119,7 @@ def runtime_kwargs(cfg: TrainConfig) -> dict:
 def build_model_for(model_cfg: ModelConfig, num_classes: int, channels: int, *, device: str = "auto",
                     amp: str = "auto", channels_last: bool = True, compile: bool = False,
                     pretrained: bool | None = None, weights: dict | None = None, weights_path: Path | None = None,
-                    data_cfg: dict | None = None) -> ModelSetup:
+                    preprocessing: Preprocessing | None = None) -> ModelSetup:
     """The one way train, predict and bench build a model.
 
     Args:
@@ -128,19 +130,19 @@ def build_model_for(model_cfg: ModelConfig, num_classes: int, channels: int, *, 
         pretrained: passed to `create_model` (False when `weights` follow).
         weights: a state dict loaded before the model moves (a fold checkpoint's); `weights_path` names its file
             in the error when it does not fit.
-        data_cfg: the data config saved with those weights; by default the model's own (`models.data_config`).
+        preprocessing: the input saved with those weights; by default the model's own (`models.preprocessing`).
     """
     resolved = resolve_device(device)
     mixed = Amp(amp, resolved)
     model = create_model(model_cfg, num_classes, channels, pretrained=pretrained)
     if weights is not None:
         load_weights(model, weights, weights_path or Path("<weights>"))
-    data_cfg = data_cfg or data_config(model, model_cfg, channels)
+    preprocessing = preprocessing or model_preprocessing(model, model_cfg, channels)
     model = model.to(resolved)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # the loader's batches come in channels_last
     net = torch.compile(model) if compile else model
-    return ModelSetup(model, net, data_cfg, resolved, mixed)
+    return ModelSetup(model, net, preprocessing, resolved, mixed)
 
 
 def progress_bar(total_label: str = "") -> Progress:
@@ -189,9 +191,7 @@ def train_one_epoch(
     """
     model.train()
     keep_frozen_norms(model)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    batch_probs, batch_targets, correct = [], [], 0
-    task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
+    tally = _Tally(progress, description, len(loader))
     optimizer.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
@@ -210,21 +210,42 @@ def train_one_epoch(
                 scheduler.step()
             if ema is not None:
                 ema.update()
-        total_loss += loss.item() * len(images)
-        seen += len(images)
+        tally.add(loss, logits, targets, len(images))
+    return tally.close(current_lr(optimizer))
+
+
+class _Tally:
+    """An epoch's running loss and the scores of the batches' own predictions, on the progress bar as it goes."""
+
+    def __init__(self, progress: Progress | None, description: str, batches: int):
+        self.progress, self.total_loss, self.seen, self.correct = progress, 0.0, 0, 0
+        self.batch_probs: list[torch.Tensor] = []
+        self.batch_targets: list[torch.Tensor] = []
+        self.start = time.perf_counter()
+        self.task = progress.add_task(description, total=batches, rate=0.0, info="") if progress else None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, n: int) -> None:
+        self.total_loss += loss.item() * n
+        self.seen += n
         probs = torch.softmax(logits.detach().float(), dim=1).cpu()
-        batch_probs.append(probs)
-        batch_targets.append(targets.cpu())
-        correct += int((probs.argmax(1) == batch_targets[-1]).sum())
-        if task is not None:
-            rate = seen / (time.perf_counter() - start)
-            progress.update(task, advance=1, rate=rate, info=f"loss {total_loss / seen:.4f}  acc {correct / seen:.3f}")
-    if task is not None:
-        progress.remove_task(task)
-    elapsed = time.perf_counter() - start
-    scores = score(torch.cat(batch_targets).numpy(), torch.cat(batch_probs).double().numpy()) if seen else {}
-    return {"train_loss": total_loss / max(seen, 1), **{f"train_{k}": v for k, v in scores.items()},
-            "lr": current_lr(optimizer), "train_img_s": seen / elapsed}
+        self.batch_probs.append(probs)
+        self.batch_targets.append(targets.cpu())
+        self.correct += int((probs.argmax(1) == self.batch_targets[-1]).sum())
+        if self.task is not None:
+            rate = self.seen / (time.perf_counter() - self.start)
+            self.progress.update(self.task, advance=1, rate=rate,
+                                 info=f"loss {self.total_loss / self.seen:.4f}  acc {self.correct / self.seen:.3f}")
+
+    def close(self, lr: float) -> dict[str, float]:
+        """The loss, `train_<score>` of every score, `lr` and img/s (history.csv's order); the bar's task goes."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        elapsed = time.perf_counter() - self.start
+        seen = self.seen
+        scores = (score(torch.cat(self.batch_targets).numpy(), torch.cat(self.batch_probs).double().numpy())
+                  if seen else {})
+        return {"train_loss": self.total_loss / max(seen, 1), **{f"train_{k}": v for k, v in scores.items()},
+                "lr": lr, "train_img_s": seen / elapsed}
 
 
 @torch.no_grad()

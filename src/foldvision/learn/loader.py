@@ -20,12 +20,12 @@ import torch
 from timm.data.loader import PrefetchLoader
 from torchsampler import ImbalancedDatasetSampler
 
-from foldvision.learn.cache import open_images, preprocessing
 from foldvision.config import Config
+from foldvision.errors import UserError
+from foldvision.learn.cache import open_images
 from foldvision.learn.distributed import rank_seed, shard_sampler
 from foldvision.learn.images import ImageDataset, seed_worker
-from foldvision.errors import UserError
-from foldvision.learn.transforms import _augmentation, build_transform
+from foldvision.learn.transforms import Preprocessing, _augmentation, build_transform
 
 # albumentations transforms that only permute pixels: exact on a batch tensor, and free on a GPU
 DEVICE_OPS = ("HorizontalFlip", "VerticalFlip", "RandomRotate90", "Transpose", "D4")
@@ -112,11 +112,10 @@ class BatchAugment:
 class DeviceLoader:
     """A DataLoader of uint8 batches, delivered on the device normalised, augmented and in channels_last."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, data_cfg: dict, channels: int, device: torch.device,
+    def __init__(self, loader: torch.utils.data.DataLoader, spec: Preprocessing, device: torch.device,
                  augment: BatchAugment | None, channels_last: bool, rank: int = 0):
         self.loader, self.rank = loader, rank
-        self.batches = PrefetchLoader(loader, mean=data_cfg["mean"], std=data_cfg["std"], channels=channels,
-                                      device=device)
+        self.batches = PrefetchLoader(loader, mean=spec.mean, std=spec.std, channels=spec.channels, device=device)
         self.augment, self.channels_last = augment, channels_last
 
     def __len__(self) -> int:
@@ -152,7 +151,6 @@ def loader_kwargs(cfg: Config, train: bool, **overrides) -> dict:
     return {
         "train": train,
         "batch_size": cfg.train.batch_size if train else cfg.predict.batch_size,
-        "channels": cfg.data.channels,
         "augment": list(cfg.augment.train) if train else [],
         "device_augment": cfg.train.device_augment,
         "sampler": cfg.train.sampler if train else "random",
@@ -164,8 +162,8 @@ def loader_kwargs(cfg: Config, train: bool, **overrides) -> dict:
     }
 
 
-def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.device, *, train: bool, batch_size: int,
-                  channels: int = 3, augment: list[dict] | None = None, device_augment: bool = True,
+def create_loader(root: Path, paths, targets, spec: Preprocessing, device: torch.device, *, train: bool,
+                  batch_size: int, augment: list[dict] | None = None, device_augment: bool = True,
                   sampler: str = "random", num_workers: int | None = None, channels_last: bool = True,
                   cache_dir: str | None = None, cache_size: int | None = None, seed: int = 0,
                   shard: tuple[int, int] | None = None, progress=None) -> DeviceLoader:
@@ -174,7 +172,7 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
     Args:
         root: the corpus folder; `paths` are relative to it.
         targets: class indices, or None for test images.
-        data_cfg: the model's input size, interpolation and normalisation (`models.data_config`).
+        spec: the model's input: size, interpolation, channels and normalisation (`models.preprocessing`).
         train: shuffle (or `sampler="imbalanced"`: torchsampler's weighted draw), drop a last 1-image batch,
             apply `augment` (albumentations by name; trailing flips/rot90 on the device when `device_augment`).
         num_workers: loader processes; None picks them for the machine (`loader_workers`).
@@ -183,16 +181,16 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
         shard: (rank, world size) under DDP: this process's share of the split (`distributed.shard_sampler`).
     """
     augment = augment or []
-    if cache_size is not None and cache_size < data_cfg["size"]:
-        raise UserError(f"data.cache_size={cache_size} is below the input size {data_cfg['size']}; "
+    if cache_size is not None and cache_size < spec.size:
+        raise UserError(f"data.cache_size={cache_size} is below the input size {spec.size}; "
                         "use null or a larger size")
-    prep = preprocessing(data_cfg, channels, cache_size)
+    decoded = spec.at(cache_size or spec.size)  # what the cache holds: a margin for random crops, or the input
     paths = list(paths)
-    images = open_images(cache_dir, root, paths, prep, build_workers(num_workers), progress)
+    images = open_images(cache_dir, root, paths, decoded, build_workers(num_workers), progress)
     cpu_augment, device_ops = split_augment(augment, device_augment)
-    transform = build_transform(cpu_augment, data_cfg, train, seed, input_size=prep.size, normalize=False)
-    dataset = ImageDataset(root, paths, targets, transform, channels, images)
-    cpu_work = cache_dir is None or bool(cpu_augment) or prep.size != data_cfg["size"]  # decode, augment, resize
+    transform = build_transform(cpu_augment, spec, train, seed, input_size=decoded.size, normalize=False)
+    dataset = ImageDataset(root, paths, targets, transform, spec.channels, images)
+    cpu_work = cache_dir is None or bool(cpu_augment) or decoded.size != spec.size  # decode, augment, resize
     workers = loader_workers(num_workers, device, cpu_work)
     weighted = None
     if shard is not None:
@@ -216,4 +214,4 @@ def create_loader(root: Path, paths, targets, data_cfg: dict, device: torch.devi
         worker_init_fn=seed_worker if workers > 0 else None,
     )
     batch_augment = BatchAugment(device_ops, seed, len(cpu_augment)) if device_ops else None
-    return DeviceLoader(loader, data_cfg, channels, device, batch_augment, channels_last, shard[0] if shard else 0)
+    return DeviceLoader(loader, spec, device, batch_augment, channels_last, shard[0] if shard else 0)

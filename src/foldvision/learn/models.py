@@ -1,17 +1,16 @@
 """timm models by name: random init, timm's pretrained weights, or a local weight file through timm's loader;
-and foldvision's own checkpoints, read so that a cut-short or foreign file is one line, never a torch traceback."""
+and what a model's input needs (`preprocessing`). foldvision's own checkpoints: foldvision.learn.checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from foldvision.config import ModelConfig
 from foldvision.errors import UserError, did_you_mean
+from foldvision.learn.transforms import Preprocessing
 
 
 def _check_name(name: str) -> None:
@@ -83,55 +82,12 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: 
     return _create(cfg.name, False, kwargs)
 
 
-def data_config(model: nn.Module, cfg: ModelConfig, in_chans: int) -> dict:
-    """Input size, interpolation and normalisation from the model (EVA-02 uses CLIP statistics)."""
+def preprocessing(model: nn.Module, cfg: ModelConfig, in_chans: int) -> Preprocessing:
+    """Input size (model.img_size, else the model's), interpolation and normalisation from the model (EVA-02
+    uses CLIP statistics)."""
     resolved = timm.data.resolve_model_data_config(model)
     size = cfg.img_size or resolved["input_size"][-1]
     mean, std = tuple(resolved["mean"]), tuple(resolved["std"])
     if in_chans == 1:  # timm sums the stem's RGB weights: a gray image stands for equal R, G, B
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return {"size": size, "interpolation": resolved.get("interpolation", "bilinear"), "mean": mean, "std": std}
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used: cut short, not a torch file, or not foldvision's. The caller adds
-    what to do (set it aside and start over, or re-train the fold)."""
-
-    def __init__(self, path: Path, problem: str):
-        self.path, self.problem = Path(path), problem
-        super().__init__(f"{path}: {problem}")
-
-
-def _first_sentence(error: BaseException) -> str:
-    """The gist of a library's error (torch's miniz and unpickling messages run to paragraphs)."""
-    text = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
-    return f"{type(error).__name__}: {text[:100]}" if text else type(error).__name__
-
-
-def read_checkpoint(path: Path, keys: Iterable[str], map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint foldvision wrote (tensors and plain values only), checked to hold `keys`.
-
-    Raises:
-        CheckpointError: the file is unreadable (a kill or a full disk cut it short; random bytes; a pickle of
-            arbitrary objects) or is not a dict holding every key in `keys`.
-    """
-    try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
-    except Exception as e:  # noqa: BLE001 - miniz, unpickling, EOF...: any of them means a damaged file
-        raise CheckpointError(path, f"cut short or not a torch checkpoint ({_first_sentence(e)})") from None
-    if not isinstance(content, dict):
-        raise CheckpointError(path, f"not a foldvision checkpoint (it holds a {type(content).__name__}, not a dict)")
-    missing = [key for key in keys if key not in content]
-    if missing:
-        raise CheckpointError(path, f"not a foldvision checkpoint (no {', '.join(repr(k) for k in missing)})")
-    return content
-
-
-def load_weights(model: nn.Module, weights: dict, path: Path) -> None:
-    """`model.load_state_dict(weights)`; weights of another architecture are a CheckpointError naming `path`."""
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(path, f"its weights do not fit the model ({_first_sentence(e)})") from None
+    return Preprocessing(size, resolved.get("interpolation", "bilinear"), mean, std, in_chans)

@@ -1,10 +1,14 @@
-"""albumentations pipelines from the config: Resize, the configured augmentations, Normalize, ToTensorV2.
+"""What a model's input needs (`Preprocessing`), and the albumentations pipelines that make it: Resize, the
+configured augmentations, Normalize, ToTensorV2.
 
-Size and normalisation come from the model (`models.data_config`), never from albumentations' ImageNet
+Size and normalisation come from the model (`models.preprocessing`), never from albumentations' ImageNet
 defaults. Pipelines are built with `strict=True`, so a misspelt argument is an error, not a silent no-op.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
@@ -14,6 +18,47 @@ from foldvision.errors import UserError, did_you_mean
 
 INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST,
                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's input: square images of `size` px resized with `interpolation`, `channels` deep, normalised
+    with `mean` and `std` (one per channel). A value: another input size is another spec (`at`).
+
+    The decoded-image cache keys its records by the part that decides the pixels (`key`: size, channels,
+    interpolation); mean and std are applied on the device."""
+
+    size: int
+    interpolation: str  # a key of INTERPOLATION (the model's, from timm)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int
+
+    def at(self, size: int) -> Preprocessing:
+        """This spec at input size `size`."""
+        return dataclasses.replace(self, size=size)
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}px-{self.channels}ch-{self.interpolation}"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.size, self.size, self.channels
+
+    def to_dict(self) -> dict:
+        """Plain values, as a checkpoint stores them (torch.load(weights_only=True) reads no classes)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, channels: int | None = None) -> Preprocessing:
+        """Back from `to_dict`; a dict of before the spec (no channels) takes `channels`.
+
+        Raises:
+            KeyError, TypeError, ValueError: `data` is not such a dict.
+        """
+        return cls(size=int(data["size"]), interpolation=str(data["interpolation"]), mean=tuple(data["mean"]),
+                   std=tuple(data["std"]), channels=int(data.get("channels", channels)))
 
 
 def _augmentation(index: int, item: dict) -> A.BasicTransform:
@@ -29,8 +74,8 @@ def _augmentation(index: int, item: dict) -> A.BasicTransform:
         raise UserError(f"augment.train[{index}] {name}{args or {}}: {first}") from None
 
 
-def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int = 0, input_size: int | None = None,
-                    normalize: bool = True) -> A.Compose:
+def build_transform(augment: list[dict], spec: Preprocessing, train: bool, seed: int = 0,
+                    input_size: int | None = None, normalize: bool = True) -> A.Compose:
     """The pipeline for one split: train adds the configured augmentations.
 
     input_size: the square size of the images it receives. None (any size): Resize comes first. The input
@@ -38,8 +83,8 @@ def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int 
     Resize comes last, after the crops. normalize=False ends in a uint8 CHW tensor, to be normalised on the
     device (loader.DeviceLoader): a quarter of the bytes to move, no float work in the loader.
     """
-    size = data_cfg["size"]
-    interpolation = INTERPOLATION.get(data_cfg["interpolation"], cv2.INTER_LINEAR)
+    size = spec.size
+    interpolation = INTERPOLATION.get(spec.interpolation, cv2.INTER_LINEAR)
     resize = A.Resize(size, size, interpolation=interpolation)
     ops = [resize] if input_size is None else []
     if train:
@@ -47,7 +92,7 @@ def build_transform(augment: list[dict], data_cfg: dict, train: bool, seed: int 
     if input_size is not None and input_size != size:
         ops.append(resize)
     if normalize:
-        ops += [A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"], max_pixel_value=255.0)]
+        ops += [A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)]
     ops += [ToTensorV2()]
     try:
         return A.Compose(ops, strict=True, seed=seed)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from foldvision.learn.cache import open_images, preprocessing
 from foldvision.console import console
 from foldvision.corpus import read_test
+from foldvision.learn.cache import open_images
 from foldvision.learn.engine import progress_bar
 from foldvision.learn.loader import build_workers
-from foldvision.learn.models import create_model, data_config
+from foldvision.learn.models import create_model, preprocessing
 from foldvision.run import Run
 
 
@@ -32,13 +32,12 @@ def run(run_dir: Path) -> None:
     split = run.read_split()
     # the input size and interpolation come from the model (its weights are not needed for that)
     model = create_model(cfg.model, len(split.classes), cfg.data.channels, pretrained=False)
-    dcfg = data_config(model, cfg.model, cfg.data.channels)
+    spec = preprocessing(model, cfg.model, cfg.data.channels)
     root = Path(cfg.data.dir)
     test = read_test(cfg.data, verify=False)
     test_paths = list(test.table["path"]) if test is not None else []
     jobs: dict[str, tuple] = {}  # one pass per preprocessing: the train one and the input-size one may be one
-    for prep, paths in ((preprocessing(dcfg, cfg.data.channels, cfg.data.cache_size), split.paths),
-                        (preprocessing(dcfg, cfg.data.channels, None), split.paths + test_paths)):
+    for prep, paths in ((spec.at(cfg.data.cache_size or spec.size), split.paths), (spec, split.paths + test_paths)):
         jobs[prep.key] = (prep, list(dict.fromkeys(jobs.get(prep.key, (None, []))[1] + paths)))
     workers = build_workers(cfg.train.num_workers)
     with progress_bar() as progress:

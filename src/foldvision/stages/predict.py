@@ -25,7 +25,7 @@ from foldvision.learn.engine import build_model_for, predict, progress_bar, runt
 from foldvision.errors import UserError
 from foldvision.learn.loader import create_loader, loader_kwargs
 from foldvision.results.metrics import resolve_metric
-from foldvision.learn.models import CheckpointError, read_checkpoint
+from foldvision.learn.checkpoint import CheckpointError, read_checkpoint, read_preprocessing
 from foldvision.run import Predictions, Run, load_run_config, submission_csv
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.results.tracking import create_tracker
@@ -69,11 +69,11 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         raise CheckpointError(ckpt_path, f"not a foldvision checkpoint ({e})") from None
     setup = build_model_for(model_cfg, len(ckpt["classes"]), ckpt["channels"], **{**runtime, "compile": False},
                             pretrained=False, weights=ckpt["model"], weights_path=ckpt_path,
-                            data_cfg=ckpt["data_config"])
+                            preprocessing=read_preprocessing(ckpt, ckpt_path))
     views = len(tta_compose(tta))
     with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
-        batches = create_loader(image_dir, paths, None, setup.data_cfg, setup.device,
-                                **{**loader, "channels": ckpt["channels"], "batch_size": max(1, batch_size // views)},
+        batches = create_loader(image_dir, paths, None, setup.preprocessing, setup.device,
+                                **{**loader, "batch_size": max(1, batch_size // views)},
                                 progress=progress)
         return predict(setup.net, batches, setup.amp, setup.device, forward=tta_forward(tta), progress=progress,
                        description=description)
