@@ -131,7 +131,22 @@ def _parse(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
     cells = [c for c in table.columns if c != ROW]
     table = table.rename(dict(zip(cells, _unique_names([c.strip() for c in cells]))))
     cells = [c for c in table.columns if c != ROW]
-    return table.filter(~pl.all_horizontal(pl.col(c) == "" for c in cells)) if table.height else table
+    return _drop_trailing_empty_rows(path, table, cells) if table.height else table
+
+
+def _drop_trailing_empty_rows(path: Path, table: pl.DataFrame, cells: list[str]) -> pl.DataFrame:
+    """Rows of only separators at the end (what a spreadsheet exports for the empty rows below a table) are
+    skipped with one note; one among the rows stays, so its empty id is an error naming it (a row left
+    blank by mistake is not silently lost)."""
+    empty = table.select(pl.all_horizontal(pl.col(c) == "" for c in cells)).to_series()
+    filled = empty.not_().arg_true()
+    keep = int(filled[-1]) + 1 if len(filled) else 0
+    if keep == table.height:
+        return table
+    skipped = table.height - keep
+    console.print(f"[yellow]note[/]: {escape(str(path))}: {_plural(skipped, 'empty row')} at the end "
+                  "(only separators) skipped")
+    return table.head(keep)
 
 
 def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
@@ -567,6 +582,14 @@ def open_image(path: Path) -> Image.Image:
     return Image.open(path)
 
 
+def dangling_link(path: Path) -> str | None:
+    """For a symbolic link whose target is gone (a moved disk, a deleted download): what it is, with its target.
+    "No such file" about a file the user sees listed would send them looking in the wrong place."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def verify_images(root: Path, paths, max_pixels: int | None) -> None:
     """Open every image's header (no decoding: fast): zero-byte, non-image and oversized files fail here,
     before any training, with the file named. Truncated data is only found when decoding (load_image)."""
@@ -576,6 +599,8 @@ def verify_images(root: Path, paths, max_pixels: int | None) -> None:
             with open_image(path) as im:
                 width, height = im.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if dangling_link(path):
+                raise UserError(f"{path}: {dangling_link(path)}; restore the file it points to, or drop its row")
             reason = "empty file (0 bytes)" if path.is_file() and path.stat().st_size == 0 else str(e)
             raise UserError(f"{path}: not a readable image ({reason}); replace the file or drop its row") from None
         if max_pixels is not None and width * height > max_pixels:
