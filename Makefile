@@ -242,9 +242,15 @@ $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
 
 # one fold model's TTA probabilities of the test images; stage-predict.yaml carries the test images' and the
-# sample submission's digest, so replacing either re-predicts
-$(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv
+# sample submission's digest, so replacing either re-predicts, and so does a replaced best.pt (another fold's,
+# one trained elsewhere). The rule names each fold's file (a static pattern): a best.pt reached only through a
+# pattern would be an intermediate file, which make deletes after the run
+$(call FOLD_TESTS,$(ALL_FOLDS)): $(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv \
+		$(RUN)/fold%/best.pt
 	$(SLOT) $(FV) predict $(RUN) --fold $*
+
+# best.pt is written by the fold's training, before its oof.csv; a missing one makes predict say what to do
+$(RUN)/fold%/best.pt: ;
 
 # the fold ensemble in the sample's format (labels use the decision rule fitted on the OOF predictions)
 $(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_TESTS,$(ALL_FOLDS)) $(call FOLD_OOFS,$(ALL_FOLDS))
