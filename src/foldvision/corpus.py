@@ -128,25 +128,40 @@ def _parse(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
         raise UserError(f"{path}: the file is empty") from None
     except pl.exceptions.ComputeError:
         table = _parse_lenient(path, data, sep, has_header)  # a stray quote or a ragged row: say where
+        blank_lines = lambda: [False] * table.height  # noqa: E731 - the lenient reader drops blank lines itself
+    else:
+        blank_lines = lambda: _blank_records(data, sep, has_header)  # noqa: E731 - read only when needed
     cells = [c for c in table.columns if c != ROW]
     table = table.rename(dict(zip(cells, _unique_names([c.strip() for c in cells]))))
     cells = [c for c in table.columns if c != ROW]
-    return _drop_trailing_empty_rows(path, table, cells) if table.height else table
+    return _skip_empty_rows(path, table, cells, blank_lines) if table.height else table
 
 
-def _drop_trailing_empty_rows(path: Path, table: pl.DataFrame, cells: list[str]) -> pl.DataFrame:
-    """Rows of only separators at the end (what a spreadsheet exports for the empty rows below a table) are
-    skipped with one note; one among the rows stays, so its empty id is an error naming it (a row left
-    blank by mistake is not silently lost)."""
+def _blank_records(data: bytes, sep: str, has_header: bool) -> list[bool]:
+    """Which rows are blank lines: polars reads a blank line and a row of only separators alike (every cell
+    empty); Python's csv module tells them apart ([] and ['', ''])."""
+    flags = [not record for record in csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)]
+    return flags[1:] if has_header else flags
+
+
+def _skip_empty_rows(path: Path, table: pl.DataFrame, cells: list[str], blank_lines) -> pl.DataFrame:
+    """Blank lines are skipped. Rows of only separators after the last row (what a spreadsheet exports for the
+    empty rows below a table) are skipped with one note; one among the rows stays, so that its empty id is an
+    error naming it: a row whose cells were cleared by mistake is not lost without a word."""
     empty = table.select(pl.all_horizontal(pl.col(c) == "" for c in cells)).to_series()
-    filled = empty.not_().arg_true()
-    keep = int(filled[-1]) + 1 if len(filled) else 0
-    if keep == table.height:
+    if not empty.any():
         return table
-    skipped = table.height - keep
-    console.print(f"[yellow]note[/]: {escape(str(path))}: {_plural(skipped, 'empty row')} at the end "
-                  "(only separators) skipped")
-    return table.head(keep)
+    blank = pl.Series(blank_lines(), dtype=pl.Boolean)
+    if len(blank) != table.height:  # the two readers disagree on the rows: take every empty row as a blank line
+        blank = empty
+    filled = empty.not_().arg_true()
+    end = int(filled[-1]) + 1 if len(filled) else 0
+    trailing = int((empty & ~blank).slice(end).sum())
+    if trailing:
+        console.print(f"[yellow]note[/]: {escape(str(path))}: {_plural(trailing, 'empty row')} at the end "
+                      "(only separators) skipped")
+    position = pl.int_range(0, table.height, eager=True)
+    return table.filter(~blank & (position < end))
 
 
 def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
