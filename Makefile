@@ -21,7 +21,9 @@
 # runs/<name>/stage-*.yaml only when what a stage depends on changes: its config sections, or the label table,
 # images, sample submission or folds file it reads), then makes its files, so a re-run redoes only what is
 # missing or stale: an interrupted `make train` trains only the unfinished folds. No config value is ever
-# written into make's syntax: config.mk holds N_FOLDS, a number.
+# written into make's syntax: config.mk holds N_FOLDS, a number. No command-line value reaches the shell's
+# syntax either: ARGS, DATA, GRID, MEMBERS... go to foldvision through the environment, exactly as written
+# (ARGS and MEMBERS are shell-like words: ARGS="data.dir='my corpus' train.lr=1e-4").
 
 SHELL := bash
 .DELETE_ON_ERROR:
@@ -58,30 +60,49 @@ PY ?= $(VENV)/bin/python
 FV := $(PY) -m foldvision
 RUN := $(RUNS)/$(NAME)
 SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
-# one shell word, whatever it holds: DATA='my corpus' stays one argument
-quote = '$(subst ','\'',$(1))'
-OVERRIDES := $(ARGS) $(if $(DATA),$(call quote,data.dir=$(DATA)))
+
+# ---- the user's values: taken as written, never pasted into a recipe ----------------------------------------
+# $(value V) keeps a value as typed (make would otherwise expand `$(x)` in it), and each is exported: a recipe
+# hands it on as "$$V", or foldvision reads it with `--from-env V` (shell-like words, foldvision.cli), so
+# neither make nor the shell reads a `$`, `;`, backtick, space or `*` in it.
+TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH
+$(foreach v,$(TO_FOLDVISION) EXP NAME RUNS SUBMISSIONS CONFIGS N_FOLDS,\
+  $(if $(filter command environment,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
+export $(TO_FOLDVISION)
+# ARGS's words, then DATA (whole, one data.dir) as config overrides
+OVERRIDES := --from-env ARGS --from-env-data DATA
+# names make pastes into targets and recipes must be plain words: a space splits a target, these characters
+# would be read by make or the shell
+BAD_CHARS := $$ ` ; & | < > ' " \ * ? [ ] { } ~ ! : % = \# ( )
+bad_chars = $(strip $(foreach c,$(BAD_CHARS),$(if $(findstring $(c),$(1)),$(c))))
+# FOLDS and N_FOLDS name targets and count folds: digits only
+non_digits = $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,\
+	$(subst 8,,$(subst 9,,$(1))))))))))))
 INSTALLED := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed)
 # what the inner make needs to name the files (the config is already resolved into $(RUN))
 PASS = EXP=$(EXP) NAME=$(NAME) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS)
 
-# names that become make targets must be one word: a space would split a target in two
 $(foreach v,EXP NAME RUNS SUBMISSIONS CONFIGS,$(if $(filter-out 1,$(words $($(v)))),\
-  $(error $(v)='$($(v))' has spaces: a run or folder name must be one word)))
+  $(error $(v)='$($(v))' has spaces: a run or folder name must be one word))\
+  $(if $(call bad_chars,$($(v))),\
+  $(error $(v)='$($(v))' has $(call bad_chars,$($(v))): use letters, digits and . - _ + / in run and folder names)))
 
 -include $(RUN)/config.mk  # N_FOLDS, a number, written by `foldvision config`
 N_FOLDS ?= 5
+$(if $(or $(call non_digits,$(N_FOLDS)),$(filter-out 1,$(words $(N_FOLDS)))),\
+  $(error N_FOLDS='$(N_FOLDS)': write the number of folds, e.g. N_FOLDS=5))
+$(if $(call non_digits,$(FOLDS)),$(error FOLDS='$(FOLDS)': write fold numbers separated by spaces, e.g. FOLDS="0 2"))
 ALL_FOLDS := $(shell seq 0 $$(( $(N_FOLDS) - 1 )))
 FOLD_OOFS = $(foreach k,$(1),$(RUN)/fold$(k)/oof.csv)
 FOLD_TESTS = $(foreach k,$(1),$(RUN)/fold$(k)/test.csv)
 RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 # NPROC=4: `foldvision train --nproc 4` checks it (a whole number, no more GPUs than visible) and runs torchrun
-NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc $(call quote,$(strip $(NPROC))))
+NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc "$$NPROC")
 # ...with every GPU for one fold: two fold jobs at once (make -j, GPUS, LAUNCHER, ablate -j) would share them
 NPROC_ALONE_ERROR = error: NPROC trains one fold at a time on all the GPUs: drop -j, GPUS and LAUNCHER (or NPROC)
 NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; }; } &&)
 # GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.campaign.slot), pinned by CUDA_VISIBLE_DEVICES
-SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus $(call quote,$(GPUS)) --)
+SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus "$$GPUS" --)
 
 # ---- user targets ---------------------------------------------------------------------------------
 USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo \
@@ -112,13 +133,13 @@ folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made on
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores; -j N GPUS="0 1" fans out
 	@$(RESOLVE)
 	@$(if $(LAUNCHER),$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS) && $(FV) cache $(RUN) \
-		&& $(FV) launch $(call quote,$(LAUNCHER)) $(RUN) $(if $(FOLDS),--folds $(FOLDS)) $(LAUNCH_ARGS), \
+		&& $(FV) launch "$$LAUNCHER" $(RUN) $(if $(FOLDS),--folds $(FOLDS)) --from-env LAUNCH_ARGS, \
 		$(MAKE) --no-print-directory train-stale $(PASS))
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 # (inner makes: they read the config.mk that `foldvision config` has just written)
-ONE_JOB = ! [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null && [ -z "$(GPUS)" ] \
-	&& [ -z "$(LAUNCHER)" ]
+ONE_JOB = ! [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null && [ -z "$$GPUS" ] \
+	&& [ -z "$$LAUNCHER" ]
 # stale(target pattern with %, folds): the folds whose file make -q calls stale
 stale = $$(for k in $(2); do $(MAKE) --no-print-directory -q $(subst %,$$k,$(1)) $(PASS) || echo $$k; done)
 # (a fan-out first fills the decoded-image cache once, instead of every fold job waiting on the first one's)
@@ -126,7 +147,7 @@ train-stale: $(RUN)/folds.csv
 	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/oof.csv,$(or $(FOLDS),$(ALL_FOLDS))); \
 		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale $(NPROC_ARG); \
 		$(FV) train $(RUN) --fold $$stale $(NPROC_ARG); }; \
-	elif [ -n "$(NPROC_ARG)" ]; then echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; \
+	elif $(if $(NPROC_ARG),true,false); then echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; \
 	else $(FV) cache $(RUN); fi
 
 predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
@@ -145,24 +166,24 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
 	@$(RESOLVE)
-	@$(if $(LAUNCHER),$(FV) launch $(call quote,$(LAUNCHER)) $(RUN) --predict $(SUBMISSION) $(LAUNCH_ARGS), \
+	@$(if $(LAUNCHER),$(FV) launch "$$LAUNCHER" $(RUN) --predict $(SUBMISSION) --from-env LAUNCH_ARGS, \
 		$(MAKE) --no-print-directory predict-stale $(PASS) && $(MAKE) --no-print-directory $(SUBMISSION) $(PASS))
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
 # folds side by side, and a finished variant is skipped), and `--table` compares them
 ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
-	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) --plan
+	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$$GRID" --configs $(CONFIGS) --runs $(RUNS) --plan
 	@$(MAKE) --no-print-directory $(if $(LAUNCHER),ablate-launch,ablate-variants) EXP=$(EXP) RUNS=$(RUNS) \
 		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
-	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$(GRID)" --configs $(CONFIGS) --runs $(RUNS) \
+	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$$GRID" --configs $(CONFIGS) --runs $(RUNS) \
 		--submissions $(SUBMISSIONS) --table
 
 -include $(RUNS)/$(EXP)/ablation.mk  # ABLATION := the variants' run names (checked plain words)
 .PHONY: ablate-variants ablate-launch
 ablate-variants: $(addprefix ablate-variant/,$(ABLATION))
 ablate-launch:  # every variant's folds in one launch (this inner make reads ablation.mk afresh)
-	$(FV) launch $(call quote,$(LAUNCHER)) $(addprefix $(RUNS)/,$(ABLATION)) --predict $(SUBMISSIONS) $(LAUNCH_ARGS)
+	$(FV) launch "$$LAUNCHER" $(addprefix $(RUNS)/,$(ABLATION)) --predict $(SUBMISSIONS) --from-env LAUNCH_ARGS
 ablate-variant/%:
 	@$(MAKE) --no-print-directory $(RUNS)/$*/folds.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) PY=$(PY)
 	@$(FV) cache $(RUNS)/$*
@@ -172,8 +193,8 @@ ablate-variant/%:
 # a blend takes seconds and its method is not a file make can see: it is made again on every call
 ensemble: | $(INSTALLED)  ## NAME=blend MEMBERS="exp_a exp_b" [METHOD=hill_climb|mean|rank|stack]: blend runs on OOF
 	@$(if $(strip $(MEMBERS)),,$(error MEMBERS is empty: name the runs to blend, e.g. MEMBERS="exp_a exp_b"))
-	@$(FV) ensemble $(RUN) --members $(foreach m,$(MEMBERS),$(call quote,$(RUNS)/$(m))) \
-		--method $(call quote,$(METHOD)) --rounds $(call quote,$(ROUNDS)) --out $(SUBMISSION)
+	@$(FV) ensemble $(RUN) --runs $(RUNS) --members --from-env MEMBERS --method "$$METHOD" --rounds "$$ROUNDS" \
+		--out $(SUBMISSION)
 
 leaderboard: | $(INSTALLED)  ## every experiment in runs/, best first, with Public/Private scores when known
 	@$(FV) leaderboard $(RUNS) --submissions $(SUBMISSIONS)
@@ -188,10 +209,10 @@ report: | $(INSTALLED)  ## runs/<exp>/report.html: config, scores and plots on o
 	$(FV) report $(RUN) --submission $(SUBMISSION) $${stale:+--stale $$stale}
 
 bench: | $(INSTALLED)  ## img/s of EXP on DATA: model-only limit, cached loop cold/warm, textbook loop, TTA vs ttach
-	@$(PY) benchmarks/bench.py $(EXP) $(OVERRIDES) --configs $(CONFIGS) $(BENCH)
+	@$(PY) benchmarks/bench.py $(EXP) $(OVERRIDES) --configs $(CONFIGS) --from-env BENCH
 
 demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built-in digits corpus, scored
-	@$(MAKE) --no-print-directory folds train predict EXP=digits ARGS="$(ARGS)"
+	@$(MAKE) --no-print-directory folds train predict EXP=digits
 	@echo "submission vs held-back labels:"
 	@$(FV) evaluate submissions/digits.csv inputs/digits/test_labels.csv
 
@@ -228,9 +249,15 @@ $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
 
 # one fold model's TTA probabilities of the test images; stage-predict.yaml carries the test images' and the
-# sample submission's digest, so replacing either re-predicts
-$(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv
+# sample submission's digest, so replacing either re-predicts, and so does a replaced best.pt (another fold's,
+# one trained elsewhere). The rule names each fold's file (a static pattern): a best.pt reached only through a
+# pattern would be an intermediate file, which make deletes after the run
+$(call FOLD_TESTS,$(ALL_FOLDS)): $(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv \
+		$(RUN)/fold%/best.pt
 	$(SLOT) $(FV) predict $(RUN) --fold $*
+
+# best.pt is written by the fold's training, before its oof.csv; a missing one makes predict say what to do
+$(RUN)/fold%/best.pt: ;
 
 # the fold ensemble in the sample's format (labels use the decision rule fitted on the OOF predictions)
 $(SUBMISSION): $(RUN)/stage-predict.yaml $(call FOLD_TESTS,$(ALL_FOLDS)) $(call FOLD_OOFS,$(ALL_FOLDS))

@@ -113,6 +113,39 @@ def test_empty_label_cell(tmp_path, corpus, capsys):
     one_line(*p.folds(capsys), "train.csv: row 9 has an empty 'label'", "fill or drop them")
 
 
+def test_a_training_image_that_is_a_dangling_symlink(tmp_path, corpus, capsys):
+    image = corpus / "train" / "dog_002.png"
+    image.unlink()
+    image.symlink_to(tmp_path / "elsewhere" / "dog_002.png")  # a link whose target is gone (a moved disk)
+    p = Project(tmp_path, corpus)
+    one_line(*p.folds(capsys), f"{image}: a symbolic link to {tmp_path / 'elsewhere' / 'dog_002.png'}",
+             "which does not exist", "restore the file it points to, or drop its row")
+    p.nothing_written("folds")
+    code, report = p.check(capsys)
+    assert code != 0 and "Traceback" not in report and "dog_002.png: a symbolic link" in report, report
+
+
+def test_empty_rows_at_the_end_of_the_label_table_are_skipped_with_a_note(tmp_path, corpus, capsys):
+    text = (corpus / "train.csv").read_text()
+    # what a spreadsheet exports for 3 empty rows, between blank lines (skipped without a word, as ever)
+    (corpus / "train.csv").write_text(text + "\n,\n,\n,\n\n")
+    p = Project(tmp_path, corpus)
+    code, err = p.folds(capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {corpus / 'train.csv'}: 3 empty rows at the end (only separators) skipped"], err
+    assert len(pd.read_csv(p.run / "folds.csv")) == 12
+
+
+@pytest.mark.parametrize("row", [",\n", "dog_005,\n"])
+def test_an_empty_row_among_the_rows_is_an_error_naming_it(tmp_path, corpus, capsys, row):
+    lines = (corpus / "train.csv").read_text().splitlines(keepends=True)
+    (corpus / "train.csv").write_text("".join([*lines[:4], row, *lines[4:]]))  # line 5: a row left blank
+    p = Project(tmp_path, corpus)
+    one_line(*p.folds(capsys), "train.csv: row 5 has an empty", "fill or drop them")
+    p.nothing_written("folds")
+
+
 def test_class_with_fewer_images_than_k(tmp_path, capsys):
     corpus = make_corpus(tmp_path / "c", {"cat": 8, "dog": 8, "eel": 3})
     p = Project(tmp_path, corpus, cv={"n_folds": 5})

@@ -4,6 +4,8 @@ Issue 10's classes of failure: a config value reaching make's syntax, stale resu
 folder silently rewritten for another corpus.
 """
 
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from PIL import Image
 from conftest import ROOT, Project, make_corpus, stage, write_config
 from foldvision.config import load_config
 from foldvision.errors import UserError
-from foldvision.run import Predictions, Run, check_name, input_digests
+from foldvision.run import Predictions, Run, check_name, input_digests, stamps_json
 
 
 def make(tmp_path: Path, *targets: str, ok: bool = True, **variables) -> subprocess.CompletedProcess:
@@ -141,6 +143,44 @@ def test_stage_stamps_follow_the_inputs(tmp_path, capsys):
     assert _stamps(p.run)["stage-folds.yaml"] != first["stage-folds.yaml"]
 
 
+@pytest.mark.parametrize("how", ["in place (cp -p)", "renamed over (rsync -a)"])
+def test_a_same_size_replacement_with_its_old_mtime_is_stale(tmp_path, capsys, how):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4}, ext=".bmp")  # BMP: same pixels count, same bytes
+    p = Project(tmp_path, corpus)
+    assert p.config(capsys)[0] == 0
+    first = _stamps(p.run)
+    image, other = corpus / "train" / "a_000.bmp", corpus / "train" / "b_000.bmp"
+    old = image.stat()
+    assert other.stat().st_size == old.st_size and other.read_bytes() != image.read_bytes()
+    if how.startswith("in place"):
+        with open(image, "r+b") as f:  # what cp -p does: the same inode rewritten, then its times set back
+            f.write(other.read_bytes())
+    else:
+        (corpus / "new.tmp").write_bytes(other.read_bytes())
+        (corpus / "new.tmp").rename(image)
+    os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert p.config(capsys)[0] == 0
+    second = _stamps(p.run)
+    assert second["stage-train.yaml"] != first["stage-train.yaml"]
+    assert second["stage-folds.yaml"] == first["stage-folds.yaml"]  # the labels did not change
+
+
+def test_restamping_an_unchanged_corpus_reads_no_image(tmp_path, capsys, monkeypatch):
+    corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
+    p = Project(tmp_path, corpus)
+    assert p.config(capsys)[0] == 0
+    cfg = load_config("exp", [], p.configs)
+    assert stamps_json(cfg).is_file() and stamps_json(cfg).parent.parent == tmp_path / "cache"
+    read = []
+    real_digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: read.append(f.name) or real_digest(f, name))
+    before = input_digests(cfg)
+    assert read == []  # every hash came from stamps.json
+    (corpus / "train" / "a_001.png").touch()  # touched, not changed: hashed again, and still the same content
+    assert input_digests(cfg) == before and read == [str(corpus / "train" / "a_001.png")]
+
+
 def test_digests_ignore_nothing_a_stage_reads(tmp_path):
     corpus = make_corpus(tmp_path / "c", {"a": 4, "b": 4})
     cfg = load_config(str(write_config(tmp_path / "configs", "e", corpus)))
@@ -210,6 +250,39 @@ def test_make_predict_redoes_the_submission_when_test_images_or_the_sample_chang
     submission.unlink()
     make(tmp_path, "predict", EXP="x")
     assert submission.is_file()
+
+
+@pytest.mark.slow
+def test_a_replaced_checkpoint_is_predicted_again(tmp_path):
+    """fold<k>/test.csv is made from fold<k>/best.pt: a checkpoint replaced after training (another fold's, a
+    re-trained one copied in) must not leave its old predictions in the next submission."""
+    corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, n_test=4)
+    write_config(tmp_path / "configs", "x", corpus, predict={"tta": []})
+    make(tmp_path, "folds", "train", "predict", EXP="x")
+    run = Run(tmp_path / "runs" / "x")
+    first = run.fold(0).test_csv.read_text()
+    assert "foldvision predict" not in make(tmp_path, "predict", EXP="x").stdout  # up to date
+
+    run.fold(0).best_pt.write_bytes(run.fold(1).best_pt.read_bytes())  # fold 1's model in fold 0's place
+    redo = make(tmp_path, "predict", EXP="x").stdout
+    assert "--fold 0" in redo and "--fold 0 1" not in redo, redo
+    assert run.fold(0).test_csv.read_text() != first
+
+
+def test_the_launcher_predicts_again_a_fold_whose_checkpoint_is_newer(tmp_path):
+    """LAUNCHER=ray|slurm asks make's question of fold<k>/test.csv in its driver (launch.predict_stages)."""
+    from foldvision.campaign.launch import predict_stages  # noqa: PLC0415 - the launcher's module, only here
+
+    run = Run(tmp_path / "x")
+    files = [run.stage_yaml("predict")] + [f for k in (0, 1) for f in (run.fold(k).best_pt, run.fold(k).oof_csv,
+                                                                       run.fold(k).test_csv)]
+    for second, path in enumerate(files):  # in the order the stages write them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        os.utime(path, (1_000 + second, 1_000 + second))
+    assert predict_stages([run], {run: [0, 1]}, {}) == []
+    os.utime(run.fold(1).best_pt, (2_000, 2_000))  # a checkpoint copied in after the fold was predicted
+    assert [stage.fold for stage in predict_stages([run], {run: [0, 1]}, {})] == [1]
 
 
 def test_hints_name_the_experiment_and_the_run_an_ablation_variant_was_made_from(tmp_path, capsys, binary_corpus):

@@ -18,6 +18,10 @@
     foldvision slot --gpus "0 1" -- CMD         run CMD on the first free GPU (make -j N GPUS=...)
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
+
+`--from-env NAME` anywhere in a command line stands for the words of the environment variable NAME, split as a
+shell splits words but with nothing expanded or run, and `--from-env-data NAME` for `data.dir=<$NAME>` taken
+whole: the Makefile hands the user's ARGS, DATA, MEMBERS, BENCH... on this way, so no shell reads them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -73,10 +78,42 @@ def user_message(error: UserError) -> str:
     return text
 
 
-def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage's main; user errors become one line on stderr and exit status 2."""
+def env_words(name: str) -> list[str]:
+    """$NAME as shell-like words: quotes group (ARGS="data.dir='my corpus' train.lr=1e-4"), and a `$`, `;`,
+    backtick or `*` is a character like any other."""
+    value = os.environ.get(name, "")
     try:
-        main(argv)
+        return shlex.split(value)
+    except ValueError as e:
+        raise UserError(f"{name}={value!r}: {str(e).lower()}; quote a value with spaces as in a shell, e.g. "
+                        f"ARGS=\"data.dir='my corpus' train.lr=1e-4\"") from None
+
+
+def from_env(argv: list[str]) -> list[str]:
+    """argv with each `--from-env NAME` replaced by the words of $NAME and each `--from-env-data NAME` by one
+    `data.dir=<$NAME>` (none when it is empty). make passes values this way because a value pasted into a
+    recipe is read by the shell: `ARGS='train.lr=1e-4;echo X'` would run `echo X`."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word not in ("--from-env", "--from-env-data"):
+            out.append(word)
+            continue
+        name = next(words, None)
+        if not name:
+            raise UserError(f"{word} needs the name of an environment variable, e.g. {word} ARGS")
+        if word == "--from-env":
+            out += env_words(name)
+        elif os.environ.get(name):
+            out.append(f"data.dir={os.environ[name]}")
+    return out
+
+
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main (its `--from-env` words spliced in); user errors become one line on stderr and exit
+    status 2."""
+    try:
+        main(from_env(sys.argv[1:] if argv is None else argv))
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(2)

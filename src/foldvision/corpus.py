@@ -128,10 +128,40 @@ def _parse(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
         raise UserError(f"{path}: the file is empty") from None
     except pl.exceptions.ComputeError:
         table = _parse_lenient(path, data, sep, has_header)  # a stray quote or a ragged row: say where
+        blank_lines = lambda: [False] * table.height  # noqa: E731 - the lenient reader drops blank lines itself
+    else:
+        blank_lines = lambda: _blank_records(data, sep, has_header)  # noqa: E731 - read only when needed
     cells = [c for c in table.columns if c != ROW]
     table = table.rename(dict(zip(cells, _unique_names([c.strip() for c in cells]))))
     cells = [c for c in table.columns if c != ROW]
-    return table.filter(~pl.all_horizontal(pl.col(c) == "" for c in cells)) if table.height else table
+    return _skip_empty_rows(path, table, cells, blank_lines) if table.height else table
+
+
+def _blank_records(data: bytes, sep: str, has_header: bool) -> list[bool]:
+    """Which rows are blank lines: polars reads a blank line and a row of only separators alike (every cell
+    empty); Python's csv module tells them apart ([] and ['', ''])."""
+    flags = [not record for record in csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)]
+    return flags[1:] if has_header else flags
+
+
+def _skip_empty_rows(path: Path, table: pl.DataFrame, cells: list[str], blank_lines) -> pl.DataFrame:
+    """Blank lines are skipped. Rows of only separators after the last row (what a spreadsheet exports for the
+    empty rows below a table) are skipped with one note; one among the rows stays, so that its empty id is an
+    error naming it: a row whose cells were cleared by mistake is not lost without a word."""
+    empty = table.select(pl.all_horizontal(pl.col(c) == "" for c in cells)).to_series()
+    if not empty.any():
+        return table
+    blank = pl.Series(blank_lines(), dtype=pl.Boolean)
+    if len(blank) != table.height:  # the two readers disagree on the rows: take every empty row as a blank line
+        blank = empty
+    filled = empty.not_().arg_true()
+    end = int(filled[-1]) + 1 if len(filled) else 0
+    trailing = int((empty & ~blank).slice(end).sum())
+    if trailing:
+        console.print(f"[yellow]note[/]: {escape(str(path))}: {_plural(trailing, 'empty row')} at the end "
+                      "(only separators) skipped")
+    position = pl.int_range(0, table.height, eager=True)
+    return table.filter(~blank & (position < end))
 
 
 def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
@@ -567,6 +597,14 @@ def open_image(path: Path) -> Image.Image:
     return Image.open(path)
 
 
+def dangling_link(path: Path) -> str | None:
+    """For a symbolic link whose target is gone (a moved disk, a deleted download): what it is, with its target.
+    "No such file" about a file the user sees listed would send them looking in the wrong place."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def verify_images(root: Path, paths, max_pixels: int | None) -> None:
     """Open every image's header (no decoding: fast): zero-byte, non-image and oversized files fail here,
     before any training, with the file named. Truncated data is only found when decoding (load_image)."""
@@ -576,6 +614,8 @@ def verify_images(root: Path, paths, max_pixels: int | None) -> None:
             with open_image(path) as im:
                 width, height = im.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if dangling_link(path):
+                raise UserError(f"{path}: {dangling_link(path)}; restore the file it points to, or drop its row")
             reason = "empty file (0 bytes)" if path.is_file() and path.stat().st_size == 0 else str(e)
             raise UserError(f"{path}: not a readable image ({reason}); replace the file or drop its row") from None
         if max_pixels is not None and width * height > max_pixels:

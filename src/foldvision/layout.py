@@ -7,6 +7,7 @@ No image is opened here, and nothing heavy is imported: `foldvision config` uses
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +76,10 @@ def resolve(cfg: DataConfig) -> Layout:
     if sample is None:
         test_table = _part(root, cfg.test_csv, TEST_TABLES, "data.test_csv", False, inferred, "test ids from")
     return Layout(root, table, train_dir, test_dir, test_table, sample, inferred)
+
+
+def corpus_key(root: Path) -> str:
+    """`<corpus folder name>-<hash of its absolute path>`: one name per corpus, two corpora never share it (its
+    folder of splits, of decoded images and of image hashes)."""
+    corpus = Path(root).resolve()
+    return f"{corpus.name}-{hashlib.sha1(str(corpus).encode()).hexdigest()[:8]}"

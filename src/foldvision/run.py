@@ -480,19 +480,82 @@ def _file_stamp(path: Path | None) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
 
 
-def _tree_stamp(folder: Path | None, exclude: Path | None = None) -> str:
-    """Every file under a folder by relative path, size and mtime: replacing an image (same name) counts."""
+class ContentHashes:
+    """Each image's content hash, kept in `<data.cache_dir>/<corpus>/stamps.json` by the file's (size, mtime,
+    ctime, inode): re-stamping an unchanged corpus reads no image, and a changed one reads only what changed.
+
+    Size and mtime alone miss a same-size replacement whose mtime was kept (`cp -p`, `rsync -a`, unzip); the
+    content is what a stage reads. ctime is in the key because `cp -p` rewrites a file in place, keeping its
+    inode, and sets its mtime back: ctime is the one field no copy can set. A cache that cannot be read or
+    written only costs time: every file is hashed again.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.known = self._read()
+        self.seen: dict[str, list] = {}
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path else {}
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def of(self, path: str) -> str:
+        """The file's content hash, or what stands instead when it cannot be read (a dangling symlink names
+        its target): the stage that reads the file then says what is wrong, in one line."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "missing->" + (os.readlink(path) if os.path.islink(path) else "")
+        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = self.seen.get(path) or self.known.get(path)
+        if isinstance(entry, list) and entry[:4] == key:
+            digest = entry[4]
+        else:
+            try:
+                with open(path, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha1").hexdigest()[:16]
+            except OSError:
+                return "unreadable"
+        self.seen[path] = [*key, digest]
+        return digest
+
+    def save(self) -> None:
+        """The hashes of the files stamped this time (a removed file's entry goes)."""
+        if self.path is None or self.seen == self.known:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, json.dumps(self.seen))
+        except OSError:
+            pass  # a read-only cache folder: the stamps are right all the same, only slower to make
+
+
+def _tree_stamp(folder: Path | None, hashes: ContentHashes, exclude: Path | None = None) -> str:
+    """Every file under a folder by relative path and content: replacing an image (same name) counts, and so
+    does a same-size copy whose mtime was kept; a file merely touched does not."""
     if folder is None or not folder.is_dir():
         return "-"
     parts = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d) != exclude)
+        rel = "" if root == str(folder) else os.path.relpath(root, folder)  # once a folder, as abspath: both cost
+        full = os.path.abspath(root)
         for name in sorted(files):
-            if name.startswith("."):
-                continue
-            st = os.stat(os.path.join(root, name))
-            parts.append(f"{os.path.relpath(os.path.join(root, name), folder)}|{st.st_size}|{st.st_mtime_ns}")
+            if not name.startswith("."):
+                parts.append(f"{os.path.join(rel, name)}|{hashes.of(os.path.join(full, name))}")
     return _digest(parts)
+
+
+def stamps_json(cfg: Config) -> Path | None:
+    """Where the content hashes of the corpus's images are kept: beside its decoded-image cache."""
+    if cfg.data.dir is None:
+        return None
+    from foldvision.layout import corpus_key  # noqa: PLC0415 - as input_digests
+
+    return Path(cfg.data.cache_dir) / corpus_key(Path(cfg.data.dir)) / "stamps.json"
 
 
 def input_digests(cfg: Config) -> dict[str, dict[str, str]]:
@@ -508,10 +571,12 @@ def input_digests(cfg: Config) -> dict[str, dict[str, str]]:
         nothing = {"labels": "-", "train_images": "-", "test_images": "-", "sample": "-"}
         return {"folds": nothing, "train": nothing, "predict": nothing}
     user_folds = Path(cfg.data.folds_file) if cfg.data.folds_file else None
-    labels = _file_stamp(lay.train_table) if lay.train_table else _tree_stamp(lay.train_dir, lay.test_dir)
-    train_images = _tree_stamp(lay.train_dir, lay.test_dir)
-    test = {"test_images": _tree_stamp(lay.test_dir), "sample": _file_stamp(lay.sample),
+    hashes = ContentHashes(stamps_json(cfg))
+    train_images = _tree_stamp(lay.train_dir, hashes, lay.test_dir)
+    labels = _file_stamp(lay.train_table) if lay.train_table else train_images
+    test = {"test_images": _tree_stamp(lay.test_dir, hashes), "sample": _file_stamp(lay.sample),
             "test_table": _file_stamp(lay.test_table)}
+    hashes.save()
     folds = {"labels": labels, "folds_file": _file_stamp(user_folds)}
     return {"folds": folds, "train": folds | {"train_images": train_images},
             "predict": folds | {"train_images": train_images} | test}

@@ -8,7 +8,6 @@ folder named for the corpus: foldvision writes nothing inside a corpus folder.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from foldvision.console import console
 from foldvision.corpus import read_table
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
+from foldvision.layout import corpus_key
 
 
 def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed: int) -> np.ndarray:
@@ -50,12 +50,6 @@ def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed
     for k, (_, val_idx) in enumerate(splits):
         folds[val_idx] = k
     return folds
-
-
-def corpus_key(root: Path) -> str:
-    """`<corpus folder name>-<hash of its absolute path>`: one name per corpus, two corpora never share it."""
-    corpus = Path(root).resolve()
-    return f"{corpus.name}-{hashlib.sha1(str(corpus).encode()).hexdigest()[:8]}"
 
 
 def corpus_folds_path(cfg: Config) -> Path:

@@ -226,7 +226,7 @@ def train_stages(runs: list[Run], folds: list[int] | None, env: dict) -> tuple[l
 def predict_stages(runs: list[Run], all_folds: dict[Run, list[int]], env: dict) -> list[Stage]:
     """Each fold model's test.csv that is missing or stale (make's fold%/test.csv rule)."""
     return [Stage("predict", str(run.root), k, os.getcwd(), env) for run in runs for k in all_folds[run]
-            if not _newer(run.fold(k).test_csv, run.stage_yaml("predict"), run.fold(k).oof_csv)]
+            if not _newer(run.fold(k).test_csv, run.stage_yaml("predict"), run.fold(k).oof_csv, run.fold(k).best_pt)]
 
 
 def summarize(runs: list[Run], all_folds: dict[Run, list[int]], predict: Path | None) -> None:

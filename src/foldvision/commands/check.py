@@ -25,7 +25,7 @@ from PIL import ImageOps
 
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
-from foldvision.corpus import open_image, read_table, read_test, read_train
+from foldvision.corpus import dangling_link, open_image, read_table, read_test, read_train
 from foldvision.errors import UserError
 from foldvision.splits import assign_folds, corpus_folds_path, fold_counts
 
@@ -45,7 +45,7 @@ def inspect_image(path: Path, max_pixels: int | None) -> ImageFacts:
     try:
         data = path.read_bytes()
     except OSError as e:
-        return ImageFacts(str(path), None, None, None, None, str(e))
+        return ImageFacts(str(path), None, None, None, None, dangling_link(path) or str(e))
     digest = hashlib.sha1(data).hexdigest()
     try:
         with open_image(path) as im:

@@ -121,11 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision ensemble", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="the blend's run folder, runs/<blend>")
     parser.add_argument("--members", type=Path, nargs="+", required=True, help="the members' run folders")
+    parser.add_argument("--runs", type=Path, help="the folder the members are named in (make: MEMBERS=\"a b\")")
     parser.add_argument("--method", default="hill_climb", choices=METHODS, help="how to blend (default hill_climb)")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"hill climbing additions at most ({ROUNDS})")
     parser.add_argument("--out", type=Path, help="submission path (default submissions/<blend>.csv)")
     args = parser.parse_args(argv)
-    blend(args.run_dir, args.members, args.method, args.rounds, args.out)
+    members = [args.runs / m for m in args.members] if args.runs else args.members
+    blend(args.run_dir, members, args.method, args.rounds, args.out)
 
 
 if __name__ == "__main__":
