@@ -83,8 +83,9 @@ def test_the_records_open_as_a_memmap(tmp_path, corpus):
     folder = cache_folder(data_cfg(tmp_path), corpus, PREP)
     pixels = np.memmap(folder / "pixels.u8", np.uint8, "r").reshape(-1, *PREP.shape)
     index = json.loads((folder / "index.json").read_text())["files"]
-    for rel, (row, size, _) in index.items():
-        assert size == os.stat(corpus / rel).st_size
+    for rel, (row, size, mtime, ctime, inode) in index.items():
+        st = os.stat(corpus / rel)
+        assert [size, mtime, ctime, inode] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         np.testing.assert_array_equal(pixels[row], images[rel])
 
 
@@ -107,7 +108,33 @@ def test_a_changed_or_new_image_is_the_only_one_decoded_again(tmp_path, corpus, 
     assert sorted(decodes) == ["2.png", "new.png"]
     assert (images["train/2.png"] == [255, 0, 0]).all() and (images["train/new.png"] == [0, 0, 255]).all()
     index = json.loads((cache_folder(cfg, corpus, PREP) / "index.json").read_text())["files"]
-    assert len({row for row, _, _ in index.values()}) == 7  # the changed image kept its record
+    assert len({entry[0] for entry in index.values()}) == 7  # the changed image kept its record
+
+
+@pytest.mark.parametrize("how", ["in place (cp -p)", "renamed over (rsync -a)"])
+def test_a_same_size_replacement_with_its_mtime_kept_is_decoded_again(tmp_path, corpus, decodes, how):
+    """`cp -p` and `rsync -a` keep the size and the mtime; the run's stamps see the new content, so the cache
+    must not hand back the old pixels to the retrain those stamps cause."""
+    cfg = data_cfg(tmp_path)
+    open_images(cfg, corpus, paths(corpus), PREP, workers=0)
+    decodes.clear()
+    target = corpus / "train" / "4.png"  # 15 x 15: a same-size replacement keeps the file size equal too
+    old = target.stat()
+    replacement = tmp_path / "replacement.png"
+    Image.new("RGB", (15, 15), (0, 255, 0)).save(replacement)
+    data = replacement.read_bytes()
+    data = data + b"\0" * (old.st_size - len(data)) if len(data) < old.st_size else data  # PNG ignores trailing bytes
+    assert len(data) == old.st_size
+    if how.startswith("in place"):
+        target.write_bytes(data)
+    else:
+        replacement.write_bytes(data)
+        replacement.replace(target)
+    os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    images = open_images(cfg, corpus, paths(corpus), PREP, workers=0)
+    assert decodes == ["4.png"]
+    assert (images["train/4.png"] == [0, 255, 0]).all()
 
 
 def test_another_setting_is_another_cache(tmp_path, corpus, decodes):

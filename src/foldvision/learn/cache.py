@@ -11,7 +11,8 @@ the records depend on its `key` alone, since mean and std are applied later, on 
     <data.cache_dir>/<corpus>-<hash of its absolute path>/<size>px-<channels>ch-<interpolation>-v<FORMAT>-<libs>/
         pixels.u8    one fixed-size record per image: size × size × channels uint8 in C order
                      (np.memmap(path, np.uint8, "r").reshape(-1, size, size, channels) opens it)
-        index.json   relative image path -> [record, file size, file mtime_ns]: what each record holds; and the
+        index.json   relative image path -> [record, size, mtime_ns, ctime_ns, inode]: which file each record
+                     holds; and the
                      versions of Pillow, OpenCV and albumentations that made the pixels
         .lock        held while the cache is brought up to date, so two runs never build the same records
 
@@ -20,7 +21,8 @@ other pixels, so a cache made by other versions is not reused; a new one is buil
 (not JSON, not the expected layout, a pixels file shorter than it says) is named, set aside as
 `index.json.corrupt` and rebuilt.
 
-An image whose file size or mtime changed is decoded again into its own record; new images get new records;
+An image whose file size, mtime, ctime or inode changed is decoded again into its own record (ctime and inode
+catch a same-size replacement whose mtime was kept, `cp -p` or `rsync -a`, as the run's content stamps do); new images get new records;
 nothing else is touched. Records are read with `os.preadv` straight into a fresh array, not through a memmap:
 pages of a mapped file count towards the reading process's resident memory until the kernel drops them, so
 a memmap makes RSS grow with the corpus, while a read leaves the bytes in the kernel's page cache and keeps
@@ -53,7 +55,7 @@ from foldvision.errors import UserError
 from foldvision.files import write_text_atomic
 from foldvision.learn.transforms import INTERPOLATION, Preprocessing
 
-FORMAT = 1  # bump when load_image or the resize changes what a record holds: old caches are then not reused
+FORMAT = 2  # bump when load_image, the resize or the index changes: old caches are then not reused (2: ctime, inode)
 CHECKPOINT_EVERY = 2000  # images between index writes while building, so an interrupted build keeps its work
 
 
@@ -200,8 +202,8 @@ class ImageCache:
         if saved.get("shape") != list(self.prep.shape):
             raise ValueError(f"records of shape {saved.get('shape')}, not {list(self.prep.shape)}")
         for rel, entry in saved["files"].items():
-            if not (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int and v >= 0 for v in entry)):
-                raise ValueError(f"the entry of '{rel}' is not [record, size, mtime]")
+            if not (isinstance(entry, list) and len(entry) == 5 and all(type(v) is int and v >= 0 for v in entry)):
+                raise ValueError(f"the entry of '{rel}' is not [record, size, mtime, ctime, inode]")
         return saved["files"]
 
     def _write_index(self, files: dict[str, list[int]]) -> None:
@@ -212,21 +214,21 @@ class ImageCache:
         write_text_atomic(self.index_path, json.dumps(index))
 
     def stale(self, files: dict[str, list[int]], paths: Iterable[str]) -> list[tuple[str, list[int]]]:
-        """(path, [record, size, mtime_ns]) of every image not cached as its file is now."""
+        """(path, [record, size, mtime_ns, ctime_ns, inode]) of every image not cached as its file is now."""
         out, next_row = [], max((entry[0] for entry in files.values()), default=-1) + 1
         for rel in dict.fromkeys(paths):
             try:
                 st = os.stat(self.root / rel)
             except OSError as e:
                 raise UserError(f"{self.root / rel}: cannot read the image ({e.strerror})") from None
-            entry = files.get(rel)
-            if entry is not None and entry[1:] == [st.st_size, st.st_mtime_ns]:
+            entry, key = files.get(rel), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            if entry is not None and entry[1:] == key:
                 continue
             if entry is None:
                 row, next_row = next_row, next_row + 1
             else:
                 row = entry[0]  # a changed file is rewritten in its own record
-            out.append((rel, [row, st.st_size, st.st_mtime_ns]))
+            out.append((rel, [row, *key]))
         return out
 
     def update(self, paths: Iterable[str], workers: int, progress=None) -> CachedImages:
