@@ -131,9 +131,16 @@ def test_values_a_library_would_reject_are_refused_when_resolved(tmp_path, overr
         load_config(str(exp), [override])
 
 
-@pytest.mark.parametrize("override", ["train.device=cuda:1", "train.device=mps", "data.encoding=cp1252",
-                                      "train.num_workers=0", "model.drop_rate=0.5"])
-def test_valid_values_pass(tmp_path, override):
+@pytest.mark.parametrize("override, value", [("train.device=cuda:1", "cuda:1"), ("train.device=mps", "mps"),
+                                             ("data.encoding=cp1252", "cp1252"), ("train.num_workers=0", 0),
+                                             ("model.drop_rate=0.5", 0.5), ("train.precise_bn=0", 0),
+                                             ("train.compile=true", True)])
+def test_valid_values_pass(tmp_path, override, value):
+    """Each value arrives in the resolved Config as written (not the default, not coerced)."""
     exp = tmp_path / "e.yaml"
     exp.write_text("{}\n")
-    load_config(str(exp), [override])
+    section, key = override.partition("=")[0].split(".")
+    default = getattr(getattr(Config(), section), key)
+    assert default != value  # so a dropped value cannot pass as written
+    resolved = getattr(getattr(load_config(str(exp), [override]), section), key)
+    assert resolved == value and type(resolved) is type(value)
