@@ -62,3 +62,24 @@ def test_training_leaves_the_loaded_config_as_it_was(tmp_path, binary_corpus):
     before = to_dict(cfg)
     fit_fold(cfg, run_dir, 0)
     assert to_dict(cfg) == before
+
+
+def test_an_fp16_fold_keeps_its_gradient_scaler_in_last_pt_and_resumes_with_it(tmp_path, binary_corpus,
+                                                                                monkeypatch):
+    """train.amp=fp16 runs on the CPU too (torch.amp.GradScaler("cpu")): the scaler's state (scale, growth
+    tracker) is part of what a cut fold resumes from, or the resumed epochs would restart the loss scale."""
+    cfg, run_dir = resolved_run(tmp_path, binary_corpus, train={"epochs": 2, "amp": "fp16", "device": "cpu"})
+    resume_scoring = interrupt_second_validation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fit_fold(cfg, run_dir, 0)
+    saved = torch.load(run_dir / "fold0" / "last.pt", weights_only=True)["scaler"]
+    fresh = torch.amp.GradScaler("cpu").state_dict()
+    assert saved is not None and saved.keys() == fresh.keys()
+    assert saved != fresh, saved  # epoch 1's steps moved the growth tracker (or the scale): not a new scaler's
+    resume_scoring()
+    at_start = []  # the scaler's state as the resumed epoch begins
+    monkeypatch.setattr(train_module, "train_one_epoch",
+                        lambda *a, **k: at_start.append(a[5].scaler.state_dict()) or real_train_one_epoch(*a, **k))
+    fit_fold(cfg, run_dir, 0)
+    assert at_start == [saved]
+    assert pd.read_csv(run_dir / "fold0" / "history.csv")["epoch"].tolist() == [1, 2]
