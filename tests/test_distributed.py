@@ -123,6 +123,49 @@ def test_gather_restores_the_order_across_two_gloo_processes(tmp_path):
         assert (tmp_path / f"r{rank}.txt").read_text() == "rank 1 diverged"
 
 
+def _bn_worker(rank: int, size: int, store: str, results: str) -> None:
+    """precise_bn on this rank's batches, then pool_bn_stats through gloo's all_reduce (World.sum)."""
+    from foldvision.learn.engine import Amp
+    from foldvision.learn.recipes import pool_bn_stats, precise_bn
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    world = World(rank, size, rank, "cpu")
+    model, batches = _bn_model_and_batches()
+    precise_bn(model, batches[rank::size], 10, Amp("off", torch.device("cpu")))
+    bn = model[1]
+    own = (bn.running_mean.clone(), bn.running_var.clone())
+    pool_bn_stats(model, world.sum, world.size)
+    torch.save({"own": own, "pooled": (bn.running_mean, bn.running_var)}, f"{results}{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _bn_model_and_batches():
+    """A conv + BatchNorm model and 4 batches whose statistics differ by rank (rank 1's are shifted by 2)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    batches = [(torch.randn(6, 3, 8, 8) * (1 + i) + 2.0 * (i % 2), None) for i in range(4)]
+    return model, batches
+
+
+@pytest.mark.slow  # two processes that import torch: ~9 s on 2 cores
+def test_precise_bn_pooled_over_two_gloo_processes_equals_one_process_over_all_batches(tmp_path):
+    """train.precise_bn under DDP: each rank re-estimates the BatchNorm statistics on its share, then
+    pool_bn_stats sums them through a real all_reduce; every rank must end with what one process computes over
+    the batches of both (precise_bn: the plain mean of the batches' means and variances)."""
+    from foldvision.learn.engine import Amp
+    from foldvision.learn.recipes import precise_bn
+
+    torch.multiprocessing.spawn(_bn_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2)
+    model, batches = _bn_model_and_batches()
+    precise_bn(model, batches, 10, Amp("off", torch.device("cpu")))
+    union = (model[1].running_mean, model[1].running_var)
+    ranks = [torch.load(tmp_path / f"r{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert not torch.allclose(ranks[0]["own"][0], ranks[1]["own"][0], atol=0.5)  # the shares differ: pooling matters
+    for rank in ranks:
+        for pooled, expected in zip(rank["pooled"], union):
+            torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
 # ---- NPROC checks ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["abc", "0", "-1", "2.5", "", "four"])
