@@ -359,9 +359,9 @@ def accuracy(run: Path) -> float:
 # they are compared with trains at batch 32, lr 0.02, so both take the same 9 steps; only the draw order and
 # BatchNorm's per-rank batches differ. Measured (learnable digits, 2 folds, amp off; OOF of both folds): one
 # process accuracy 0.644 / log_loss 1.247, two processes 0.619 / 1.334; with every rank trained on rank 0's share
-# (a broken shard) two processes fell to 0.500 / 1.534. A broken DDP fails these bounds: an lr scaled wrongly, a rank's share dropped or duplicated, precise BN
-# statistics left unpooled (checked exactly below), rows gathered into the wrong ids or ranks whose weights
-# drift apart (checked exactly by re-predicting from best.pt).
+# (a broken shard) two processes fell to 0.500 / 1.534. A broken DDP fails these bounds: an lr scaled wrongly, a
+# rank's share dropped or duplicated, precise BN statistics left unpooled (checked exactly below), rows gathered
+# into the wrong ids or ranks whose weights drift apart (checked exactly by re-predicting from best.pt).
 MIN_ACCURACY, ACCURACY_TOLERANCE, LOG_LOSS_TOLERANCE = 0.5, 0.08, 0.2
 
 
