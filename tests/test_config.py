@@ -171,9 +171,31 @@ def test_values_a_library_would_reject_are_refused_when_resolved(tmp_path, overr
         load_config(str(exp), [override])
 
 
-@pytest.mark.parametrize("override", ["train.device=cuda:1", "train.device=mps", "data.encoding=cp1252",
-                                      "train.num_workers=0", "model.drop_rate=0.5"])
-def test_valid_values_pass(tmp_path, override):
+@pytest.mark.parametrize("override, value", [("train.device=cuda:1", "cuda:1"), ("train.device=mps", "mps"),
+                                             ("data.encoding=cp1252", "cp1252"), ("train.num_workers=0", 0),
+                                             ("model.drop_rate=0.5", 0.5), ("train.precise_bn=0", 0),
+                                             ("train.channels_last=false", False)])
+def test_valid_values_pass(tmp_path, override, value):
+    """Each value arrives in the resolved Config as written (not the default, not coerced)."""
     exp = tmp_path / "e.yaml"
     exp.write_text("{}\n")
-    load_config(str(exp), [override])
+    section, key = override.partition("=")[0].split(".")
+    default = getattr(getattr(Config(), section), key)
+    assert default != value  # so a dropped value cannot pass as written
+    resolved = getattr(getattr(load_config(str(exp), [override]), section), key)
+    assert resolved == value and type(resolved) is type(value)
+
+
+def test_compile_without_a_cxx_compiler_is_one_line_naming_train_compile(tmp_path, monkeypatch):
+    """torch.compile (inductor) needs a C++ compiler to build its kernels: without one, refused when resolved."""
+    exp = write(tmp_path / "e.yaml", {"train": {"compile": True}})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UserError) as raised:
+        load_config(str(exp))
+    assert "train.compile=true" in str(raised.value) and "\n" not in str(raised.value)
+    assert load_config(str(exp), ["train.compile=false"]).train.compile is False
+    monkeypatch.setenv("CXX", "/usr/bin/env")  # any executable: $CXX is what inductor runs
+    assert load_config(str(exp)).train.compile is True

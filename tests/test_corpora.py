@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import f1_score
 
 from conftest import Project, make_corpus, stage
 
@@ -43,7 +44,8 @@ def test_signate_style_tsv_labels_and_headerless_sample(tmp_path, capsys):
     lines = p.submission.read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == test_ids  # no header row, the sample's order
     values = [float(line.split(",")[1]) for line in lines]
-    assert all(0 <= v <= 1 for v in values)
+    fold_test = [pd.read_csv(p.run / f"fold{k}" / "test.csv", dtype={"id": str}).set_index("id") for k in (0, 1)]
+    assert values == pytest.approx(((fold_test[0]["prob_1"] + fold_test[1]["prob_1"]) / 2).loc[test_ids].tolist())
     test = pd.read_csv(p.run / "test.csv", dtype={"id": str}).set_index("id")
     assert values == pytest.approx(test.loc[test_ids, "prob_1"].tolist())
 
@@ -55,7 +57,16 @@ def test_string_labels_with_label_names_in_the_submission(tmp_path, capsys):
     sub = pd.read_csv(p.submission)
     assert list(sub.columns) == ["image_id", "label"] and set(sub["label"]) <= {"cat", "dog", "owl"}
     rule = json.loads((p.run / "decision.json").read_text())
-    assert rule["metric"] == "macro_f1" and rule["oof_after"] >= rule["oof_before"]
+    assert rule["metric"] == "macro_f1" and rule["kind"] == "prior"
+    # the rule picks the best α on its grid: recomputed here with scikit-learn on the OOF table
+    oof = pd.read_csv(p.run / "oof.csv")
+    probs, y = oof[["prob_cat", "prob_dog", "prob_owl"]].to_numpy(), oof["label"].map({"cat": 0, "dog": 1, "owl": 2})
+    prior = np.bincount(y, minlength=3) / len(y)
+    f1 = lambda pred: f1_score(y, pred, average="macro", zero_division=0)  # noqa: E731
+    assert rule["oof_before"] == pytest.approx(f1(probs.argmax(1)))
+    grid = [f1((probs * prior ** a).argmax(1)) for a in np.linspace(-1, 1, 17)]
+    assert rule["oof_after"] == pytest.approx(max(rule["oof_before"], *grid))
+    assert f1((probs * prior ** rule["value"]).argmax(1)) == pytest.approx(rule["oof_after"])
     assert "OOF macro_f1" in err
     assert json.loads((p.run / "classes.json").read_text()) == ["cat", "dog", "owl"]
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torchsampler import ImbalancedDatasetSampler
 
-from conftest import ROOT, Project, run_cli, stage, write_config
+from conftest import LEARN, ROOT, Project, run_cli, stage, write_config
 from foldvision.learn import distributed
 from foldvision.config import load_config
 from foldvision.stages.folds import run as make_folds
@@ -121,6 +121,49 @@ def test_gather_restores_the_order_across_two_gloo_processes(tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"r{rank}.npy"), expected)
         # an error on rank 1 alone is raised on both, so both stop at the same place
         assert (tmp_path / f"r{rank}.txt").read_text() == "rank 1 diverged"
+
+
+def _bn_worker(rank: int, size: int, store: str, results: str) -> None:
+    """precise_bn on this rank's batches, then pool_bn_stats through gloo's all_reduce (World.sum)."""
+    from foldvision.learn.engine import Amp
+    from foldvision.learn.recipes import pool_bn_stats, precise_bn
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    world = World(rank, size, rank, "cpu")
+    model, batches = _bn_model_and_batches()
+    precise_bn(model, batches[rank::size], 10, Amp("off", torch.device("cpu")))
+    bn = model[1]
+    own = (bn.running_mean.clone(), bn.running_var.clone())
+    pool_bn_stats(model, world.sum, world.size)
+    torch.save({"own": own, "pooled": (bn.running_mean, bn.running_var)}, f"{results}{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _bn_model_and_batches():
+    """A conv + BatchNorm model and 4 batches whose statistics differ by rank (rank 1's are shifted by 2)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    batches = [(torch.randn(6, 3, 8, 8) * (1 + i) + 2.0 * (i % 2), None) for i in range(4)]
+    return model, batches
+
+
+@pytest.mark.slow  # two processes that import torch: ~9 s on 2 cores
+def test_precise_bn_pooled_over_two_gloo_processes_equals_one_process_over_all_batches(tmp_path):
+    """train.precise_bn under DDP: each rank re-estimates the BatchNorm statistics on its share, then
+    pool_bn_stats sums them through a real all_reduce; every rank must end with what one process computes over
+    the batches of both (precise_bn: the plain mean of the batches' means and variances)."""
+    from foldvision.learn.engine import Amp
+    from foldvision.learn.recipes import precise_bn
+
+    torch.multiprocessing.spawn(_bn_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2)
+    model, batches = _bn_model_and_batches()
+    precise_bn(model, batches, 10, Amp("off", torch.device("cpu")))
+    union = (model[1].running_mean, model[1].running_var)
+    ranks = [torch.load(tmp_path / f"r{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert not torch.allclose(ranks[0]["own"][0], ranks[1]["own"][0], atol=0.5)  # the shares differ: pooling matters
+    for rank in ranks:
+        for pooled, expected in zip(rank["pooled"], union):
+            torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
 
 
 # ---- NPROC checks ---------------------------------------------------------------------------------------
@@ -234,6 +277,23 @@ if os.environ.get("FV_TEST_INTERRUPT_AT"):  # Ctrl-C during this validation (1-b
 
     train.score = score
 
+if os.environ.get("FV_TEST_BN_LOG"):  # each pool_bn_stats call: this rank's BatchNorm statistics before and after
+    import torch  # noqa: E402
+
+    real_pool, pooled = train.pool_bn_stats, []
+
+    def stats(model):
+        return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+    def pool_bn_stats(model, total, ranks):
+        before = stats(model)
+        real_pool(model, total, ranks)
+        pooled.append({"before": before, "after": stats(model)})
+        torch.save(pooled, os.path.join(os.environ["FV_TEST_LOGS"], f"bn-rank{rank}.pt"))
+
+    train.pool_bn_stats = pool_bn_stats
+
 from foldvision.cli import main  # noqa: E402
 
 main(sys.argv[1:])
@@ -293,23 +353,30 @@ def repredict(run: Path, fold: int) -> pd.DataFrame:
     return pd.DataFrame(probs, index=[i for i, v in zip(split.ids, val) if v])
 
 
-# 1 epoch of 24 images per fold is 3 optimizer steps of 8 at lr 1e-3 in one process, but 1 step of 2 × 8 at lr
-# 2e-3 in two: both models stay near their common initialisation (same seed), near chance on 10 classes.
-# Measured (digits, 2 folds, 1 epoch, amp off; OOF of both folds): one process log_loss 2.312 / auc 0.549, two
-# processes 2.322 / 0.481.
-# The tolerances allow for those few different steps, not for a broken run (a NaN, an lr scaled 100×, rows
-# gathered into the wrong ids: the last is checked exactly by re-predicting from best.pt).
-LOG_LOSS_TOLERANCE, AUC_TOLERANCE = 0.1, 0.15
+def accuracy(run: Path) -> float:
+    """OOF accuracy of both folds (chance on the digits: 0.1)."""
+    return oof_scores(run)["accuracy"]
+
+
+# Both runs must learn (LEARN: test_resnet, 3 epochs, 80 train images per fold) and learn alike. Two processes of
+# batch 16 at lr 0.01 train with a global batch of 32 at lr 0.02 (the linear scaling rule): the one-process run
+# they are compared with trains at batch 32, lr 0.02, so both take the same 9 steps; only the draw order and
+# BatchNorm's per-rank batches differ. Measured (learnable digits, 2 folds, amp off; OOF of both folds): one
+# process accuracy 0.644 / log_loss 1.247, two processes 0.619 / 1.334; with every rank trained on rank 0's share
+# (a broken shard) two processes fell to 0.500 / 1.534. A broken DDP fails these bounds: an lr scaled wrongly, a
+# rank's share dropped or duplicated, precise BN statistics left unpooled (checked exactly below), rows gathered
+# into the wrong ids or ranks whose weights drift apart (checked exactly by re-predicting from best.pt).
+MIN_ACCURACY, ACCURACY_TOLERANCE, LOG_LOSS_TOLERANCE = 0.5, 0.08, 0.2
 
 
 @pytest.mark.slow
-def test_two_processes_rank_1_writes_nothing_and_the_oof_matches_one_process(tmp_path, digits_corpus, capsys):
-    run = resolve(tmp_path, digits_corpus, "ddp")
-    result = torchrun(tmp_path, run, "--fold", "0", "1")
+def test_two_processes_rank_1_writes_nothing_and_the_oof_matches_one_process(tmp_path, learnable_digits, capsys):
+    run = resolve(tmp_path, learnable_digits, "ddp", **LEARN)
+    result = torchrun(tmp_path, run, "--fold", "0", "1", bn_log="1")
     assert result.returncode == 0, result.stderr
     err = result.stderr
-    assert err.count("2 processes × batch 8 = global batch 16: lr 0.001 × 2 = 0.002 (linear scaling rule)") == 1
-    assert err.count("fold 0: best auc") == 1 and err.count("fold 1: best auc") == 1, err  # rank 1 prints nothing
+    assert err.count("2 processes × batch 16 = global batch 32: lr 0.01 × 2 = 0.02 (linear scaling rule)") == 1
+    assert err.count("fold 0: best accuracy") == 1 and err.count("fold 1: best accuracy") == 1, err  # rank 1 quiet
 
     writes = {rank: (tmp_path / "logs" / f"writes-rank{rank}.log").read_text() for rank in (0, 1)}
     assert writes[1] == "", writes[1]
@@ -324,15 +391,35 @@ def test_two_processes_rank_1_writes_nothing_and_the_oof_matches_one_process(tmp
         # each row is the probabilities of its own id (the gather put every rank's rows back in place)
         again = repredict(run, k).loc[oof["id"]].to_numpy()
         np.testing.assert_allclose(oof.filter(like="prob_").to_numpy(), again, atol=1e-5)
-    assert pd.read_csv(run / "fold0" / "history.csv")["epoch"].tolist() == [1]
+    assert pd.read_csv(run / "fold0" / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    check_pooled_bn_stats(tmp_path / "logs", calls=2 * 3)
 
-    single = resolve(tmp_path, digits_corpus, "single")
+    single = resolve(tmp_path, learnable_digits, "single",
+                     **{**LEARN, "train": {**LEARN["train"], "batch_size": 32, "lr": 0.02}})
     code, out = stage(capsys, "train", str(single), "--fold", "0", "1")
     assert code == 0, out
     one, two = oof_scores(single), oof_scores(run)
     print(f"one process: {one}\ntwo processes: {two}")
+    assert one["accuracy"] > MIN_ACCURACY and two["accuracy"] > MIN_ACCURACY  # both learnt (chance: 0.1)
+    assert abs(one["accuracy"] - two["accuracy"]) <= ACCURACY_TOLERANCE
     assert abs(one["log_loss"] - two["log_loss"]) <= LOG_LOSS_TOLERANCE
-    assert abs(one["auc"] - two["auc"]) <= AUC_TOLERANCE
+
+
+def check_pooled_bn_stats(logs: Path, calls: int) -> None:
+    """train.precise_bn under DDP (test_resnet has BatchNorm): at each validation both ranks' statistics were
+    pooled through gloo's all_reduce into the same values, the mean of what each rank estimated on its share."""
+    ranks = [torch.load(logs / f"bn-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == calls  # one per epoch and fold
+    for zero, one in zip(*ranks):
+        assert len(zero["after"]) > 0
+        differed = False
+        for (m0, v0), (m1, v1), (pm0, pv0), (pm1, pv1) in zip(zero["before"], one["before"], zero["after"],
+                                                             one["after"]):
+            assert torch.equal(pm0, pm1) and torch.equal(pv0, pv1)  # every rank validates alike
+            torch.testing.assert_close(pm0, (m0 + m1) / 2)
+            torch.testing.assert_close(pv0, (v0 + v1) / 2)
+            differed |= not torch.allclose(m0, m1)
+        assert differed  # the shares' statistics differed: the pooling changed something
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
 from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.learn.engine import Amp, predict, train_one_epoch
@@ -55,13 +56,18 @@ def test_train_one_epoch_scores_its_own_batches():
     torch.manual_seed(0)
     loader = [(torch.randn(8, 4), torch.arange(8) % 3) for _ in range(3)]
     model = torch.nn.Linear(4, 3)
+    seen = []  # the logits of each batch as the weights were when it ran (they change after every batch)
+    model.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     cpu = torch.device("cpu")
     stats = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, None, Amp("off", cpu), cpu)
     assert {"train_loss", "train_auc", "train_accuracy", "train_macro_f1", "train_log_loss", "lr",
             "train_img_s"} <= set(stats)
     assert list(stats)[0] == "train_loss" and list(stats)[-2:] == ["lr", "train_img_s"]  # history.csv's columns
-    assert 0 <= stats["train_accuracy"] <= 1 and 0 <= stats["train_auc"] <= 1
+    y = torch.cat([t for _, t in loader]).numpy()
+    probs = torch.softmax(torch.cat(seen), dim=1).double().numpy()
+    assert stats["train_accuracy"] == pytest.approx(accuracy_score(y, probs.argmax(1)))
+    assert stats["train_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
     # with plain cross entropy the objective is the log loss of the batches' own predictions
     assert stats["train_log_loss"] == pytest.approx(stats["train_loss"], rel=1e-5)
 

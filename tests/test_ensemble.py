@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from foldvision.config import load_config
 from foldvision.results.decision import fit_rule, nested_rule_score
@@ -168,8 +169,8 @@ def test_weights_fitted_on_noise_flatter_the_plain_score_and_not_the_nested_one(
     scores = toy.blend(members, method)
     info = scores["ensemble"]
     assert info["oof_nested"] < info["oof"]
-    if method == "hill_climb":  # it starts from the best member and only adds what improves on it
-        assert info["oof"] >= info["best_member"]["oof"]["auc"]
+    if method == "hill_climb":  # it starts from the best member and adds what improves on it: on 8 noise members
+        assert info["oof"] > info["best_member"]["oof"]["auc"]  # some addition always flatters the fit
     assert info["nested"]["auc"] == info["oof_nested"]
 
 
@@ -188,7 +189,9 @@ def test_multiclass_methods_give_probabilities(tmp_path):
         oof, test = blended(toy.blend_dir)
         for probs in (oof.probs, test.probs):
             assert np.all(probs >= 0) and np.allclose(probs.sum(axis=1), 1.0)
-        assert 0.5 < scores["oof"]["auc"] <= 1.0
+        y = np.array([toy.classes.index(label) for label in oof.labels])
+        assert scores["oof"]["auc"] == pytest.approx(roc_auc_score(y, oof.probs, multi_class="ovr"))
+        assert scores["oof"]["auc"] > 0.6  # members of skill 1-3 on 3 classes: well above chance
     record = Run(toy.blend_dir).read_ensemble()
     assert record["stacker"]["features"] == "log-probabilities"
     assert np.array(record["stacker"]["coef"]).shape == (3, 9)  # multinomial: a row per class
@@ -342,7 +345,7 @@ def test_nested_rule_score_is_not_flattered_by_noise():
     rule = fit_rule(y, probs, "accuracy")
     nested = nested_rule_score(y, probs, folds, "accuracy")
     assert nested < rule.oof_after
-    assert nested_rule_score(y, probs, np.zeros(400, dtype=int), "accuracy") != nested  # one fold: NaN
+    assert np.isnan(nested_rule_score(y, probs, np.zeros(400, dtype=int), "accuracy"))  # one fold: no honest fit
 
 
 def test_nested_rule_score_keeps_a_real_shift():

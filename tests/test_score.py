@@ -80,8 +80,22 @@ def test_the_score_stage_reports_the_decision_rule_fitted_and_nested(tmp_path, b
     from fakes import scored_run
     from foldvision.run import Run
 
-    scores = Run(scored_run(tmp_path, "exp", binary_corpus, skill=0.5)).read_scores()
-    rule = scores["decision"]
+    from foldvision.results.decision import fit_rule
+
+    run = Run(scored_run(tmp_path, "exp", binary_corpus, skill=0.5))
+    rule, oof = run.read_scores()["decision"], run.read_oof()
     assert rule["metric"] == "accuracy" and rule["kind"] == "threshold"
-    assert rule["oof_before"] <= rule["oof_after"]  # fitted on the rows it is scored on: never below argmax
-    assert 0.0 <= rule["oof_nested"] <= 1.0
+    y, p1 = oof.y, oof.probs[:, 1]
+    assert rule["oof_before"] == pytest.approx(accuracy_score(y, oof.probs.argmax(1)))
+    # the best threshold, found by trying every cut between the sorted OOF probabilities (the rule's 199
+    # quantiles fall in each gap of these 20 rows); the rule must be it, and on these rows it beats argmax
+    cuts = np.unique(p1)[1:]
+    best = max(accuracy_score(y, p1 >= t) for t in cuts)
+    assert rule["oof_after"] == pytest.approx(best) and best > rule["oof_before"]
+    assert accuracy_score(y, p1 >= rule["value"]) == pytest.approx(rule["oof_after"])
+    # nested: each fold labelled by the rule fitted on the other folds' rows, all scored together
+    nested = np.empty(len(y), dtype=int)
+    for k in np.unique(oof.fold):
+        held = oof.fold == k
+        nested[held] = fit_rule(y[~held], oof.probs[~held], "accuracy").apply(oof.probs[held])
+    assert rule["oof_nested"] == pytest.approx(accuracy_score(y, nested))

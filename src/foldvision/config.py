@@ -14,7 +14,9 @@ import codecs
 import copy
 import dataclasses
 import math
+import os
 import re
+import shutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -413,6 +415,7 @@ def validate(cfg: Config) -> None:
         _require(_finite(getattr(loss, key)) and getattr(loss, key) >= 0, f"loss.{key}", getattr(loss, key),
                  "must be 0 or more")
     _check_recipes(cfg)
+    _check_compile(t)
     _check_ranger21(t)
     _check_lists(cfg)
 
@@ -449,6 +452,18 @@ def _check_lists(cfg: Config) -> None:
                 f"predict.tta: unknown view '{view}'{did_you_mean(str(view), TTA_VIEWS)}; "
                 f"views: {', '.join(TTA_VIEWS)}"
             )
+
+
+def _check_compile(t: TrainConfig) -> None:
+    """train.compile: torch.compile's inductor builds its kernels with a C++ compiler ($CXX, else g++; clang++ on
+    macOS, cl on Windows). Without any, the first training step fails deep inside torch; refuse it here."""
+    if not t.compile:
+        return
+    named = os.environ.get("CXX", "").split()
+    if not any(shutil.which(c) for c in named[:1] + ["g++", "clang++", "c++", "cl"]):
+        raise UserError("train.compile=true: torch.compile builds its kernels with a C++ compiler and none is on "
+                        "PATH here (g++, clang++, or $CXX); install one (e.g. apt install g++) or set "
+                        "train.compile=false")
 
 
 def _check_recipes(cfg: Config) -> None:

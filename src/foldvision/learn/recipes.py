@@ -169,15 +169,15 @@ def precise_bn(model: nn.Module, loader, batches: int, amp) -> None:
 
 @torch.no_grad()
 def pool_bn_stats(model: nn.Module, total, ranks: int) -> None:
-    """Under DDP, after `precise_bn` on each rank's share: every rank gets the statistics of all the shares
-    (means averaged; variance = mean of the variances + variance of the means), so each validates alike.
-    `total(tensor)` sums a tensor over the ranks (`World.sum`)."""
+    """Under DDP, after `precise_bn` on each rank's share: every rank gets what one process computes over the
+    batches of all the shares, so each validates alike and N processes match one. `precise_bn` keeps the plain
+    mean of the batches' means and of their variances, and every rank ran the same number of batches, so both
+    are averaged over the ranks (adding the variance of the rank means would count a spread between batches that
+    one process never counts). `total(tensor)` sums a tensor over the ranks (`World.sum`)."""
     for m in model.modules():
         if isinstance(m, _BatchNorm) and m.track_running_stats and not _frozen(m):
-            mean = total(m.running_mean) / ranks
-            square = total(m.running_var + m.running_mean ** 2) / ranks
-            m.running_var.copy_(square - mean ** 2)
-            m.running_mean.copy_(mean)
+            m.running_mean.copy_(total(m.running_mean) / ranks)
+            m.running_var.copy_(total(m.running_var) / ranks)
 
 
 # ---- prior correction -------------------------------------------------------------------------------------
