@@ -213,7 +213,9 @@ def test_ray_predicts_each_fold_as_a_task_then_the_submission(tmp_path, digits_c
 
     tiny_config(tmp_path, digits_corpus, n_folds=2)
     run = tmp_path / "runs" / "pred"
-    result = make(tmp_path, "-j2", "train", "predict", NAME="pred", LAUNCHER="ray", env={"RAY_ADDRESS": ray_cluster})
+    # a cluster that ray.init started uses token authentication; a driver joining it by address says so
+    joining = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token"}
+    result = make(tmp_path, "-j2", "train", "predict", NAME="pred", LAUNCHER="ray", env=joining)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "started a local cluster" not in result.stderr and f"joined the cluster at {ray_cluster}" in result.stderr
     for k in (0, 1):

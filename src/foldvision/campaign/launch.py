@@ -215,7 +215,8 @@ def _probe_address(address: str, timeout: float) -> None:
         probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout,
                                env={**os.environ, "RAY_ADDRESS": address})
     except subprocess.TimeoutExpired:
-        raise UserError(f"{where}: no Ray cluster answered within {timeout:g} s; {fix}") from None
+        raise UserError(f"{where}: no Ray cluster answered within {timeout:g} s (one with token authentication "
+                        f"needs RAY_AUTH_MODE=token here); {fix}") from None
     if probe.returncode != 0:
         lines = [line for line in probe.stderr.splitlines() if line.strip()]
         reason = lines[-1].split(": ", 1)[-1] if lines else f"exit status {probe.returncode}"
