@@ -5,8 +5,9 @@
 #   DATA=path       shorthand for ARGS+="data.dir=path" (spaces in the path are fine)
 #   FOLDS="0 2"     train only these folds
 #   GPUS="0 1 2 3"  with make -j 4: fold jobs side by side, each pinned to a free GPU of these
-#   LAUNCHER=ray    make train: the stale folds as Ray tasks (RAY_ADDRESS, or a local cluster); LAUNCHER=slurm: a
-#                   Slurm array through submitit. LAUNCH_ARGS="--gpus-per-task 1 ..." go to `foldvision launch`
+#   LAUNCHER=ray    each fold job (train, predict, ablate) a Ray task (RAY_ADDRESS's cluster, else a local one per
+#                   job); LAUNCHER=slurm: a Slurm job through submitit. make -j N runs N at once, as without it.
+#                   LAUNCH_ARGS="--gpus-per-task 1 ..." go to `foldvision launch`
 #   NPROC=4         each fold on 4 GPUs of this machine at once (torchrun + DDP; global batch and lr × 4),
 #                   the folds one after another (not with -j, GPUS or LAUNCHER)
 #   NAME=name       the run folder runs/<name> (and W&B group, submission name); default EXP. `make ablate` sets
@@ -100,9 +101,20 @@ RESOLVE = $(FV) config $(EXP) $(OVERRIDES) --configs $(CONFIGS) --run-dir $(RUN)
 NPROC_ARG = $(if $(filter-out 1,$(strip $(NPROC))),--nproc "$$NPROC")
 # ...with every GPU for one fold: two fold jobs at once (make -j, GPUS, LAUNCHER, ablate -j) would share them
 NPROC_ALONE_ERROR = error: NPROC trains one fold at a time on all the GPUs: drop -j, GPUS and LAUNCHER (or NPROC)
-NPROC_ALONE = $(if $(NPROC_ARG),{ $(ONE_JOB) || { echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; }; } &&)
-# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.campaign.slot), pinned by CUDA_VISIBLE_DEVICES
+NPROC_ALONE = $(if $(NPROC_ARG),$(if $(ONE_JOB),,echo "$(NPROC_ALONE_ERROR)" >&2; exit 2;))
+# make's -j, read here alone: MAKEFLAGS holds it as -jN among its first two words (a bare -j counts as 1).
+# Exported: each stage process takes its share of the cores by it (foldvision.cli.share_cores)
+JOBS = $(or $(patsubst -j%,%,$(filter -j%,$(wordlist 1,2,$(MAKEFLAGS)))),1)
+export FOLDVISION_JOBS = $(JOBS)
+# one job (no -j, GPUS or LAUNCHER): train-stale / predict-stale run the stale folds in one process
+ONE_JOB = $(and $(filter 1,$(JOBS)),$(if $(strip $(GPUS)$(LAUNCHER)),,1))
+# The ways to run one fold job are recipe prefixes; make alone decides which jobs run, and how many at once.
+# GPUS="0 1 2 3": each fold job takes the first free GPU of these (foldvision.campaign.slot), pinned by
+# CUDA_VISIBLE_DEVICES
 SLOT = $(if $(strip $(GPUS)),$(FV) slot --gpus "$$GPUS" --)
+# LAUNCHER=ray|slurm: the fold job runs as a Ray task or a Slurm job, waited for (foldvision.campaign.launch)
+LAUNCH = $(if $(strip $(LAUNCHER)),$(FV) launch "$$LAUNCHER" --label $(NAME)/fold$*$(if \
+	$(filter %/test.csv,$@),-predict)$(if $(filter slurm,$(LAUNCHER)), --folder $(RUN)/slurm) --from-env LAUNCH_ARGS --)
 
 # ---- user targets ---------------------------------------------------------------------------------
 USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo \
@@ -127,33 +139,29 @@ folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made on
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS)
 
-# One job (no -j, no GPUS): the stale folds (`make -q` says which) train, or predict, in one process, paying
-# Python's and torch's start-up once; an interrupted run still re-trains only the unfinished folds. Under
-# `make -j N` or with GPUS, each fold is its own job: the fold rules below run side by side, one GPU each.
+# One job (no -j, GPUS or LAUNCHER): the stale folds (`make -q` says which) train, or predict, in one process,
+# paying Python's and torch's start-up once; an interrupted run still re-trains only the unfinished folds. Under
+# `make -j N`, GPUS or LAUNCHER, each fold is its own job: the fold rules below run side by side, one GPU each.
 train: | $(INSTALLED)  ## stage 2+3: train each fold (or FOLDS="0 2"), then the OOF scores; -j N GPUS="0 1" fans out
 	@$(RESOLVE)
-	@$(if $(LAUNCHER),$(MAKE) --no-print-directory $(RUN)/folds.csv $(PASS) && $(FV) cache $(RUN) \
-		&& $(FV) launch "$$LAUNCHER" $(RUN) $(if $(FOLDS),--folds $(FOLDS)) --from-env LAUNCH_ARGS, \
-		$(MAKE) --no-print-directory train-stale $(PASS))
+	@$(MAKE) --no-print-directory train-stale $(PASS)
 	@$(MAKE) --no-print-directory $(if $(FOLDS),$(call FOLD_OOFS,$(FOLDS)),$(RUN)/scores.json) $(PASS)
 
 # (inner makes: they read the config.mk that `foldvision config` has just written)
-ONE_JOB = ! [ "$$(sed -nE 's/(^|.* )-j([0-9]+).*/\2/p' <<< "$$MAKEFLAGS")" -gt 1 ] 2>/dev/null && [ -z "$$GPUS" ] \
-	&& [ -z "$$LAUNCHER" ]
-# stale(target pattern with %, folds): the folds whose file make -q calls stale
+# stale(target pattern with %, folds): the folds whose file `make -q` calls stale: make's own judgement, asked
 stale = $$(for k in $(2); do $(MAKE) --no-print-directory -q $(subst %,$$k,$(1)) $(PASS) || echo $$k; done)
+# in_one_process(stage, fold file, folds, args): `foldvision <stage> --fold <the stale ones>`, when there are any
+in_one_process = stale=$(call stale,$(RUN)/fold%/$(2),$(3)); [ -z "$$stale" ] \
+	|| { echo $(FV) $(1) $(RUN) --fold $$stale $(4); $(FV) $(1) $(RUN) --fold $$stale $(4); }
 # (a fan-out first fills the decoded-image cache once, instead of every fold job waiting on the first one's)
+FAN_OUT = $(if $(NPROC_ARG),echo "$(NPROC_ALONE_ERROR)" >&2; exit 2,$(FV) cache $(RUN))
+UNKNOWN_FOLDS = $(filter-out $(ALL_FOLDS),$(FOLDS))
 train-stale: $(RUN)/folds.csv
-	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/oof.csv,$(or $(FOLDS),$(ALL_FOLDS))); \
-		[ -z "$$stale" ] || { echo $(FV) train $(RUN) --fold $$stale $(NPROC_ARG); \
-		$(FV) train $(RUN) --fold $$stale $(NPROC_ARG); }; \
-	elif $(if $(NPROC_ARG),true,false); then echo "$(NPROC_ALONE_ERROR)" >&2; exit 2; \
-	else $(FV) cache $(RUN); fi
+	@$(if $(UNKNOWN_FOLDS),echo "error: FOLDS=$(FOLDS): $(RUN) has folds $(ALL_FOLDS)" >&2; exit 2)
+	@$(if $(ONE_JOB),$(call in_one_process,train,oof.csv,$(or $(FOLDS),$(ALL_FOLDS)),$(NPROC_ARG)),$(FAN_OUT))
 
 predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
-	@if $(ONE_JOB); then stale=$(call stale,$(RUN)/fold%/test.csv,$(ALL_FOLDS)); \
-		[ -z "$$stale" ] || { echo $(FV) predict $(RUN) --fold $$stale; $(FV) predict $(RUN) --fold $$stale; }; \
-	else $(FV) cache $(RUN); fi
+	@$(if $(ONE_JOB),$(call in_one_process,predict,test.csv,$(ALL_FOLDS)),$(FV) cache $(RUN))
 
 cache: | $(INSTALLED)  ## decode the run's train and test images into the cache once (train -j N does it first)
 	@$(RESOLVE)
@@ -166,24 +174,21 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 
 predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
 	@$(RESOLVE)
-	@$(if $(LAUNCHER),$(FV) launch "$$LAUNCHER" $(RUN) --predict $(SUBMISSION) --from-env LAUNCH_ARGS, \
-		$(MAKE) --no-print-directory predict-stale $(PASS) && $(MAKE) --no-print-directory $(SUBMISSION) $(PASS))
+	@$(MAKE) --no-print-directory predict-stale $(PASS)
+	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
 # folds side by side, and a finished variant is skipped), and `--table` compares them
 ablate: | $(INSTALLED)  ## GRID="train.sampler=imbalanced,random loss.name=cce,ce": each variant, then a table
 	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$$GRID" --configs $(CONFIGS) --runs $(RUNS) --plan
-	@$(MAKE) --no-print-directory $(if $(LAUNCHER),ablate-launch,ablate-variants) EXP=$(EXP) RUNS=$(RUNS) \
-		SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
+	@$(MAKE) --no-print-directory ablate-variants EXP=$(EXP) RUNS=$(RUNS) SUBMISSIONS=$(SUBMISSIONS) PY=$(PY)
 	@$(FV) ablate $(EXP) $(OVERRIDES) --grid "$$GRID" --configs $(CONFIGS) --runs $(RUNS) \
 		--submissions $(SUBMISSIONS) --table
 
 -include $(RUNS)/$(EXP)/ablation.mk  # ABLATION := the variants' run names (checked plain words)
-.PHONY: ablate-variants ablate-launch
+.PHONY: ablate-variants
 ablate-variants: $(addprefix ablate-variant/,$(ABLATION))
-ablate-launch:  # every variant's folds in one launch (this inner make reads ablation.mk afresh)
-	$(FV) launch "$$LAUNCHER" $(addprefix $(RUNS)/,$(ABLATION)) --predict $(SUBMISSIONS) --from-env LAUNCH_ARGS
 ablate-variant/%:
 	@$(MAKE) --no-print-directory $(RUNS)/$*/folds.csv EXP=$(EXP) NAME=$* RUNS=$(RUNS) PY=$(PY)
 	@$(FV) cache $(RUNS)/$*
@@ -243,7 +248,7 @@ $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
-	$(NPROC_ALONE) $(SLOT) $(FV) train $(RUN) --fold $* $(NPROC_ARG)
+	$(NPROC_ALONE) $(LAUNCH) $(SLOT) $(FV) train $(RUN) --fold $* $(NPROC_ARG)
 
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
@@ -254,7 +259,7 @@ $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 # pattern would be an intermediate file, which make deletes after the run
 $(call FOLD_TESTS,$(ALL_FOLDS)): $(RUN)/fold%/test.csv: $(RUN)/stage-predict.yaml $(RUN)/fold%/oof.csv \
 		$(RUN)/fold%/best.pt
-	$(SLOT) $(FV) predict $(RUN) --fold $*
+	$(LAUNCH) $(SLOT) $(FV) predict $(RUN) --fold $*
 
 # best.pt is written by the fold's training, before its oof.csv; a missing one makes predict say what to do
 $(RUN)/fold%/best.pt: ;

@@ -1,4 +1,4 @@
-"""Time a small campaign on this machine: make -j1, make -j2 and the Ray launcher, measured in one run.
+"""Time a small campaign on this machine: make -j1, make -j2 and make -j2 with the Ray launcher, in one run.
 
     .venv/bin/python benchmarks/campaign.py [--variants 2] [--folds 5] [--epochs 2] [--cpus 2]
                                             [--modes make-j1 make-j2 ray-each ray-all] [--keep DIR]
@@ -10,9 +10,10 @@ command (config resolution included) to its scores:
 
     make-j1    make -j1 train, variant after variant (each variant's folds in one process, torch on every core)
     make-j2    make -j2 train, variant after variant (a process per fold, two at a time, 1 thread each)
-    ray-each   foldvision launch ray per variant on a local --cpus-CPU cluster (what make train LAUNCHER=ray
-               does): a process per fold, --cpus at a time; each launch starts its own cluster
-    ray-all    one launch for every variant: all the campaign's folds share one cluster
+    ray-each   make -j2 train LAUNCHER=ray, RAY_ADDRESS unset: each fold job a task on a local cluster of its own
+               (--cpus / 2 CPUs), which it starts and stops
+    ray-all    make -j2 train LAUNCHER=ray with RAY_ADDRESS set to one --cpus-CPU cluster this script started:
+               every fold job joins it
 
 Then, on their own: Ray's start-up (a local cluster), and a no-op task's round trip on it. The launcher's
 overhead per task is (ray-each − make-j2) / tasks: the two run the same processes in the same waves, so what
@@ -50,6 +51,10 @@ ray.shutdown()
 """
 
 
+HOLD = ("import sys, ray; ray.init(address='local', num_cpus={cpus}, include_dashboard=False); "
+        "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()")
+
+
 def variants(n: int) -> list[tuple[str, str]]:
     lrs = ["3e-3", "1e-3", "3e-4", "1e-4", "3e-5"]
     if n > len(lrs):
@@ -68,28 +73,31 @@ def sh(cmd: list[str], **kw) -> None:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def run_make(ws: Path, corpus: Path, args, jobs: int) -> float:
+def run_make(ws: Path, corpus: Path, args, jobs: int, *launcher: str, env: dict | None = None) -> float:
     start = time.perf_counter()
     for name, variant in variants(args.variants):
         sh(["make", "--no-print-directory", "-C", str(ROOT), f"-j{jobs}", "train", "EXP=digits", f"NAME={name}",
-            f"RUNS={ws / 'runs'}", f"CONFIGS={ROOT / 'configs'}", f"PY={PY}",
-            "ARGS=" + " ".join(overrides(corpus, ws / "cache", args, variant))])
+            f"RUNS={ws / 'runs'}", f"CONFIGS={ROOT / 'configs'}", f"PY={PY}", *launcher,
+            "ARGS=" + " ".join(overrides(corpus, ws / "cache", args, variant))], env=env)
     return time.perf_counter() - start
 
 
 def run_ray(ws: Path, corpus: Path, args, together: bool) -> float:
-    start = time.perf_counter()
-    runs = []
-    for name, variant in variants(args.variants):
-        run = ws / "runs" / name
-        sh([PY, "-m", "foldvision", "config", "digits", *overrides(corpus, ws / "cache", args, variant),
-            "--configs", str(ROOT / "configs"), "--run-dir", str(run)], cwd=ROOT)
-        runs.append(run)
-    launch = [PY, "-m", "foldvision", "launch", "ray", "--num-cpus", str(args.cpus)]
+    """make -j2 train LAUNCHER=ray: each fold job on a local cluster of its own, or all joining one."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for group in ([runs] if together else [[run] for run in runs]):
-        sh([*launch, *map(str, group)], cwd=ROOT, env=env)
-    return time.perf_counter() - start
+    if not together:
+        return run_make(ws, corpus, args, 2, "LAUNCHER=ray", f"LAUNCH_ARGS=--num-cpus {max(1, args.cpus // 2)}",
+                        env=env)
+    holder = subprocess.Popen([PY, "-c", HOLD.format(cpus=args.cpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:  # the cluster's start-up counts: ray-each pays it in every fold job
+        start = time.perf_counter()
+        address = holder.stdout.readline().strip()
+        joining = {**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}  # ray.init's clusters use token auth
+        return time.perf_counter() - start + run_make(ws, corpus, args, 2, "LAUNCHER=ray", env=joining)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 def oof_scores(ws: Path, args) -> list[float]:
@@ -154,7 +162,7 @@ def main() -> None:
               f"start-ups {args.variants * startup / tasks:.2f} s; ray-each / make-j2 = "
               f"{walls['ray-each'] / walls['make-j2']:.2f}")
     if "ray-all" in walls and "ray-each" in walls:
-        print(f"one launch for the whole campaign / one per variant = {walls['ray-all'] / walls['ray-each']:.2f}")
+        print(f"one cluster for the whole campaign / one per fold job = {walls['ray-all'] / walls['ray-each']:.2f}")
 
 
 if __name__ == "__main__":

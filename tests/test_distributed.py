@@ -23,6 +23,7 @@ import torch
 from torchsampler import ImbalancedDatasetSampler
 
 from conftest import LEARN, ROOT, Project, run_cli, stage, write_config
+from foldvision.campaign.torchrun import parse_nproc
 from foldvision.learn import distributed
 from foldvision.config import load_config
 from foldvision.stages.folds import run as make_folds
@@ -171,7 +172,7 @@ def test_precise_bn_pooled_over_two_gloo_processes_equals_one_process_over_all_b
 @pytest.mark.parametrize("text", ["abc", "0", "-1", "2.5", "", "four"])
 def test_nproc_must_be_a_positive_integer(text):
     with pytest.raises(UserError, match="whole number from 1 up"):
-        distributed.parse_nproc(text)
+        parse_nproc(text)
 
 
 def fake_gpus(monkeypatch, count: int) -> None:

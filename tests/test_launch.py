@@ -1,4 +1,5 @@
-"""foldvision launch: folds fanned out as Ray tasks (a local cluster) or a submitit array (its LocalExecutor).
+"""foldvision launch: a fold job's recipe prefix, `make -j N train LAUNCHER=ray|slurm`: each fold a Ray task (a local
+cluster, or RAY_ADDRESS's) or a submitit job (its LocalExecutor).
 
 The training tests are slow-marked (each fold is its own process, ~6 s of imports on 2 cores); the bad inputs
 are not. No Slurm cluster here: the Slurm path runs with `--local`, submitit's LocalExecutor.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,8 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli, stage, write_config
+from conftest import ROOT, run_cli, stage, write_config
 from foldvision.campaign import launch
+
+# Ray's log handler keeps the sys.stderr of the moment ray is first imported (ray._private.log.PlainRayHandler
+# emits through the stream it was made with). Imported here, that is pytest's session-long stream; imported in a
+# test under capsys, the handler writes later tests' warnings to that test's closed capture ("Logging error").
+pytest.importorskip("ray")
 
 N_FOLDS = 5  # the issue's campaign: 5 folds, which the 60-image digits fixture cannot split (4 images of a '5')
 
@@ -34,14 +41,30 @@ def digits100(tmp_path_factory) -> Path:
     return out
 
 
-def resolved_run(tmp_path: Path, corpus: Path, name: str, *overrides: str, n_folds: int = N_FOLDS) -> Path:
-    """runs/<name> with the tiny config resolved into it (what `make train` does before launching)."""
+def tiny_config(tmp_path: Path, corpus: Path, n_folds: int = N_FOLDS) -> None:
     write_config(tmp_path / "configs", "tiny", corpus, data={"channels": 1}, augment={"train": []},
                  predict={"tta": []}, cv={"n_folds": n_folds})
+
+
+def resolved_run(tmp_path: Path, corpus: Path, name: str, *overrides: str, n_folds: int = N_FOLDS) -> Path:
+    """runs/<name> with the tiny config resolved into it (what every make target does first)."""
+    tiny_config(tmp_path, corpus, n_folds)
     run = tmp_path / "runs" / name
     result = run_cli("config", "tiny", *overrides, "--configs", str(tmp_path / "configs"), "--run-dir", str(run))
     assert result.returncode == 0, result.stderr
     return run
+
+
+def make(tmp_path: Path, *goals: str, env: dict | None = None, **variables: str) -> subprocess.CompletedProcess:
+    """`make <goals> EXP=tiny ...` on the test's configs and runs, as a user runs it."""
+    args = {"EXP": "tiny", "CONFIGS": tmp_path / "configs", "RUNS": tmp_path / "runs",
+            "SUBMISSIONS": tmp_path / "subs", "PY": sys.executable, **variables}
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), *goals, *(f"{k}={v}" for k, v in args.items())]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def fold_command(run: Path, stage_name: str, fold: int) -> list[str]:
+    return [sys.executable, "-m", "foldvision", stage_name, str(run), "--fold", str(fold)]
 
 
 def stage_pid(run: Path, fold: int) -> int | None:
@@ -83,17 +106,35 @@ def when_checkpointed(run: Path, fold: int, act) -> threading.Thread:
     return thread
 
 
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A local 2-CPU Ray cluster of its own, held by a helper process: its address, for RAY_ADDRESS."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, ray; ray.init(address='local', num_cpus=2, include_dashboard=False); "
+        "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield holder.stdout.readline().strip()
+    finally:
+        holder.stdin.close()  # the holder shuts its cluster down as it exits
+        holder.wait(timeout=60)
+
+
 # ---- Ray ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, capsys):
-    """A local 2-CPU Ray cluster trains the 5 folds (one task each) and scores them: the same split, the same
-    OOF ids per fold, and the same probabilities and scores (to 1e-6) as the stage commands make runs. Each
-    task's torch runs on 1 thread (Ray sets OMP_NUM_THREADS to its CPUs), so the reference does too: with 2
-    threads the sums are rounded in another order (bf16 autocast on the CPU) and probabilities differ by ~1e-3."""
+def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, monkeypatch, capsys):
+    """`make -j2 train LAUNCHER=ray`: each of the 5 folds is a task on a local 2-CPU Ray cluster of its own, then
+    make scores them: the same split, the same OOF ids per fold, and the same probabilities and scores (to
+    1e-6) as the stage commands make runs. Each task's torch runs on 1 thread (Ray sets OMP_NUM_THREADS to its
+    CPUs), so the reference does too: with 2 threads the sums are rounded in another order (bf16 autocast on
+    the CPU) and probabilities differ by ~1e-3."""
     import torch
 
-    ray_run = resolved_run(tmp_path, digits100, "ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     direct = resolved_run(tmp_path, digits100, "direct")
+    ray_run = tmp_path / "runs" / "ray"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -104,8 +145,8 @@ def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, capsys)
     finally:
         torch.set_num_threads(threads)
 
-    result = run_cli("launch", "ray", str(ray_run), "--num-cpus", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = make(tmp_path, "-j2", "train", NAME="ray", LAUNCHER="ray", LAUNCH_ARGS="--num-cpus 2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "started a local cluster of 2 CPUs" in result.stderr
     for k in range(N_FOLDS):
         assert f"ray/fold{k}: done in" in result.stderr
@@ -122,20 +163,21 @@ def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, capsys)
     for metric, value in theirs["oof"].items():
         assert ours["oof"][metric] == pytest.approx(value, abs=1e-6), metric
 
-    # everything done: a second launch trains nothing and leaves the scores alone
+    # everything done: make launches nothing and leaves the scores alone
     before = (ray_run / "scores.json").stat().st_mtime_ns
-    again = run_cli("launch", "ray", str(ray_run), "--num-cpus", "2")
+    again = make(tmp_path, "-j2", "train", NAME="ray", LAUNCHER="ray", LAUNCH_ARGS="--num-cpus 2")
     assert again.returncode == 0, again.stderr
-    assert "training" not in again.stderr and (ray_run / "scores.json").stat().st_mtime_ns == before
+    assert "launch" not in again.stdout + again.stderr and (ray_run / "scores.json").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_ray_retries_a_killed_fold_which_resumes_from_last_pt(tmp_path, digits100, monkeypatch):
-    """Fold 0's stage process is SIGKILLed (Ray retries: retry_exceptions) and fold 1's Ray worker is (Ray
-    retries: max_retries; the stage process dies with its worker), each after its first epoch: both retried
-    folds resume from last.pt and finish."""
-    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
-    run = resolved_run(tmp_path, digits100, "killed", "train.epochs=3").resolve()
+    """`make -j2 train FOLDS="0 1" LAUNCHER=ray`: fold 0's stage process is SIGKILLed (Ray retries:
+    retry_exceptions) and fold 1's Ray worker is (Ray retries: max_retries; the stage process dies with its
+    worker), each after its first epoch: both retried folds resume from last.pt and finish."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tiny_config(tmp_path, digits100)
+    run = (tmp_path / "runs" / "killed").resolve()
     killed, orphan = {}, {}
 
     def kill_stage(pid):
@@ -151,57 +193,100 @@ def test_ray_retries_a_killed_fold_which_resumes_from_last_pt(tmp_path, digits10
         orphan["alive"] = alive(pid)  # the stage process must not outlive its worker
 
     watchers = [when_checkpointed(run, 0, kill_stage), when_checkpointed(run, 1, kill_worker)]
-    campaign = launch.launch_ray([run], folds=[0, 1], num_cpus=2, retries=2)
+    result = make(tmp_path, "-j2", "train", NAME="killed", FOLDS="0 1", ARGS="train.epochs=3", LAUNCHER="ray",
+                  LAUNCH_ARGS="--num-cpus 1 --retries 2", RUNS=run.parent)
     for thread in watchers:
         thread.join(timeout=1)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert set(killed) == {0, 1}
-    by_label = {r.label: r for r in campaign.results}
     for k in (0, 1):
-        result = by_label[f"killed/fold{k}"]
-        assert result.resumed, result.log
-        assert any("resuming after epoch" in line for line in result.log), result.log
+        assert f"killed/fold{k}: done in" in result.stderr
+        resumed = [line for line in result.stdout.splitlines() if f"(killed/fold{k} " in line
+                   and f"fold {k}: resuming after epoch" in line]  # Ray prefixes the task's lines with its name
+        assert resumed, result.stdout[-3000:]
         assert (run / f"fold{k}" / "oof.csv").is_file() and not (run / f"fold{k}" / "last.pt").exists()
         assert len(pd.read_csv(run / f"fold{k}" / "history.csv")) == 3  # each epoch once
     assert orphan == {"alive": False}
-    assert not (run / "scores.json").exists()  # --folds: a subset is not scored
+    assert not (run / "scores.json").exists()  # FOLDS: a subset is not scored
 
 
 @pytest.mark.slow
-def test_ray_predicts_each_fold_as_a_task_then_the_submission(tmp_path, digits_corpus):
-    run = resolved_run(tmp_path, digits_corpus, "pred", n_folds=2)
-    submission = tmp_path / "subs" / "pred.csv"
-    result = run_cli("launch", "ray", str(run), "--num-cpus", "2", "--predict", str(submission))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_ray_predicts_each_fold_as_a_task_then_the_submission(tmp_path, digits_corpus, ray_cluster, capsys):
+    """`make -j2 train predict LAUNCHER=ray` on the cluster at RAY_ADDRESS: every fold job joins it; the fold
+    models' test probabilities are the ones `foldvision predict --fold` gives here (1 thread, as a task's)."""
+    import torch
+
+    tiny_config(tmp_path, digits_corpus, n_folds=2)
+    run = tmp_path / "runs" / "pred"
+    # a cluster that ray.init started uses token authentication; a driver joining it by address says so
+    joining = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token"}
+    result = make(tmp_path, "-j2", "train", "predict", NAME="pred", LAUNCHER="ray", env=joining)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "started a local cluster" not in result.stderr and f"joined the cluster at {ray_cluster}" in result.stderr
     for k in (0, 1):
         assert (run / f"fold{k}" / "test.csv").is_file()
         assert f"pred/fold{k}-predict: done in" in result.stderr
     assert (run / "scores.json").is_file()
     sample = pd.read_csv(digits_corpus / "sample_submission.csv")
-    assert pd.read_csv(submission)["image_id"].tolist() == sample["image_id"].tolist()
+    assert pd.read_csv(tmp_path / "subs" / "pred.csv")["image_id"].tolist() == sample["image_id"].tolist()
+
+    by_ray = {k: pd.read_csv(run / f"fold{k}" / "test.csv") for k in (0, 1)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, err = stage(capsys, "predict", str(run), "--fold", "0", "1")  # rewrites each fold<k>/test.csv
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    for k, ours in by_ray.items():
+        theirs = pd.read_csv(run / f"fold{k}" / "test.csv")
+        assert ours.columns.tolist() == theirs.columns.tolist()
+        assert ours.iloc[:, 0].tolist() == theirs.iloc[:, 0].tolist()  # the same test images, in the same order
+        probs = [c for c in ours.columns if c.startswith("prob_")]
+        assert probs
+        np.testing.assert_allclose(ours[probs].to_numpy(), theirs[probs].to_numpy(), atol=1e-6, rtol=0)
 
 
 # ---- Slurm through submitit's LocalExecutor --------------------------------------------------------------
 @pytest.mark.slow
 def test_slurm_local_runs_a_fold_and_requeues_it_on_preemption(tmp_path, digits_corpus):
-    """The array task gets SIGUSR2 after its first epoch, as Slurm signals a pre-empted or timed-out job:
-    submitit calls the Checkpointable's checkpoint (which stops the stage) and requeues the task, and the
-    fold resumes from last.pt."""
-    run = resolved_run(tmp_path, digits_corpus, "slurm", "train.epochs=3", n_folds=2).resolve()
+    """`make train FOLDS=0 LAUNCHER=slurm`: the job gets SIGUSR2 after its first epoch, as Slurm signals a
+    pre-empted or timed-out job: submitit calls the Checkpointable's checkpoint (which stops the stage) and
+    requeues the job, and the fold resumes from last.pt."""
+    tiny_config(tmp_path, digits_corpus, n_folds=2)
+    run = (tmp_path / "runs" / "slurm").resolve()
     signalled = []
 
     def preempt(pid):
-        signalled.append(parent_pid(pid))  # the submitit task process that runs the stage command
+        signalled.append(parent_pid(pid))  # the submitit process that runs the stage command
         os.kill(signalled[0], signal.SIGUSR2)
 
     when_checkpointed(run, 0, preempt)
-    result = run_cli("launch", "slurm", str(run), "--local", "--folds", "0", "--timeout-min", "10")
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = make(tmp_path, "train", NAME="slurm", FOLDS="0", ARGS="train.epochs=3", LAUNCHER="slurm",
+                  LAUNCH_ARGS="--local --timeout-min 10", RUNS=run.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert signalled
     assert "[slurm/fold0] " in result.stdout and "Requeued job" in result.stdout
     assert "fold 0: resuming after epoch" in result.stdout
-    assert "slurm/fold0: done in" in result.stderr and "(resumed from last.pt)" in result.stderr
+    assert "slurm/fold0: done in" in result.stderr
     assert (run / "fold0" / "oof.csv").is_file() and not (run / "fold1").exists()
     assert (run / "slurm").is_dir()
+
+
+# ---- the prefix: what make runs for a fold job -------------------------------------------------------------
+@pytest.mark.parametrize("launcher", ["ray", "slurm"])
+def test_each_fold_job_is_the_stage_command_behind_the_launcher(fresh_run, tmp_path, launcher):
+    """make -n: the fold rules' recipes are the stage commands, prefixed; make alone picks the folds."""
+    targets = [str(fresh_run / "folds.csv"), str(fresh_run / "fold1" / "test.csv")]
+    result = make(tmp_path, "-n", *targets, NAME="tiny", LAUNCHER=launcher, LAUNCH_ARGS="--retries 1")
+    assert result.returncode == 0, result.stderr
+    slurm = f" --folder {fresh_run}/slurm" if launcher == "slurm" else ""
+    for stage_name, label in (("train", "tiny/fold1"), ("predict", "tiny/fold1-predict")):
+        job = [line.split() for line in result.stdout.splitlines() if f" {stage_name} " in line]
+        # LAUNCHER and LAUNCH_ARGS reach foldvision through the environment, as written (test_make_values)
+        assert job == [f"{sys.executable} -m foldvision launch \"$LAUNCHER\" --label {label}{slurm} "
+                       f"--from-env LAUNCH_ARGS -- {sys.executable} -m foldvision {stage_name} {fresh_run} "
+                       "--fold 1".split()], result.stdout
 
 
 # ---- bad inputs: one line, exit 2, nothing written ---------------------------------------------------------
@@ -225,21 +310,26 @@ def fresh_run(tmp_path, digits_corpus) -> Path:
     return run
 
 
+def launch_fold(capsys, run: Path, engine: str, *options: str) -> tuple[int, str]:
+    """`foldvision launch <engine> <options> -- python -m foldvision train <run> --fold 0`, in this process."""
+    return stage(capsys, "launch", engine, *options, "--", *fold_command(run, "train", 0))
+
+
 @pytest.mark.parametrize("engine,module,extra", [("ray", "ray", "ray"), ("slurm", "submitit", "slurm")])
 def test_engine_not_installed(fresh_run, capsys, monkeypatch, engine, module, extra):
     real = launch.importlib.util.find_spec
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == module else real(name))
-    code, err = stage(capsys, "launch", engine, str(fresh_run), *(["--local"] if engine == "slurm" else []))
+    code, err = launch_fold(capsys, fresh_run, engine, *(["--local"] if engine == "slurm" else []))
     assert code == 2
     assert f"pip install 'foldvision[{extra}]'" in one_error_line(err)
     nothing_written(fresh_run)
 
 
-def test_no_config_in_the_run_folder(tmp_path, capsys):
-    for engine in ("ray", "slurm"):
-        code, err = stage(capsys, "launch", engine, str(tmp_path / "runs" / "nope"))
-        assert code == 2 and "no config.yaml" in one_error_line(err)
-    assert not (tmp_path / "runs").exists()
+def test_no_command_after_the_dashes(tmp_path, capsys):
+    for argv in (["ray"], ["slurm", "--local"], ["ray", "--num-cpus", "2", "--"]):
+        code, err = stage(capsys, "launch", *argv)
+        assert code == 2 and "give the command to run after --" in one_error_line(err)
+    assert not list(tmp_path.iterdir())
 
 
 def free_port() -> int:
@@ -251,7 +341,7 @@ def free_port() -> int:
 def test_ray_address_nobody_listens_on(fresh_run, capsys, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
     start = time.monotonic()
-    code, err = stage(capsys, "launch", "ray", str(fresh_run))
+    code, err = launch_fold(capsys, fresh_run, "ray")
     assert code == 2 and "no Ray cluster answers" in one_error_line(err)
     assert time.monotonic() - start < 10
     nothing_written(fresh_run)
@@ -264,7 +354,7 @@ def test_ray_address_that_is_not_ray(fresh_run, capsys, monkeypatch):
         server.listen()
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{server.getsockname()[1]}")
         start = time.monotonic()
-        code, err = stage(capsys, "launch", "ray", str(fresh_run), "--connect-timeout", "3")
+        code, err = launch_fold(capsys, fresh_run, "ray", "--connect-timeout", "3")
     assert code == 2 and "no Ray cluster answered within 3 s" in one_error_line(err)
     assert time.monotonic() - start < 15
     nothing_written(fresh_run)
@@ -272,7 +362,7 @@ def test_ray_address_that_is_not_ray(fresh_run, capsys, monkeypatch):
 
 def test_num_cpus_with_a_cluster_address(fresh_run, capsys, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    code, err = stage(capsys, "launch", "ray", str(fresh_run), "--num-cpus", "2")
+    code, err = launch_fold(capsys, fresh_run, "ray", "--num-cpus", "2")
     assert code == 2 and "--num-cpus sizes a local cluster" in one_error_line(err)
 
 
@@ -280,7 +370,7 @@ def test_num_cpus_with_a_cluster_address(fresh_run, capsys, monkeypatch):
 def test_gpus_per_task_on_a_cluster_without_gpus(fresh_run, capsys, monkeypatch):
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    code, err = stage(capsys, "launch", "ray", str(fresh_run), "--num-cpus", "1", "--gpus-per-task", "1")
+    code, err = launch_fold(capsys, fresh_run, "ray", "--num-cpus", "1", "--gpus-per-task", "1")
     assert code == 2 and "this Ray cluster has no GPUs" in one_error_line(err)
     nothing_written(fresh_run)
 
@@ -288,24 +378,25 @@ def test_gpus_per_task_on_a_cluster_without_gpus(fresh_run, capsys, monkeypatch)
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the GPUs of this Linux machine")
 def test_slurm_without_slurm_or_gpus(fresh_run, capsys, monkeypatch):
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
-    code, err = stage(capsys, "launch", "slurm", str(fresh_run))
+    code, err = launch_fold(capsys, fresh_run, "slurm")
     assert code == 2 and "sbatch not found" in one_error_line(err) and "--local" in err
     monkeypatch.setattr(launch, "_visible_gpus", lambda: 0)
-    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--gpus-per-task", "1")
+    code, err = launch_fold(capsys, fresh_run, "slurm", "--local", "--gpus-per-task", "1")
     assert code == 2 and "this machine has 0 GPUs" in one_error_line(err)
     nothing_written(fresh_run)
 
 
 def test_bad_arguments(fresh_run, capsys):
-    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--folds", "0", "--predict", "s.csv")
-    assert code == 2 and "leave out --folds" in one_error_line(err)
-    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--slurm", "account")
+    code, err = launch_fold(capsys, fresh_run, "slurm", "--local", "--slurm", "account")
     assert code == 2 and "write key=value" in one_error_line(err)
     nothing_written(fresh_run)
 
 
 @pytest.mark.slow
-def test_unknown_fold(fresh_run, capsys):
-    code, err = stage(capsys, "launch", "slurm", str(fresh_run), "--local", "--folds", "7")
-    assert code == 2 and "--folds 7" in one_error_line(err)
-    assert not list(fresh_run.glob("fold[0-9]*")) and not (fresh_run / "slurm").exists()
+def test_unknown_fold(tmp_path, digits_corpus):
+    """make checks FOLDS against the run's folds before any job starts (no job, no submitit folder)."""
+    tiny_config(tmp_path, digits_corpus, n_folds=2)
+    result = make(tmp_path, "train", FOLDS="7", LAUNCHER="slurm", LAUNCH_ARGS="--local")
+    run = tmp_path / "runs" / "tiny"
+    assert result.returncode != 0 and "FOLDS=7" in one_error_line(result.stderr)
+    assert not list(run.glob("fold[0-9]*")) and not (run / "slurm").exists()

@@ -1,6 +1,6 @@
 """GPU slots for `make -j N GPUS=...` (foldvision.campaign.slot) and thread sharing under `make -j N` (foldvision.cli).
 
-No GPU here: the slot logic is tested on its locks and on `CUDA_VISIBLE_DEVICES`, with a stand-in list of GPUs.
+No GPU here: the slot logic is tested on its locks and on `CUDA_VISIBLE_DEVICES`, with a stand-in `nvidia-smi`.
 """
 
 import os
@@ -47,28 +47,59 @@ def test_each_job_takes_a_free_gpu_and_waits_when_none_is(tmp_path):
     os.close(fd0)
 
 
-def test_the_command_runs_pinned_to_its_gpu_and_holds_the_slot(tmp_path, monkeypatch):
-    monkeypatch.setattr(slots, "visible_gpus", lambda: ["0", "1"])
-    script = ("import os, sys, fcntl; from pathlib import Path; "
-              "print(os.environ['CUDA_VISIBLE_DEVICES'])")
-    code = (f"from foldvision.campaign import slot as slots; slots.visible_gpus = lambda: ['0', '1']; "
-            f"slots.main(['--gpus', '1 0', '--lock-dir', {str(tmp_path)!r}, '--', {sys.executable!r}, '-c', "
-            f"{script!r}])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+def fake_nvidia_smi(folder) -> dict:
+    """An `nvidia-smi` on PATH that lists GPUs 0 and 1: the environment for a `foldvision slot` process."""
+    folder.mkdir()
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    smi.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_the_command_runs_pinned_to_its_gpu_and_holds_the_slot(tmp_path):
+    """`foldvision slot` as make runs it, in a process of its own (it execs the command, so nothing can be
+    patched in this one): the GPUs come from nvidia-smi (a stand-in on PATH), the command runs on the first
+    free GPU of the user's list and holds that GPU's lock until it exits, and a GPU not listed is refused."""
+    locks, env = tmp_path / "locks", fake_nvidia_smi(tmp_path / "bin")
+    script = ("import os, fcntl; gpu = os.environ['CUDA_VISIBLE_DEVICES']; "
+              f"fd = os.open(os.path.join({str(locks)!r}, f'gpu{{gpu}}.lock'), os.O_RDWR)\n"
+              "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print(gpu, 'free')\n"
+              "except BlockingIOError: print(gpu, 'held')")
+    slot = [sys.executable, "-m", "foldvision", "slot", "--lock-dir", str(locks), "--gpus"]
+    out = subprocess.run([*slot, "1 0", "--", sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "1"  # the first free of the user's list
+    assert out.stdout.split() == ["1", "held"]  # the first free of the user's list, locked while the command runs
+    gpu, fd = slots.take_slot(["1"], locks, poll=0.05)  # ...and released when it exited
+    assert gpu == "1"
+    os.close(fd)
+    refused = subprocess.run([*slot, "2", "--", "true"], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and "GPUS names GPU 2, but this machine has GPUs 0 1" in refused.stderr
 
 
-@pytest.mark.parametrize("flags, jobs", [("", 1), ("s -j2 --jobserver-auth=3,4", 2), ("-j8", 8), ("-j", 1),
-                                         ("s", 1)])
-def test_make_jobs_from_makeflags(flags, jobs):
-    assert cli.make_jobs(flags) == jobs
+@pytest.mark.parametrize("flags, jobs", [([], 1), (["-j2"], 2), (["-j", "8"], 8), (["-j"], 1), (["-s", "-k"], 1),
+                                         (["-k", "-j3", "ARGS=x -j5"], 3)])
+def test_make_reads_its_jobs_once_and_exports_them(flags, jobs):
+    """The Makefile derives make's job count from its MAKEFLAGS (a bare -j, no limit, counts as 1) and exports
+    it to every recipe, inner makes' included, as FOLDVISION_JOBS."""
+    from conftest import ROOT
+
+    probe = ["--eval", 'fv-jobs: ; @echo "$$FOLDVISION_JOBS"; $(MAKE) -s --no-print-directory fv-inner',
+             "--eval", 'fv-inner: ; @echo "$$FOLDVISION_JOBS"']
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), *probe, "fv-jobs", *flags],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(jobs), str(jobs)]
 
 
 def test_make_jobs_share_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setenv("MAKEFLAGS", " -j2 --jobserver-auth=3,4")
+    monkeypatch.delenv("FOLDVISION_JOBS", raising=False)
+    monkeypatch.setenv("MAKEFLAGS", " -j2 --jobserver-auth=3,4")  # read by the Makefile alone
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    cli.share_cores()
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("FOLDVISION_JOBS", "2")  # what the Makefile exports under make -j2
     cli.share_cores()
     assert os.environ["OMP_NUM_THREADS"] == "4"
 

@@ -14,7 +14,7 @@
     foldvision plots runs/<exp>                 the report's plots as PNG files
     foldvision demo-data inputs/digits          build the built-in demo corpus
     foldvision cache runs/<exp>                 decode every image of the run into the cache (before a fan-out)
-    foldvision launch ray|slurm runs/<exp>      the folds as Ray tasks or a Slurm array (submitit)
+    foldvision launch ray|slurm -- CMD          run CMD as a Ray task or a Slurm job (make ... LAUNCHER=ray)
     foldvision slot --gpus "0 1" -- CMD         run CMD on the first free GPU (make -j N GPUS=...)
 
 Mistakes in data, config or command line end with one `error:` line and exit status 2.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -55,18 +54,16 @@ COMMANDS = {
 }
 
 
-def make_jobs(makeflags: str) -> int:
-    """N of the `make -j N` this process runs under (1 outside make or without -j)."""
-    match = re.search(r"(?:^|\s)-j(\d+)", makeflags)
-    return int(match.group(1)) if match else 1
-
-
-def share_cores() -> None:
-    """Under `make -j N`, N stage processes share the cores: each gets 1/N of them as torch/BLAS threads
-    (else N processes each start one thread per core and slow one another down). Set before torch loads."""
-    jobs = make_jobs(os.environ.get("MAKEFLAGS", ""))
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+def share_cores(processes: int | None = None) -> None:
+    """`processes` side by side share the cores: each gets 1/N of them as torch/BLAS threads (else N processes
+    each start one thread per core and slow one another down). Set before torch loads; a user's own
+    OMP_NUM_THREADS wins. N defaults to make's job count, FOLDVISION_JOBS, which the Makefile reads from its -j
+    (the one place -j is parsed); torchrun's processes (campaign.torchrun) pass their own count."""
+    jobs = os.environ.get("FOLDVISION_JOBS", "")
+    if processes is None:
+        processes = int(jobs) if jobs.isdigit() else 1
+    if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
 
 
 def user_message(error: UserError) -> str:
@@ -127,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
-    share_cores()
+    if argv[0] != "launch":  # a launched job gets its CPUs from the engine (Ray's num_cpus, Slurm's cpus_per_task)
+        share_cores()
     module = importlib.import_module(COMMANDS[argv[0]])
     run_stage(module.main, argv[1:])
 

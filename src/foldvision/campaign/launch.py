@@ -1,32 +1,31 @@
-"""Past one machine: fan the folds of one or more runs out over Ray tasks or a Slurm array (submitit).
+"""Past one machine: run one job's command as a Ray task or a Slurm job (submitit), and wait for it.
 
-    foldvision launch ray runs/<name> [runs/<other> ...] [--folds 0 2] [--gpus-per-task 1 | --cpus-per-task N]
-                      [--retries 3] [--num-cpus N] [--predict SUBMISSION]
-    foldvision launch slurm runs/<name> [...] [--folds 0 2] [--partition P] [--gpus-per-task 1]
-                      [--cpus-per-task N] [--timeout-min 60] [--retries 3] [--local] [--predict SUBMISSION]
-    make train LAUNCHER=ray      (resolves the config first, as every make target does, then launches)
+    foldvision launch ray [--label L] [--gpus-per-task G | --cpus-per-task C] [--retries 3] [--num-cpus N]
+                          [--connect-timeout 20] -- COMMAND ...
+    foldvision launch slurm [--label L] [--folder DIR] [--partition P] [--gpus-per-task G] [--cpus-per-task C]
+                            [--timeout-min 60] [--retries 3] [--slurm KEY=VALUE ...] [--local] -- COMMAND ...
+    make -j 4 train LAUNCHER=ray [LAUNCH_ARGS="--gpus-per-task 1"]     (what the Makefile's fold rules run)
 
-The engines schedule; foldvision only says what to run. Every task runs the stage command make runs,
-`python -m foldvision train runs/<name> --fold K` (the Python of the machine that runs it), against a `runs/`
-folder that every node sees at the same path, from the driver's working directory (a relative `data.dir`
-resolves there too). A fold is done when its `oof.csv` is newer than `stage-train.yaml` and `folds.csv` (make's
-rule), so re-running the command trains only the unfinished folds, and a retried or requeued fold resumes from
-its `last.pt` (the train stage does that). When every fold of a run is done, the driver runs
-`foldvision score` (and, with --predict, `predict --fold K` for each fold as tasks, then `predict --out`).
+A launcher is a recipe prefix, like the GPU slot: make decides which folds are stale and how many jobs run at
+once (-j), and a fold rule's recipe is `foldvision launch ray --label <run>/fold<k> -- python -m foldvision
+train runs/<run> --fold <k>`. This module never looks at the run folder: it carries one command to where the
+engine places it, forwards its output under the job's label, and exits with the command's status, so make
+sees the job as if it had run here. The command runs from the driver's working directory, which every node
+must see at the same path (a shared file system), with the driver's FORWARD_ENV variables (no secrets).
 
-Ray (`pip install 'foldvision[ray]'`): one plain task per (run, fold), named `<run>/fold<k>` so Ray prefixes its
-forwarded output with it, with `num_gpus` (default 1 when the cluster has GPUs) or `num_cpus`. It joins the
-cluster at RAY_ADDRESS when set (checked within --connect-timeout seconds) or starts a local one. Ray retries a
-task whose worker or node died (`max_retries`) and one whose stage process was killed by a signal
-(`retry_exceptions`); a stage that exits with an error is not retried. A stage process dies with the task that
-started it (PR_SET_PDEATHSIG), so a retry never races an orphan on the same fold.
+Ray (`pip install 'foldvision[ray]'`): one plain task named by --label, so Ray prefixes every forwarded line
+with it, with `num_gpus` (default 1 when the cluster has GPUs) or `num_cpus`. It joins the cluster at
+RAY_ADDRESS when set (checked within --connect-timeout seconds), else starts a local one for this job alone:
+every fold job then pays a cluster start-up (seconds), so for a campaign start one cluster (`ray start --head`)
+and set RAY_ADDRESS. Ray retries a task whose worker or node died (`max_retries`) and one whose command was
+killed by a signal (`retry_exceptions`); a command that exits with an error is not retried. The command dies
+with the task that started it (PR_SET_PDEATHSIG), so a retry never races an orphan on the same fold.
 
-Slurm (`pip install 'foldvision[slurm]'`): one array job (`executor.map_array`), one task per (run, fold); the
-callable is a `submitit.helpers.Checkpointable`, so on pre-emption or timeout submitit requeues it (at most
---retries timeouts) and the fold resumes from `last.pt`. `--local` runs the array on this machine with
-submitit's LocalExecutor, every task at once: the only way the tests exercise this path, since they have no
-Slurm cluster. The driver waits for the array and prints each task's log, prefixed by its fold, as it ends.
-submitit's own files (pickles, logs) go to `runs/<name>/slurm/`.
+Slurm (`pip install 'foldvision[slurm]'`): one job through `executor.submit`; its callable is a
+`submitit.helpers.Checkpointable`, so on pre-emption or timeout submitit requeues it (at most --retries
+timeouts) and a train command resumes from its `last.pt`. `--local` runs it on this machine with submitit's
+LocalExecutor: the only way the tests exercise this path. submitit's own files go to --folder (the Makefile
+gives `runs/<name>/slurm/`); the job's log is printed, each line prefixed by the label, when it ends.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foldvision.errors import UserError
-from foldvision.run import Run, load_run_config, submission_csv
 
 try:  # the Slurm callable must be a Checkpointable; the module still imports without submitit
     from submitit.helpers import Checkpointable as _Checkpointable
@@ -56,43 +54,36 @@ except ImportError:  # `launch slurm` says how to install it before anything use
     _Checkpointable = object
     _DelayedSubmission = None
 
-# what a task's stage process gets from the driver's environment (a local cluster inherits it all; a remote
-# node does not); credentials stay on the nodes (`wandb login` there), they are not shipped with the task
+# what a job gets from the driver's environment (a local cluster inherits it all; a remote node does not);
+# credentials stay on the nodes (`wandb login` there), they are not shipped with the job
 FORWARD_ENV = ("WANDB_", "HF_", "NO_ALBUMENTATIONS_UPDATE", "FOLDVISION_")
 SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
-LOG_TAIL = 400  # lines of a stage's output kept in its result
+# make's job count is this machine's: the engine sizes the job (Ray's num_cpus, Slurm's cpus_per_task)
+NOT_FORWARDED = ("FOLDVISION_JOBS",)
+LOG_TAIL = 400  # lines of a job's output kept in its result
 PR_SET_PDEATHSIG = 1
 
 
-# ---- one stage command, wherever it runs ---------------------------------------------------------------
+# ---- one command, wherever it runs -------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Stage:
-    """`python -m foldvision <stage> <run> [--fold K]`, run from `cwd` with `env` on top of the node's."""
+class Job:
+    """`argv`, run from `cwd` with `env` on top of the node's environment."""
 
-    stage: str  # train, predict
-    run: str  # absolute path of the run folder
-    fold: int
+    label: str
+    argv: tuple[str, ...]
     cwd: str
     env: dict = field(default_factory=dict, hash=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        return f"{Path(self.run).name}/fold{self.fold}" + ("" if self.stage == "train" else f"-{self.stage}")
-
-    def argv(self) -> list[str]:
-        return ["-m", "foldvision", self.stage, self.run, "--fold", str(self.fold)]
-
 
 @dataclass
-class StageResult:
+class JobResult:
     label: str
     seconds: float
-    resumed: bool  # last.pt was there when the stage started: the train stage resumed from it
-    log: list[str]  # the stage's output (its last LOG_TAIL lines)
+    log: list[str]  # the command's output (its last LOG_TAIL lines)
 
 
-class StageFailed(Exception):
-    """The stage exited with an error of its own (status 1 or 2): retrying would fail again."""
+class JobFailed(Exception):
+    """The command exited with an error of its own: retrying would fail again."""
 
     def __init__(self, label: str, returncode: int, tail: list[str]):
         super().__init__(label, returncode, tail)  # args rebuild it when Ray or submitit unpickle it
@@ -103,8 +94,8 @@ class StageFailed(Exception):
         return f"{self.label}: exited with status {self.returncode}" + (f" ({last.strip()})" if last else "")
 
 
-class StageKilled(StageFailed):
-    """The stage process died by a signal (SIGKILL from the OOM killer, a pre-emption, a kill): Ray retries it."""
+class JobKilled(JobFailed):
+    """The command died by a signal (SIGKILL from the OOM killer, a pre-emption, a kill): Ray retries it."""
 
     def __str__(self) -> str:
         try:
@@ -114,8 +105,8 @@ class StageKilled(StageFailed):
         return f"{self.label}: killed by {name}"
 
 
-class NotShared(StageFailed):
-    """The node that got the task does not see the run folder or the working directory at the driver's path."""
+class NotShared(JobFailed):
+    """The node that got the job does not see the working directory or the command at the driver's path."""
 
     def __str__(self) -> str:
         return f"{self.label}: {self.tail[0]}"
@@ -131,7 +122,7 @@ def _die_with_parent(prctl, parent: int) -> None:  # pragma: no cover - runs in 
 
 
 def _parent_death_hook():
-    """The preexec_fn that ties a stage process to this one (Linux; elsewhere None)."""
+    """The preexec_fn that ties a job's process to this one (Linux; elsewhere None)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes  # noqa: PLC0415 - here, in the parent, never in the forked child
@@ -139,19 +130,24 @@ def _parent_death_hook():
     return functools.partial(_die_with_parent, ctypes.CDLL(None, use_errno=True).prctl, os.getpid())
 
 
-def run_stage_process(stage: Stage, on_start=None) -> StageResult:
-    """Run the stage command to its end, echoing its output line by line; raise StageKilled / StageFailed."""
-    for folder in (stage.run, stage.cwd):
-        if not Path(folder).is_dir():
-            raise NotShared(stage.label, 2, [f"{folder} is not on {socket.gethostname()}: every node needs the "
-                                             "project and runs/ folders at the driver's paths (a shared file system)"])
-    resumed = stage.stage == "train" and Run(stage.run).fold(stage.fold).last_pt.is_file()
-    env = {**os.environ, **stage.env, "PYTHONUNBUFFERED": "1"}
+def _not_shared(job: Job, what: str) -> NotShared:
+    return NotShared(job.label, 2, [f"{what} is not on {socket.gethostname()}: every node needs the project "
+                                    "and runs/ folders at the driver's paths (a shared file system)"])
+
+
+def run_job_process(job: Job, on_start=None) -> JobResult:
+    """Run the command to its end, echoing its output line by line; raise JobKilled / JobFailed / NotShared."""
+    if not Path(job.cwd).is_dir():
+        raise _not_shared(job, job.cwd)
+    env = {k: v for k, v in {**os.environ, **job.env}.items() if k not in NOT_FORWARDED}
     start = time.perf_counter()
     tail: deque[str] = deque(maxlen=LOG_TAIL)
-    proc = subprocess.Popen([sys.executable, *stage.argv()], cwd=stage.cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                            preexec_fn=_parent_death_hook())
+    try:
+        proc = subprocess.Popen(job.argv, cwd=job.cwd, env={**env, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                bufsize=1, preexec_fn=_parent_death_hook())
+    except FileNotFoundError:
+        raise _not_shared(job, job.argv[0]) from None
     if on_start is not None:
         on_start(proc)
     with proc.stdout:
@@ -159,118 +155,29 @@ def run_stage_process(stage: Stage, on_start=None) -> StageResult:
             print(line, end="", flush=True)
             tail.append(line.rstrip("\n"))
     code = proc.wait()
-    if code < 0 or code > 128:  # a signal (negative), or a shell's 128+N: not the stage's own verdict
-        raise StageKilled(stage.label, code, list(tail))
+    if code < 0 or code > 128:  # a signal (negative), or a shell's 128+N: not the command's own verdict
+        raise JobKilled(job.label, code, list(tail))
     if code != 0:
-        raise StageFailed(stage.label, code, list(tail))
-    return StageResult(stage.label, time.perf_counter() - start, resumed, list(tail))
-
-
-# ---- what to run ----------------------------------------------------------------------------------------
-def _newer(target: Path, *sources: Path) -> bool:
-    """make's test: the target exists and is not older than any source that exists."""
-    if not target.is_file():
-        return False
-    mtime = target.stat().st_mtime_ns
-    return all(not s.is_file() or s.stat().st_mtime_ns <= mtime for s in sources)
-
-
-def check_runs(paths: list[Path], folds: list[int] | None, predict: Path | None) -> list[Run]:
-    """Run folders with a resolved config; a missing one is a one-line error before anything is written."""
-    if predict is not None and folds is not None:
-        raise UserError("--predict ensembles every fold: leave out --folds")
-    if predict is not None and len(paths) > 1 and predict.suffix == ".csv":
-        raise UserError(f"--predict {predict}: with several runs, name a folder (each run gets <folder>/<run>.csv)")
-    runs = []
-    for path in paths:
-        run = Run(path.resolve())
-        if not run.config_yaml.is_file():
-            raise UserError(f"{path}: no config.yaml; resolve the config first (foldvision config <exp> "
-                            f"--run-dir {path}, or make train LAUNCHER=... EXP=<exp>)")
-        if path.resolve() in [r.root for r in runs]:
-            raise UserError(f"{path}: named twice")
-        runs.append(run)
-    return runs
-
-
-def driver_stage(*argv: str) -> None:
-    """A summary stage (folds, score, predict --out) in the driver, its output passed through."""
-    code = subprocess.run([sys.executable, "-m", "foldvision", *argv]).returncode
-    if code != 0:
-        raise LaunchFailed(f"foldvision {' '.join(argv)} exited with status {code} (its error is above)",
-                           code if 0 < code < 128 else 1)
-
-
-def ensure_folds(run: Run) -> list[int]:
-    """Make the split in the driver when it is missing or stale (make's folds.csv rule); its fold numbers."""
-    if not _newer(run.folds_csv, run.stage_yaml("folds")):
-        driver_stage("folds", str(run.root))
-    return run.read_split().folds
-
-
-def train_stages(runs: list[Run], folds: list[int] | None, env: dict) -> tuple[list[Stage], dict[Run, list[int]]]:
-    """The folds to train (missing or stale oof.csv), and every run's folds."""
-    stages, all_folds = [], {}
-    for run in runs:
-        all_folds[run] = ensure_folds(run)
-        chosen = folds if folds is not None else all_folds[run]
-        unknown = sorted(set(chosen) - set(all_folds[run]))
-        if unknown:
-            raise UserError(f"--folds {unknown[0]}: {run.folds_csv} has folds {all_folds[run]}")
-        for k in chosen:
-            if not _newer(run.fold(k).oof_csv, run.stage_yaml("train"), run.folds_csv):
-                stages.append(Stage("train", str(run.root), k, os.getcwd(), env))
-    return stages, all_folds
-
-
-def predict_stages(runs: list[Run], all_folds: dict[Run, list[int]], env: dict) -> list[Stage]:
-    """Each fold model's test.csv that is missing or stale (make's fold%/test.csv rule)."""
-    return [Stage("predict", str(run.root), k, os.getcwd(), env) for run in runs for k in all_folds[run]
-            if not _newer(run.fold(k).test_csv, run.stage_yaml("predict"), run.fold(k).oof_csv, run.fold(k).best_pt)]
-
-
-def summarize(runs: list[Run], all_folds: dict[Run, list[int]], predict: Path | None) -> None:
-    """score (and predict --out) in the driver for every run whose folds are all done, when stale."""
-    for run in runs:
-        oofs = [run.fold(k).oof_csv for k in all_folds[run]]
-        if not all(_newer(oof, run.stage_yaml("train"), run.folds_csv) for oof in oofs):
-            print(f"{run.root.name}: not every fold is trained; score it when they are", flush=True)
-            continue
-        if not _newer(run.scores_json, *oofs):
-            driver_stage("score", str(run.root))
-        if predict is not None:
-            out = submission_path(predict, run, len(runs))
-            tests = [run.fold(k).test_csv for k in all_folds[run]]
-            if not _newer(out, run.stage_yaml("predict"), *tests, *oofs):
-                driver_stage("predict", str(run.root), "--out", str(out))
-
-
-def submission_path(predict: Path, run: Run, n_runs: int) -> Path:
-    """--predict names the submission file of one run, or the folder of several (<folder>/<run>.csv)."""
-    if n_runs == 1 and predict.suffix == ".csv":
-        return predict
-    return submission_csv(predict, run.root.name)
+        raise JobFailed(job.label, code, list(tail))
+    return JobResult(job.label, time.perf_counter() - start, list(tail))
 
 
 def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV) and not SECRET_ENV.search(k)}
-
-
-def _raise_failures(failures: list[str], tasks: int) -> None:
-    """One `error:` line per failed task, then a LaunchFailed saying how to retry (nothing when none failed)."""
-    if failures:
-        for line in failures:
-            say(f"error: {line}")
-        raise LaunchFailed(f"{len(failures)} of {tasks} tasks failed - re-run the same command to "
-                           "retry the unfinished folds")
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(FORWARD_ENV) and not SECRET_ENV.search(k) and k not in NOT_FORWARDED}
 
 
 class LaunchFailed(Exception):
-    """A task or a driver stage failed: its own log says why; the exit status is the stage's (or 1)."""
+    """The job failed: its own log says why; the exit status is the command's (or 1 when it was killed)."""
 
     def __init__(self, message: str, status: int = 1):
         super().__init__(message)
         self.status = status
+
+
+def failed(error: JobFailed) -> LaunchFailed:
+    status = error.returncode if 0 < error.returncode < 128 else 1
+    return LaunchFailed(type(error).__str__(error), status)
 
 
 def require(module: str, extra: str):
@@ -281,6 +188,10 @@ def require(module: str, extra: str):
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def done(result: JobResult) -> None:
+    say(f"{result.label}: done in {result.seconds:.1f} s")
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------
@@ -304,7 +215,8 @@ def _probe_address(address: str, timeout: float) -> None:
         probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout,
                                env={**os.environ, "RAY_ADDRESS": address})
     except subprocess.TimeoutExpired:
-        raise UserError(f"{where}: no Ray cluster answered within {timeout:g} s; {fix}") from None
+        raise UserError(f"{where}: no Ray cluster answered within {timeout:g} s (one with token authentication "
+                        f"needs RAY_AUTH_MODE=token here); {fix}") from None
     if probe.returncode != 0:
         lines = [line for line in probe.stderr.splitlines() if line.strip()]
         reason = lines[-1].split(": ", 1)[-1] if lines else f"exit status {probe.returncode}"
@@ -324,12 +236,12 @@ def connect_ray(ray, num_cpus: int | None, timeout: float) -> bool:
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"RAY_ADDRESS={address}: cannot connect ({str(e).splitlines()[0]})") from None
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
 
 
 def task_resources(ray, gpus: float | None, cpus: float) -> dict:
-    """num_gpus / num_cpus per task, checked against the cluster: a task no node can hold would wait forever."""
+    """num_gpus / num_cpus of the task, checked against the cluster: a task no node can hold would wait forever."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
@@ -345,111 +257,78 @@ def task_resources(ray, gpus: float | None, cpus: float) -> dict:
     return {"num_gpus": gpus, "num_cpus": cpus}
 
 
-def ray_stage(stage: Stage) -> StageResult:
+def ray_job(job: Job) -> JobResult:
     """The Ray task (the function ray.remote wraps; it runs on a worker)."""
-    return run_stage_process(stage)
+    return run_job_process(job)
 
 
-def ray_map(ray, stages: list[Stage], resources: dict, retries: int) -> list[StageResult]:
-    """One plain task per stage; results as they end; every failure named, after the others have finished."""
-    task = ray.remote(ray_stage)
-    pending = {task.options(name=s.label, max_retries=retries, retry_exceptions=[StageKilled],
-                            **resources).remote(s): s for s in stages}
-    results, failures = [], []
+def ray_wait(ray, job: Job, resources: dict, retries: int) -> JobResult:
+    """The job as one plain task, retried when killed; its result, or LaunchFailed naming why."""
+    ref = ray.remote(ray_job).options(name=job.label, max_retries=retries, retry_exceptions=[JobKilled],
+                                      **resources).remote(job)
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            stage = pending.pop(done[0])
-            try:
-                results.append(result := ray.get(done[0]))
-                say(f"{result.label}: done in {result.seconds:.1f} s"
-                    + (" (resumed from last.pt)" if result.resumed else ""))
-            except StageFailed as e:  # Ray's RayTaskError is also an instance of the task's exception
-                cause = getattr(e, "cause", e)  # the StageFailed the task raised, without Ray's traceback
-                failures.append(type(cause).__str__(cause))
-            except ray.exceptions.RayError as e:  # the worker or node died more often than --retries
-                failures.append(f"{stage.label}: {str(e).strip().splitlines()[0]} (after {retries} retries)")
+        return ray.get(ref)
+    except JobFailed as e:  # Ray's RayTaskError is also an instance of the task's exception
+        raise failed(getattr(e, "cause", e)) from None  # the JobFailed the task raised, without Ray's traceback
+    except ray.exceptions.RayError as e:  # the worker or node died more often than --retries
+        raise LaunchFailed(f"{job.label}: {str(e).strip().splitlines()[0]} (after {retries} retries)") from None
     except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)  # kills the workers; their stage processes die with them
+        ray.cancel(ref, force=True)  # kills the worker; the command dies with it
         raise
-    _raise_failures(failures, len(stages))
-    return results
 
 
-@dataclass
-class Campaign:
-    """What a launch did: every task's result, and where the time went (the benchmark reads it)."""
-
-    results: list[StageResult] = field(default_factory=list)
-    startup_s: float = 0.0  # connecting to (or starting) the cluster
-    wall_s: float = 0.0
-
-
-def launch_ray(paths: list[Path], folds: list[int] | None = None, gpus: float | None = None, cpus: float = 1,
-               retries: int = 3, num_cpus: int | None = None, predict: Path | None = None,
-               connect_timeout: float = 20.0) -> Campaign:
+def launch_ray(job: Job, gpus: float | None = None, cpus: float = 1, retries: int = 3,
+               num_cpus: int | None = None, connect_timeout: float = 20.0) -> JobResult:
     start = time.perf_counter()
-    runs = check_runs(paths, folds, predict)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read at import: each fold's lines as they are, not "[repeated 2x]"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read at import: each job's lines as they are, not "[repeated 2x]"
     ray = require("ray", "ray")
     started = connect_ray(ray, num_cpus, connect_timeout)
-    campaign = Campaign(startup_s=time.perf_counter() - start)
     try:
         resources = task_resources(ray, gpus, cpus)
         cluster = ray.cluster_resources()
         say(f"ray: {'started a local cluster' if started else 'joined the cluster at ' + os.environ['RAY_ADDRESS']}"
-            f" of {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs in {campaign.startup_s:.1f} s; "
-            f"{resources['num_gpus']:g} GPU and {resources['num_cpus']:g} CPU per task")
-        env = forwarded_env()
-        stages, all_folds = train_stages(runs, folds, env)
-        if stages:
-            say(f"ray: training {len(stages)} folds: {' '.join(s.label for s in stages)}")
-            campaign.results += ray_map(ray, stages, resources, retries)
-        if predict is not None:
-            predictions = predict_stages(runs, all_folds, env)
-            if predictions:
-                campaign.results += ray_map(ray, predictions, resources, retries)
-        if folds is None:  # like make train FOLDS="0 2": a subset is not scored
-            summarize(runs, all_folds, predict)
+            f" of {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs in "
+            f"{time.perf_counter() - start:.1f} s; {resources['num_gpus']:g} GPU and {resources['num_cpus']:g} "
+            f"CPU for {job.label}")
+        result = ray_wait(ray, job, resources, retries)
     finally:
         if started:
             ray.shutdown()
-    campaign.wall_s = time.perf_counter() - start
-    return campaign
+    done(result)
+    return result
 
 
 # ---- Slurm (submitit) -----------------------------------------------------------------------------------
-class SlurmStage(_Checkpointable):
-    """The array task's callable: the stage command; on pre-emption or timeout, requeued with the same stage
-    (the fold then resumes from last.pt)."""
+class SlurmJob(_Checkpointable):
+    """The Slurm job's callable: the command; on pre-emption or timeout, requeued with the same job (a train
+    command then resumes from last.pt)."""
 
     def __init__(self):
         self._proc = None
 
-    def __call__(self, stage: Stage) -> StageResult:
-        return run_stage_process(stage, on_start=lambda proc: setattr(self, "_proc", proc))
+    def __call__(self, job: Job) -> JobResult:
+        return run_job_process(job, on_start=lambda proc: setattr(self, "_proc", proc))
 
-    def checkpoint(self, stage: Stage):
+    def checkpoint(self, job: Job):
         proc = self._proc
-        if proc is not None and proc.poll() is None:  # stop the stage now: it resumes from its last epoch
+        if proc is not None and proc.poll() is None:  # stop the command now: it resumes from its last epoch
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return _DelayedSubmission(SlurmStage(), stage)  # a fresh callable: a live process does not pickle
+        return _DelayedSubmission(SlurmJob(), job)  # a fresh callable: a live process does not pickle
 
     def __getstate__(self):
         return {"_proc": None}
 
 
 def slurm_gpus(local: bool, gpus: int | None) -> int:
-    """GPUs per task; checked here only with --local (a cluster's partitions say what they hold)."""
+    """GPUs of the job; checked here only with --local (a cluster's partitions say what they hold)."""
     if not local:
         if shutil.which("sbatch") is None:
             raise UserError("no Slurm here (sbatch not found): run this on the cluster's login node, or add "
-                            "--local to run the array on this machine")
+                            "--local to run the job on this machine")
         return 1 if gpus is None else gpus
     visible = _visible_gpus()
     if gpus is None:
@@ -472,7 +351,7 @@ def slurm_parameters(partition: str | None, gpus: int, cpus: int | None, timeout
 
 
 def slurm_executor(submitit, folder: Path, local: bool, params: dict, retries: int):
-    """The array's executor (it creates `folder`): Slurm's, or submitit's LocalExecutor with --local."""
+    """The job's executor (it creates `folder`): Slurm's, or submitit's LocalExecutor with --local."""
     if local:
         executor = submitit.LocalExecutor(folder, max_num_timeout=retries)
         executor.update_parameters(**{k: v for k, v in params.items() if not k.startswith("slurm_")})
@@ -494,55 +373,34 @@ def _visible_gpus() -> int:
         return 0
 
 
-def slurm_map(submitit, executor, stages: list[Stage], local: bool) -> list[StageResult]:
-    jobs = executor.map_array(SlurmStage(), stages)
-    by_id = {job.job_id: stage for job, stage in zip(jobs, stages)}
-    say(f"slurm: array of {len(jobs)} tasks submitted ({', '.join(j.job_id for j in jobs)}); logs in "
-        f"{executor.folder}")
-    results, failures = [], []
+def slurm_wait(submitit, submitted, label: str, local: bool) -> JobResult:
+    """Wait for the job, print its log under the label, and return its result (or raise LaunchFailed)."""
     try:
-        for job in submitit.helpers.as_completed(jobs, poll_frequency=1 if local else 30):
-            stage = by_id[job.job_id]
-            for line in (job.stdout() or "").splitlines():
-                print(f"[{stage.label}] {line}", flush=True)
-            try:
-                results.append(result := job.result())
-                say(f"{result.label}: done in {result.seconds:.1f} s"
-                    + (" (resumed from last.pt)" if result.resumed else ""))
-            except Exception as e:  # noqa: BLE001 - submitit's FailedJobError / UncompletedJobError wrap the cause
-                lines = [line for line in str(e).splitlines() if line.strip()]
-                failures.append(f"{stage.label}: {lines[-1] if lines else type(e).__name__}")
+        for _ in submitit.helpers.as_completed([submitted], poll_frequency=1 if local else 30):
+            pass
     except KeyboardInterrupt:
-        for job in jobs:
-            job.cancel(check=False)
+        submitted.cancel(check=False)
         raise
-    _raise_failures(failures, len(stages))
-    return results
+    for line in (submitted.stdout() or "").splitlines():
+        print(f"[{label}] {line}", flush=True)
+    try:
+        return submitted.result()
+    except Exception as e:  # noqa: BLE001 - submitit's FailedJobError / UncompletedJobError wrap the cause
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise LaunchFailed(f"{label}: {lines[-1] if lines else type(e).__name__}") from None
 
 
-def launch_slurm(paths: list[Path], folds: list[int] | None = None, partition: str | None = None,
-                 gpus: int | None = None, cpus: int | None = None, timeout_min: int = 60, retries: int = 3,
-                 local: bool = False, predict: Path | None = None, extra: list[str] = ()) -> Campaign:
-    start = time.perf_counter()
-    runs = check_runs(paths, folds, predict)
+def launch_slurm(job: Job, folder: Path, partition: str | None = None, gpus: int | None = None,
+                 cpus: int | None = None, timeout_min: int = 60, retries: int = 3, local: bool = False,
+                 extra: list[str] = ()) -> JobResult:
     submitit = require("submitit", "slurm")
     params = slurm_parameters(partition, slurm_gpus(local, gpus), cpus, timeout_min, list(extra))
-    campaign = Campaign()
-    env = forwarded_env()
-    stages, all_folds = train_stages(runs, folds, env)
-    predicting = predict is not None
-    if stages or predicting:
-        executor = slurm_executor(submitit, runs[0].root / "slurm", local, params, retries)
-        campaign.startup_s = time.perf_counter() - start
-        if stages:
-            campaign.results += slurm_map(submitit, executor, stages, local)
-        predictions = predict_stages(runs, all_folds, env) if predicting else []
-        if predictions:
-            campaign.results += slurm_map(submitit, executor, predictions, local)
-    if folds is None:
-        summarize(runs, all_folds, predict)
-    campaign.wall_s = time.perf_counter() - start
-    return campaign
+    executor = slurm_executor(submitit, folder, local, params, retries)
+    submitted = executor.submit(SlurmJob(), job)
+    say(f"slurm: {job.label} submitted as job {submitted.job_id}; its files in {executor.folder}")
+    result = slurm_wait(submitit, submitted, job.label, local)
+    done(result)
+    return result
 
 
 # ---- command line ---------------------------------------------------------------------------------------
@@ -556,42 +414,54 @@ def positive(kind):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="foldvision launch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="foldvision launch", description=__doc__.split("\n\n")[0],
+                                usage="foldvision launch {ray,slurm} [options] -- COMMAND ...")
     engines = p.add_subparsers(dest="engine", required=True, metavar="{ray,slurm}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("runs", type=Path, nargs="+", help="run folders holding config.yaml (runs/<name>)")
-    common.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (no scoring then, as make)")
+    common.add_argument("--label", default="job", help="the job's name on each forwarded line (make: <run>/fold<k>)")
     common.add_argument("--retries", type=positive(int), default=3,
                         help="Ray: retries of a task whose process or node died; Slurm: requeues on timeout")
-    common.add_argument("--predict", type=Path, metavar="SUBMISSION",
-                        help="also predict: each fold as a task, then the submission (a folder for several runs)")
-    ray = engines.add_parser("ray", parents=[common], help="Ray tasks on RAY_ADDRESS's cluster or a local one")
-    ray.add_argument("--gpus-per-task", type=positive(float), help="GPUs per fold (default 1 on a GPU cluster)")
-    ray.add_argument("--cpus-per-task", type=positive(float), default=1, help="CPUs per fold (default 1)")
+    ray = engines.add_parser("ray", parents=[common], help="a Ray task on RAY_ADDRESS's cluster or a local one")
+    ray.add_argument("--gpus-per-task", type=positive(float), help="GPUs of the job (default 1 on a GPU cluster)")
+    ray.add_argument("--cpus-per-task", type=positive(float), default=1, help="CPUs of the job (default 1)")
     ray.add_argument("--num-cpus", type=positive(int), help="CPUs of the local cluster (default: all)")
     ray.add_argument("--connect-timeout", type=positive(float), default=20.0,
                      help="seconds RAY_ADDRESS's cluster has to answer (default 20)")
-    slurm = engines.add_parser("slurm", parents=[common], help="a Slurm array job through submitit")
+    slurm = engines.add_parser("slurm", parents=[common], help="a Slurm job through submitit")
+    slurm.add_argument("--folder", type=Path, default=Path("slurm"), help="submitit's pickles and logs")
     slurm.add_argument("--partition", help="Slurm partition")
-    slurm.add_argument("--gpus-per-task", type=positive(int), help="GPUs per fold (default 1; --local: 1 if any)")
-    slurm.add_argument("--cpus-per-task", type=positive(int), help="CPUs per fold")
+    slurm.add_argument("--gpus-per-task", type=positive(int), help="GPUs of the job (default 1; --local: 1 if any)")
+    slurm.add_argument("--cpus-per-task", type=positive(int), help="CPUs of the job")
     slurm.add_argument("--timeout-min", type=positive(int), default=60, help="time limit of one attempt")
     slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch parameter, e.g. --slurm account=mylab --slurm mem=32G")
     slurm.add_argument("--local", action="store_true",
-                       help="run the array on this machine with submitit's LocalExecutor (what the tests do)")
+                       help="run the job on this machine with submitit's LocalExecutor (what the tests do)")
     return p
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The launcher's own options, and the command after the first `--` (argparse would read its options)."""
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        if any(a in ("-h", "--help") for a in argv):
+            return argv, []
+        raise UserError("foldvision launch: give the command to run after --, e.g. foldvision launch ray -- "
+                        "python -m foldvision train runs/<exp> --fold 0")
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    job = Job(args.label, tuple(command), os.getcwd(), forwarded_env())
     try:
         if args.engine == "ray":
-            launch_ray(args.runs, args.folds, args.gpus_per_task, args.cpus_per_task, args.retries, args.num_cpus,
-                       args.predict, args.connect_timeout)
+            launch_ray(job, args.gpus_per_task, args.cpus_per_task, args.retries, args.num_cpus,
+                       args.connect_timeout)
         else:
-            launch_slurm(args.runs, args.folds, args.partition, args.gpus_per_task, args.cpus_per_task,
-                         args.timeout_min, args.retries, args.local, args.predict, args.slurm)
+            launch_slurm(job, args.folder, args.partition, args.gpus_per_task, args.cpus_per_task,
+                         args.timeout_min, args.retries, args.local, args.slurm)
     except LaunchFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.status)

@@ -1,12 +1,5 @@
-"""One fold on several GPUs: torchrun's processes, DistributedDataParallel, and the samplers and gathers it needs.
-
-    foldvision train runs/<exp> --fold 0 --nproc 4      (what `NPROC=4 make train` runs)
-    torchrun --standalone --nproc-per-node=4 -m foldvision train runs/<exp> --fold 0      (the same, by hand)
-
-`--nproc N` checks N (a positive integer; no more than the visible GPUs when training on CUDA) before anything
-starts, then runs the train stage under torchrun in N processes on this machine. A failure ends with the one
-line rank 0 printed and the exit status of the first process that failed: torchrun by itself answers a bad
-`--nproc-per-node` with a traceback, and a worker's exit 2 with a 40-line report and exit 1.
+"""One fold on several GPUs, inside each of torchrun's processes: DistributedDataParallel, and the samplers and
+gathers it needs. (Starting the processes, `--nproc N`, is foldvision.campaign.torchrun.)
 
 Under torchrun each process is a rank with its own GPU (cuda:<local rank>, nccl) or a share of the CPU (gloo).
 Every rank builds the same model from the same seed and draws the same imbalanced sample each epoch, then trains
@@ -21,11 +14,9 @@ of them at the same step.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import re
-import signal
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -233,13 +224,6 @@ def check_processes(nproc: int, device_setting: str) -> str:
     return "cpu"
 
 
-def parse_nproc(text: str) -> int:
-    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
-        raise UserError(f"NPROC={text!r}: the number of training processes must be a whole number from 1 up, "
-                        "e.g. NPROC=4 (one per GPU)")
-    return int(text)
-
-
 def init_from_env(device_setting: str = "auto") -> World:
     """Join torchrun's process group (nccl on CUDA, gloo on the CPU) and pin this rank's GPU; outside torchrun,
     or with one process, nothing to join. Checked first, on every rank, before any work."""
@@ -258,19 +242,6 @@ def init_from_env(device_setting: str = "auto") -> World:
         dist.init_process_group("gloo")
     _world = dataclasses.replace(env, device=device)
     return _world
-
-
-def launched(nproc_text: str, device_setting: str, argv: list[str]) -> bool:
-    """`--nproc N` of a stage: check N and run `foldvision <argv>` in N processes under torchrun (True when done);
-    False when there is nothing to launch (N is 1, or this process is one of torchrun's already)."""
-    if env_world() is not None:
-        return False
-    nproc = parse_nproc(nproc_text)
-    if nproc == 1:
-        return False
-    check_processes(nproc, device_setting)
-    launch(nproc, argv)
-    return True
 
 
 @contextmanager
@@ -321,26 +292,3 @@ def ranks_quiet():
         raise SystemExit(130) from None
     finally:
         console.quiet, out.quiet = quiet
-
-
-def launch(nproc: int, argv: list[str]) -> None:
-    """`python -m foldvision <argv>` in `nproc` processes under torchrun on this machine (--standalone: a free
-    port). Raises SystemExit with the first failed process's status (what rank 0 printed stays the only line)."""
-    from torch.distributed import run as torchrun  # noqa: PLC0415 - only the launching process needs it
-    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
-
-    # the cores shared between the processes (torchrun would set 1 thread each, with a banner saying so)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    for name in list(logging.root.manager.loggerDict):  # each sets its own level; their reports repeat rank 0
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "foldvision", *argv])
-    except ChildFailedError as e:
-        _, failure = e.get_first_failure()
-        raise SystemExit(failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode) from None
-    except SignalException as e:  # torchrun stopped its processes on a signal
-        if e.sigval == signal.SIGINT:  # Ctrl-C reached every process of the terminal's group: rank 0 said it
-            raise SystemExit(130) from None
-        raise KeyboardInterrupt from None

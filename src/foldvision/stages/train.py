@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foldvision.campaign import torchrun
 from foldvision.config import Config, to_dict
 from foldvision.console import console
 from foldvision.errors import UserError
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         args = parser.parse_args(argv)
         cfg = load_run_config(args.run_dir)
         stage = ["train", str(args.run_dir), "--fold", *map(str, args.fold)]
-        if args.nproc is not None and distributed.launched(args.nproc, cfg.train.device, stage):
+        if args.nproc is not None and torchrun.launched(args.nproc, cfg.train.device, stage):
             return  # the folds were trained by the processes torchrun started
         with distributed.process_group(cfg.train):
             for fold in args.fold:
