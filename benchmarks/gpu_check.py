@@ -327,7 +327,7 @@ def step_loader_channels_last(check: Check) -> dict:
     paths = sorted(str(p.relative_to(check.corpus)) for p in (check.corpus / "train").iterdir())[:16]
 
     def batch(augment: list, channels_last: bool) -> torch.Tensor:
-        loader = create_loader(check.corpus, paths, np.zeros(len(paths), dtype=int), setup.data_cfg, setup.device,
+        loader = create_loader(check.corpus, paths, np.zeros(len(paths), dtype=int), setup.preprocessing, setup.device,
                                train=False, batch_size=16, augment=augment, num_workers=0,
                                channels_last=channels_last, cache_dir=str(check.work / "cache"))
         return next(iter(loader))[0]
@@ -451,8 +451,8 @@ def train_flops_per_image(setup, n_classes: int, batch: int = 2) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = setup.data_cfg["size"]
-    images = torch.randn(batch, len(setup.data_cfg["mean"]), size, size, device=setup.device)
+    spec = setup.preprocessing
+    images = torch.randn(batch, spec.channels, spec.size, spec.size, device=setup.device)
     targets = torch.randint(0, n_classes, (batch,), device=setup.device)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), setup.amp.autocast():
         loss = torch.nn.functional.cross_entropy(setup.model(images).float(), targets)
