@@ -5,7 +5,7 @@ import shutil
 
 import pandas as pd
 
-from conftest import Project, make_corpus, stage
+from conftest import Project, make_corpus
 
 
 def check(p: Project, capsys) -> tuple[int, str]:
