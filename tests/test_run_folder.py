@@ -269,22 +269,6 @@ def test_a_replaced_checkpoint_is_predicted_again(tmp_path):
     assert run.fold(0).test_csv.read_text() != first
 
 
-def test_the_launcher_predicts_again_a_fold_whose_checkpoint_is_newer(tmp_path):
-    """LAUNCHER=ray|slurm asks make's question of fold<k>/test.csv in its driver (launch.predict_stages)."""
-    from foldvision.campaign.launch import predict_stages  # noqa: PLC0415 - the launcher's module, only here
-
-    run = Run(tmp_path / "x")
-    files = [run.stage_yaml("predict")] + [f for k in (0, 1) for f in (run.fold(k).best_pt, run.fold(k).oof_csv,
-                                                                       run.fold(k).test_csv)]
-    for second, path in enumerate(files):  # in the order the stages write them
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("x")
-        os.utime(path, (1_000 + second, 1_000 + second))
-    assert predict_stages([run], {run: [0, 1]}, {}) == []
-    os.utime(run.fold(1).best_pt, (2_000, 2_000))  # a checkpoint copied in after the fold was predicted
-    assert [stage.fold for stage in predict_stages([run], {run: [0, 1]}, {})] == [1]
-
-
 def test_hints_name_the_experiment_and_the_run_an_ablation_variant_was_made_from(tmp_path, capsys, binary_corpus):
     """A variant runs/<exp>--loss-ce is made by `make ... EXP=<exp> NAME=<exp>--loss-ce`: a hint that says
     EXP=<exp>--loss-ce names a config that does not exist."""
