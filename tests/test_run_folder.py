@@ -225,13 +225,25 @@ def test_saved_config_reads_back_with_yaml_1_2_numbers(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_make_predict_redoes_the_submission_when_test_images_or_the_sample_change(tmp_path):
+def test_make_predict_redoes_the_submission_when_a_checkpoint_test_images_or_the_sample_change(tmp_path):
+    """What a submission is made from: each fold's best.pt, the test images, the sample. Replacing any of them
+    predicts again, and only what it touches (one training, for the suite's time)."""
     corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, n_test=4)
     write_config(tmp_path / "configs", "x", corpus, predict={"tta": []})
     make(tmp_path, "folds", "train", "predict", EXP="x")
     submission = tmp_path / "subs" / "x.csv"
     first = submission.read_text()
     assert "foldvision predict" not in make(tmp_path, "predict", EXP="x").stdout  # up to date
+
+    # fold<k>/test.csv is made from fold<k>/best.pt: a checkpoint replaced after training (another fold's, a
+    # re-trained one copied in) must not leave its old predictions in the next submission
+    run = Run(tmp_path / "runs" / "x")
+    fold0 = run.fold(0).test_csv.read_text()
+    run.fold(0).best_pt.write_bytes(run.fold(1).best_pt.read_bytes())  # fold 1's model in fold 0's place
+    redo = make(tmp_path, "predict", EXP="x").stdout
+    assert "--fold 0" in redo and "--fold 0 1" not in redo, redo
+    assert run.fold(0).test_csv.read_text() != fold0
+    first = submission.read_text()
 
     # the test images replaced under the same names: predicted again, and the submission changes
     for i in range(4):
@@ -250,23 +262,6 @@ def test_make_predict_redoes_the_submission_when_test_images_or_the_sample_chang
     submission.unlink()
     make(tmp_path, "predict", EXP="x")
     assert submission.is_file()
-
-
-@pytest.mark.slow
-def test_a_replaced_checkpoint_is_predicted_again(tmp_path):
-    """fold<k>/test.csv is made from fold<k>/best.pt: a checkpoint replaced after training (another fold's, a
-    re-trained one copied in) must not leave its old predictions in the next submission."""
-    corpus = make_corpus(tmp_path / "c", {"a": 6, "b": 6}, n_test=4)
-    write_config(tmp_path / "configs", "x", corpus, predict={"tta": []})
-    make(tmp_path, "folds", "train", "predict", EXP="x")
-    run = Run(tmp_path / "runs" / "x")
-    first = run.fold(0).test_csv.read_text()
-    assert "foldvision predict" not in make(tmp_path, "predict", EXP="x").stdout  # up to date
-
-    run.fold(0).best_pt.write_bytes(run.fold(1).best_pt.read_bytes())  # fold 1's model in fold 0's place
-    redo = make(tmp_path, "predict", EXP="x").stdout
-    assert "--fold 0" in redo and "--fold 0 1" not in redo, redo
-    assert run.fold(0).test_csv.read_text() != first
 
 
 def test_hints_name_the_experiment_and_the_run_an_ablation_variant_was_made_from(tmp_path, capsys, binary_corpus):

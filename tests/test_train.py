@@ -100,6 +100,11 @@ def test_a_fold_learns_real_digits_well_above_chance(tmp_path, learnable_digits)
     assert len(oof) == 160 and accuracy_score(oof["label"], predicted) > 0.5
 
 
+# every graph inductor compiles costs seconds of C++ on 2 cores: one batch size (10 rows a fold, one batch) and no
+# precise-BN pass (a third graph, BatchNorm in train mode without grad) keep it to the training and the eval graph
+LEAN_COMPILE = {"compile": True, "amp": "off", "device": "cpu", "precise_bn": 0, "batch_size": 10}
+
+
 @pytest.mark.slow  # inductor writes and compiles C++ kernels: ~30 s with its cache warm, minutes cold on 2 cores
 def test_a_compiled_fold_trains_and_predicts_like_the_eager_one(tmp_path, binary_corpus, monkeypatch):
     """train.compile=true (torch.compile, inductor; on the CPU it needs a C++ compiler): the fold trains through
@@ -108,12 +113,12 @@ def test_a_compiled_fold_trains_and_predicts_like_the_eager_one(tmp_path, binary
     compiled = []
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or real_compile(model, **kw))
-    cfg, run_dir = resolved_run(tmp_path, binary_corpus, train={"compile": True, "amp": "off", "device": "cpu"})
+    cfg, run_dir = resolved_run(tmp_path, binary_corpus, train=LEAN_COMPILE)
     fit_fold(cfg, run_dir, 0)
     assert len(compiled) == 1
     best = torch.load(run_dir / "fold0" / "best.pt", weights_only=True)
     assert not [k for k in best["model"] if k.startswith("_orig_mod")]
-    eager_cfg, eager_dir = resolved_run(tmp_path / "eager", binary_corpus, train={"amp": "off", "device": "cpu"})
+    eager_cfg, eager_dir = resolved_run(tmp_path / "eager", binary_corpus, train={**LEAN_COMPILE, "compile": False})
     fit_fold(eager_cfg, eager_dir, 0)
     assert len(compiled) == 1
     oof, eager = (pd.read_csv(d / "fold0" / "oof.csv").set_index("id") for d in (run_dir, eager_dir))
