@@ -3,10 +3,13 @@
     foldvision check <exp>                                  lists the clusters (make check EXP=<exp>)
     foldvision config <exp> cv.near_duplicates=group        each cluster one group of the corpus split
 
-A copy resized, recompressed or slightly cropped keeps its low-frequency structure, so its `imagehash.phash`
-(a 64-bit DCT hash) is a few bits from the original's; a horizontally mirrored copy is a few bits from the hash of
-the original's mirror, so each image keeps two hashes (as is, mirrored) and a pair's distance is the smaller of
-the two comparisons. Unrelated images differ in about 32 bits.
+A copy resized or recompressed keeps its low-frequency structure, so its `imagehash.phash` (a 64-bit DCT
+hash) is a few bits from the original's. A mirrored copy is a few bits from the hash of the original's mirror.
+A crop shifts the structure against the DCT's grid: 3% off each side already moves a phash by ~12 bits
+(benchmarks/RESULTS.md), as far as unrelated images come; the hash of the original's centre (CROP off each side)
+is a few bits from the copy's for crops of 0-7% a side. So each image keeps four hashes (as is, mirrored, centre,
+centre mirrored) and a pair's distance is the smallest of the comparisons in `COMPARE`. Unrelated images differ
+in about 32 bits.
 
 The hashes are cached by image content, beside the run's content stamps (`run.stamps_json`):
 `<data.cache_dir>/<corpus>/phash.json` maps each file's content digest (the stamps' sha1, 16 hex digits) to
@@ -29,7 +32,13 @@ from scipy.sparse.csgraph import connected_components
 from foldvision.corpus import open_image
 from foldvision.files import write_text_atomic
 
-CACHE_VERSION = 1  # bump when the hashes change (the hash function, its size, the mirror): old entries go
+CACHE_VERSION = 1  # bump when the hashes change (the hash function, its size, the variants): old entries go
+CROP = 0.04  # the centre variant drops this fraction of each side: crops of 0 to 7% a side then match
+PLAIN, MIRROR, CENTRE, CENTRE_MIRROR = range(4)  # the columns of a hash row
+# (this image's variant, the other's): a copy that is mirrored, cropped (the crop is the smaller picture, so its
+# plain hash meets the original's centre), or both, meets one of these; symmetric, so each unordered pair once
+COMPARE = ((PLAIN, PLAIN), (PLAIN, MIRROR), (PLAIN, CENTRE), (PLAIN, CENTRE_MIRROR), (CENTRE, PLAIN),
+           (CENTRE, MIRROR))
 # Rows × columns compared at once: 512 × 8192 XORs are 32 MB of uint64, small next to any machine, large
 # enough that numpy's per-call overhead vanishes.
 BLOCK_ROWS, BLOCK_COLS = 512, 8192
@@ -39,12 +48,16 @@ def _as_int(h: imagehash.ImageHash) -> int:
     return int.from_bytes(np.packbits(h.hash.flatten()).tobytes(), "big")
 
 
-def hash_image(image: Image.Image) -> tuple[int, int]:
-    """phash of an (upright) image as is and mirrored left-right, as two 64-bit integers."""
-    return _as_int(imagehash.phash(image)), _as_int(imagehash.phash(image.transpose(Image.FLIP_LEFT_RIGHT)))
+def hash_image(image: Image.Image) -> tuple[int, int, int, int]:
+    """phash of an (upright) image as is, mirrored left-right, its centre, its centre mirrored: 64-bit integers."""
+    w, h = image.size
+    dx, dy = round(w * CROP), round(h * CROP)
+    centre = image.crop((dx, dy, w - dx, h - dy))
+    return tuple(_as_int(imagehash.phash(im)) for im in (image, image.transpose(Image.FLIP_LEFT_RIGHT), centre,
+                                                         centre.transpose(Image.FLIP_LEFT_RIGHT)))
 
 
-def hash_file(path: Path) -> tuple[int, int] | None:
+def hash_file(path: Path) -> tuple[int, ...] | None:
     """The two hashes of an image file; None when it cannot be decoded (check reports those on its own)."""
     try:
         with open_image(path) as im:
@@ -54,7 +67,7 @@ def hash_file(path: Path) -> tuple[int, int] | None:
 
 
 class HashCache:
-    """Content digest -> (hash, mirror hash), in `<folder>/phash.json` (None: nothing kept). Entries are only
+    """Content digest -> its four hashes (`hash_image`), in `<folder>/phash.json` (None: nothing kept). Entries are only
     added, so the train and test images of a corpus share it; an unreadable cache costs only time."""
 
     def __init__(self, folder: Path | None):
@@ -68,13 +81,13 @@ class HashCache:
         if isinstance(data, dict) and data.get("version") == _version():
             self.entries = data.get("hashes") or {}
 
-    def get(self, digest: str | None) -> tuple[int, int] | None:
+    def get(self, digest: str | None) -> tuple[int, ...] | None:
         entry = self.entries.get(digest) if digest else None
-        return (int(entry[0], 16), int(entry[1], 16)) if isinstance(entry, list) and len(entry) == 2 else None
+        return tuple(int(h, 16) for h in entry) if isinstance(entry, list) and len(entry) == 4 else None
 
-    def put(self, digest: str | None, pair: tuple[int, int] | None) -> None:
+    def put(self, digest: str | None, pair: tuple[int, ...] | None) -> None:
         if digest and pair is not None:
-            self.entries[digest] = [f"{pair[0]:016x}", f"{pair[1]:016x}"]
+            self.entries[digest] = [f"{h:016x}" for h in pair]
             self.added = True
 
     def save(self) -> None:
@@ -93,7 +106,7 @@ def _version() -> str:
 
 def file_hashes(paths: list[Path], digests: list[str | None], cache: HashCache, workers: int = 2
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(`pack`) each file's (hash, mirror hash), from the cache by content digest or decoded now. The cache is
+    """(`pack`) each file's four hashes, from the cache by content digest or decoded now. The cache is
     saved before returning."""
     pairs = [cache.get(d) for d in digests]
     todo = [i for i, pair in enumerate(pairs) if pair is None]
@@ -105,17 +118,17 @@ def file_hashes(paths: list[Path], digests: list[str | None], cache: HashCache, 
     return pack(pairs)
 
 
-def pack(pairs: Iterable[tuple[int, int] | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 2) uint64 hashes and (n,) bool valid: an image that could not be decoded (None) is in no pair."""
+def pack(pairs: Iterable[tuple[int, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) uint64 hashes and (n,) bool valid: an image that could not be decoded (None) is in no pair."""
     pairs = list(pairs)
-    hashes = np.array([p if p is not None else (0, 0) for p in pairs], dtype=np.uint64).reshape(-1, 2)
+    hashes = np.array([p if p is not None else (0,) * 4 for p in pairs], dtype=np.uint64).reshape(-1, 4)
     return hashes, np.array([p is not None for p in pairs], dtype=bool)
 
 
 def near_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int,
                valid_a: np.ndarray | None = None, valid_b: np.ndarray | None = None) -> np.ndarray:
     """(m, 3) int64 rows (i, j, distance): rows i of `a` and j of `b` (or of `a`, i < j, when `b` is None)
-    whose hashes are at most `max_distance` bits apart, a mirrored match counting as a match.
+    whose hashes are at most `max_distance` bits apart in any of the `COMPARE` pairings (mirrored, cropped).
 
     Every pair is compared, in blocks of XOR + popcount on the packed 64-bit hashes: 100,000 images are 5·10⁹
     pairs, a few seconds per core at numpy's speed (benchmarks/RESULTS.md). A BK-tree or multi-index hashing
@@ -129,11 +142,12 @@ def near_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int,
     valid_b = (valid_a if same else np.ones(len(b), bool)) if valid_b is None else valid_b
     found = []
     for i0 in range(0, len(a), BLOCK_ROWS):
-        x = a[i0:i0 + BLOCK_ROWS, 0][:, None]
+        rows = a[i0:i0 + BLOCK_ROWS]
         for j0 in range(i0 if same else 0, len(b), BLOCK_COLS):
-            plain = np.bitwise_count(x ^ b[None, j0:j0 + BLOCK_COLS, 0])
-            mirrored = np.bitwise_count(x ^ b[None, j0:j0 + BLOCK_COLS, 1])
-            dist = np.minimum(plain, mirrored)
+            cols = b[j0:j0 + BLOCK_COLS]
+            dist = np.full((len(rows), len(cols)), 64, dtype=np.uint8)
+            for mine, theirs in COMPARE:
+                np.minimum(dist, np.bitwise_count(rows[:, mine, None] ^ cols[None, :, theirs]), out=dist)
             hit = dist <= max_distance
             if same:  # the upper triangle only: each pair once, no image with itself
                 hit &= np.arange(j0, j0 + dist.shape[1])[None, :] > np.arange(i0, i0 + dist.shape[0])[:, None]

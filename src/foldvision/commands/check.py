@@ -44,7 +44,7 @@ class ImageFacts:
     mode: str | None
     format: str | None
     error: str | None
-    phash: tuple[int, int] | None = None  # foldvision.duplicates.hash_image of the decoded image
+    phash: tuple[int, ...] | None = None  # foldvision.duplicates.hash_image of the decoded image
 
 
 def inspect_image(path: Path, max_pixels: int | None, cache: duplicates.HashCache) -> ImageFacts:
@@ -147,7 +147,7 @@ def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], t
     digest = [f.digest for f in facts]
     pairs = pairs[[digest[i] != digest[j] for i, j, _ in pairs]] if len(pairs) else pairs
     found = duplicates.clusters(len(facts), pairs)
-    console.print(f"near-duplicates (phash within {limit} of 64 bits, mirrored included): {len(found)} clusters, "
+    console.print(f"near-duplicates (phash within {limit} of 64 bits; mirrored, cropped): {len(found)} clusters, "
                   f"{sum(map(len, found))} train images")
     for rows in found[:TOP_CLUSTERS]:
         more = f" ... (+{len(rows) - 8})" if len(rows) > 8 else ""

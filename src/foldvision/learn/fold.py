@@ -89,9 +89,9 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
                world: World = SINGLE) -> FoldParts:
     """The fold's model, loaders, optimizer, schedule, loss and recipes (the module's docstring)."""
     t = cfg.train
+    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)  # its mistakes before any work
     setup, model_cfg = fold_model(cfg, len(split.classes), world)
     val = split.fold == fold
-    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)
     train = ~val & ~exclusion.dropped  # data.exclude drops training rows only: every row is still validated
     if exclusion.source:
         console.print(f"fold {fold}: data.exclude drops {int((exclusion.dropped & ~val).sum())} training images and "
