@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import Project
 from foldvision import duplicates
-from foldvision.config import load_config
+from foldvision.config import CVConfig, load_config
 from foldvision.errors import UserError
 
 SIZE = 96
@@ -47,16 +47,17 @@ def test_resized_recompressed_cropped_and_flipped_copies_are_found_and_an_unrela
     original = scene(1)
     images = [original, *(make(original) for make in COPIES.values()), *(scene(s) for s in range(2, 12))]
     hashes, valid = duplicates.pack(duplicates.hash_image(im) for im in images)
-    pairs = duplicates.near_pairs(hashes, None, 10, valid)
+    limit = CVConfig().near_duplicate_distance  # the default finds them
+    pairs = duplicates.near_pairs(hashes, None, limit, valid)
     found = duplicates.clusters(len(images), pairs)
     assert found == [[0, 1, 2, 3, 4]], (found, pairs)  # the original and its four copies; no unrelated image
     distance = {int(j): int(d) for i, j, d in pairs if i == 0}
-    assert set(distance) == {1, 2, 3, 4} and max(distance.values()) <= 10
+    assert set(distance) == {1, 2, 3, 4} and max(distance.values()) <= limit
     # the mirrored and the cropped copies are found through the mirror and centre hashes: plain ones are far
-    assert int(np.bitwise_count(hashes[0, 0] ^ hashes[4, 0])) > 10
-    assert int(np.bitwise_count(hashes[0, 0] ^ hashes[3, 0])) > 10
+    assert int(np.bitwise_count(hashes[0, 0] ^ hashes[4, 0])) > limit
+    assert int(np.bitwise_count(hashes[0, 0] ^ hashes[3, 0])) > limit
     # a second set compared against the first (test against train) finds the same matches
-    across = duplicates.near_pairs(hashes[1:5], hashes[:1], 10)
+    across = duplicates.near_pairs(hashes[1:5], hashes[:1], limit)
     assert sorted(across[:, 0].tolist()) == [0, 1, 2, 3] and set(across[:, 1].tolist()) == {0}
 
 
@@ -104,7 +105,7 @@ def test_check_lists_the_clusters_and_warns_of_near_copies_across_folds_and_in_t
     p = Project(tmp_path, copies_corpus(tmp_path / "c"))
     code, report = p.check(capsys)
     assert code == 0, report
-    assert "near-duplicates (phash within 10 of 64 bits; mirrored, cropped): 1 clusters, 5 train images" in report
+    assert "near-duplicates (phash within 6 of 64 bits; mirrored, cropped): 1 clusters, 5 train images" in report
     assert "5: a_000, a_001, a_002, a_003, a_004" in report
     assert "near-duplicate clusters span folds (e.g. a_000" in report  # the plain split cuts the cluster
     assert "leak: 1 test images are near-duplicates of train images (e.g. t000.png ~ b_002" in report
@@ -132,7 +133,7 @@ def test_grouping_keeps_every_copy_in_one_fold_and_off_keeps_the_plain_split(tmp
     assert code == 0, err
     assert "1 clusters of near-duplicate images (5 images) are kept in one fold each" in err
     assert len({fold_of(grouped)[f"a_00{i}"] for i in range(5)}) == 1
-    assert [f.name for f in (tmp_path / "g" / "folds").glob("*/*.csv")] == ["folds_k2_seed42_neardup10.csv"]
+    assert [f.name for f in (tmp_path / "g" / "folds").glob("*/*.csv")] == ["folds_k2_seed42_neardup6.csv"]
     assert (p.run / "folds.csv").read_bytes() == plain
     code, err = p.config(capsys, "cv.near_duplicates=group")  # a run folder with a split keeps it
     assert code == 2 and "holds results for cv.near_duplicates=off" in err
@@ -146,6 +147,15 @@ def test_grouping_joins_the_copies_with_the_user_groups(tmp_path, capsys):
     # the copies, and b_001 through its user group with the flipped copy: one fold
     assert len({folds[i] for i in ["a_000", "a_001", "a_002", "a_003", "a_004", "b_001"]}) == 1
     assert folds["a_005"] == folds["b_000"]  # the user's own group holds too
+
+
+def test_a_threshold_that_joins_unrelated_images_is_refused_for_the_split(tmp_path, capsys):
+    p = Project(tmp_path, copies_corpus(tmp_path / "c"))
+    code, report = p.check(capsys, "cv.near_duplicate_distance=24")
+    assert "warning: cv.near_duplicate_distance=24: one near-duplicate cluster holds" in report
+    code, err = p.folds(capsys, "cv.near_duplicates=group", "cv.near_duplicate_distance=24")
+    assert code == 2 and "images this alike are not copies; lower cv.near_duplicate_distance" in err
+    assert err.count("error:") == 1 and not (p.run / "folds.csv").exists()
 
 
 @pytest.mark.parametrize("override, message", [

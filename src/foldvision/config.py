@@ -97,7 +97,9 @@ class CVConfig:
     # group: each cluster of near-duplicate training images (foldvision.duplicates) is one group of the split,
     # joined with data.group_col's groups, so copies never straddle folds; off: the split ignores them
     near_duplicates: Literal["off", "group"] = "off"
-    near_duplicate_distance: int = 10  # at most this many of the 64 phash bits differ: a near-duplicate (check too)
+    # At most this many of the 64 phash bits differ: a near-duplicate (check too). 6 finds nearly every resized,
+    # recompressed, 4%-cropped or mirrored copy; alike corpora need less (chest X-rays: 2; benchmarks/RESULTS.md)
+    near_duplicate_distance: int = 6
 
 
 @dataclass(frozen=True)
@@ -436,7 +438,7 @@ def _check_near_duplicates(cfg: Config) -> None:
     cv = cfg.cv
     _require(0 <= cv.near_duplicate_distance <= NEAR_DUPLICATE_MAX, "cv.near_duplicate_distance",
              cv.near_duplicate_distance, f"a Hamming distance from 0 to {NEAR_DUPLICATE_MAX} of the 64-bit hash "
-             "(unrelated images differ in about 32 bits; 10 catches resized, recompressed and cropped copies)")
+             "(unrelated images differ in about 32 bits; 6 finds resized, recompressed and cropped copies)")
     _require(cv.near_duplicates == "off" or not cfg.data.folds_file, "cv.near_duplicates", cv.near_duplicates,
              "data.folds_file is a split of your own, which foldvision does not re-split; drop one of the two")
 

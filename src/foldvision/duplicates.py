@@ -173,6 +173,20 @@ def clusters(n: int, pairs: np.ndarray) -> list[list[int]]:
     return sorted(members.values(), key=lambda rows: (-len(rows), rows[0]))
 
 
+def too_loose(found: list[list[int]], n: int, n_folds: int) -> str | None:
+    """Why the clusters cannot be copies (one holds over 1/K of the images: a fold could not hold it), or None."""
+    if found and len(found[0]) * n_folds > n:
+        return (f"one near-duplicate cluster holds {len(found[0])} of {n} images: images this alike are not copies; "
+                "lower cv.near_duplicate_distance (check prints the pairs by distance)")
+    return None
+
+
+def distance_counts(pairs: np.ndarray) -> dict[int, int]:
+    """How many pairs lie at each distance: where copies end and look-alikes begin."""
+    values, counts = np.unique(pairs[:, 2], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
 def split_groups(pairs: np.ndarray, user_groups: list[str] | None, n: int) -> list[str]:
     """One group name per row for the fold splitter: the union of the near-duplicate relation and the user's
     group column (two rows share a group when a chain of copies or shared user groups joins them)."""

@@ -136,6 +136,10 @@ def split_groups(cfg: Config, table: pl.DataFrame, image_dir: Path) -> list[str]
     hashes, valid = duplicates.file_hashes(paths, digests, duplicates.HashCache(stamps_json(cfg).parent))
     pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid_a=valid)
     found = duplicates.clusters(table.height, pairs)
+    problem = duplicates.too_loose(found, table.height, cfg.cv.n_folds)
+    if problem:
+        raise UserError(f"cv.near_duplicates=group with cv.near_duplicate_distance={cfg.cv.near_duplicate_distance}: "
+                        f"{problem}")
     console.print(f"folds: {len(found)} clusters of near-duplicate images ({sum(map(len, found))} images) are "
                   "kept in one fold each (cv.near_duplicates=group)")
     return duplicates.split_groups(pairs, groups, table.height)

@@ -149,10 +149,13 @@ def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], t
     found = duplicates.clusters(len(facts), pairs)
     console.print(f"near-duplicates (phash within {limit} of 64 bits; mirrored, cropped): {len(found)} clusters, "
                   f"{sum(map(len, found))} train images")
+    if len(pairs):
+        console.print(f"  pairs by distance: {duplicates.distance_counts(pairs)}")
     for rows in found[:TOP_CLUSTERS]:
         more = f" ... (+{len(rows) - 8})" if len(rows) > 8 else ""
         console.print(f"  {len(rows)}: {', '.join(ids[i] for i in rows[:8])}{more}")
-    warnings = []
+    loose = duplicates.too_loose(found, len(facts), cfg.cv.n_folds)
+    warnings = [f"cv.near_duplicate_distance={limit}: {loose}"] if loose else []
     folds = table["fold"].to_list() if "fold" in table.columns else None
     across = [rows for rows in found if folds is not None and len({folds[i] for i in rows}) > 1]
     if across:
