@@ -174,3 +174,21 @@ def test_grouping_with_a_split_of_your_own_is_refused(tmp_path):
     Project(tmp_path, tmp_path)
     with pytest.raises(UserError, match="data.folds_file is a split of your own"):
         load_config(str(tmp_path / "configs" / "exp.yaml"), ["cv.near_duplicates=group", "data.folds_file=f.csv"])
+
+
+def test_the_report_shows_cached_clusters_and_label_issues_as_thumbnails(tmp_path, capsys):
+    from fakes import scored_run
+
+    from foldvision.commands import check, label_issues
+    from foldvision.commands.report import build
+    from foldvision.results.figures import PLOTS
+
+    run_dir = scored_run(tmp_path, "exp", copies_corpus(tmp_path / "c"))
+    html = build(run_dir)
+    assert ">Near-duplicates</h2>" not in html and ">Label issues</h2>" not in html  # nothing cached or ranked
+    assert check.run(load_config(str(tmp_path / "configs" / "exp.yaml"))) == 0  # caches the hashes
+    label_issues.run(run_dir)
+    html = build(run_dir)
+    assert ">Near-duplicates</h2>" in html and ">Label issues</h2>" in html
+    assert html.count("data:image/png;base64,") == len(PLOTS) + 2
+    assert (run_dir / "plots" / "near_duplicates.png").is_file()

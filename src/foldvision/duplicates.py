@@ -31,6 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from foldvision.corpus import open_image
 from foldvision.files import write_text_atomic
+from foldvision.run import ContentHashes, stamps_json
 
 CACHE_VERSION = 1  # bump when the hashes change (the hash function, its size, the variants): old entries go
 CROP = 0.04  # the centre variant drops this fraction of each side: crops of 0 to 7% a side then match
@@ -116,6 +117,19 @@ def file_hashes(paths: list[Path], digests: list[str | None], cache: HashCache, 
             cache.put(digests[i], pair)
     cache.save()
     return pack(pairs)
+
+
+def corpus_hashes(cfg, files: list[Path], compute: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """The hashes of a corpus's image files (`pack`), keyed by the content digests that `foldvision config`
+    keeps in the run's stamps (no image is read for its digest when they are current). compute=False: only
+    from the cache, None when one is missing (the report renders, it never decodes a corpus)."""
+    stamps = ContentHashes(stamps_json(cfg))
+    digests = [stamps.of(str(f.absolute())) for f in files]
+    cache = HashCache(stamps_json(cfg).parent)
+    if compute:
+        return file_hashes(files, digests, cache)
+    pairs = [cache.get(d) for d in digests]
+    return pack(pairs) if all(p is not None for p in pairs) else None
 
 
 def pack(pairs: Iterable[tuple[int, ...] | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -128,12 +128,8 @@ def split_groups(cfg: Config, table: pl.DataFrame, image_dir: Path) -> list[str]
     if cfg.cv.near_duplicates == "off":
         return groups
     from foldvision import duplicates  # noqa: PLC0415 - imagehash only when asked for
-    from foldvision.run import ContentHashes, stamps_json  # noqa: PLC0415 - run imports this module's users
 
-    paths = [image_dir / p for p in table["path"].to_list()]
-    stamps = ContentHashes(stamps_json(cfg))  # filled by `foldvision config`: no image is read for its digest
-    digests = [stamps.of(str(p.absolute())) for p in paths]
-    hashes, valid = duplicates.file_hashes(paths, digests, duplicates.HashCache(stamps_json(cfg).parent))
+    hashes, valid = duplicates.corpus_hashes(cfg, [image_dir / p for p in table["path"].to_list()])
     pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid_a=valid)
     found = duplicates.clusters(table.height, pairs)
     problem = duplicates.too_loose(found, table.height, cfg.cv.n_folds)
