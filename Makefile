@@ -132,7 +132,7 @@ help:  ## list the targets
 
 venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
 
-check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, leaks (writes nothing)
+check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, near-duplicates, leaks
 	@$(FV) check $(EXP) $(OVERRIDES) --configs $(CONFIGS)
 
 folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
