@@ -118,7 +118,7 @@ LAUNCH = $(if $(strip $(LAUNCHER)),$(FV) launch "$$LAUNCHER" --label $(NAME)/fol
 
 # ---- user targets ---------------------------------------------------------------------------------
 USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo \
-	test test-fast clean-run
+	test test-fast clean-run label-issues
 .PHONY: $(USER_GOALS) train-stale predict-stale
 # Several user goals at once (`make -j2 folds train predict`) run one after another: each recurses into a make
 # of its own, so side by side two of them would build the same fold files at once (fold 0 trained twice). The
@@ -132,7 +132,7 @@ help:  ## list the targets
 
 venv: $(INSTALLED)  ## create .venv and install foldvision with its pinned stack
 
-check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, leaks (writes nothing)
+check: | $(INSTALLED)  ## validate the corpus: counts, sizes, unreadable files, duplicates, near-duplicates, leaks
 	@$(FV) check $(EXP) $(OVERRIDES) --configs $(CONFIGS)
 
 folds: | $(INSTALLED)  ## stage 1: the corpus's stratified K-fold split (made once, reused)
@@ -162,6 +162,10 @@ train-stale: $(RUN)/folds.csv
 
 predict-stale: $(call FOLD_OOFS,$(ALL_FOLDS))
 	@$(if $(ONE_JOB),$(call in_one_process,predict,test.csv,$(ALL_FOLDS)),$(FV) cache $(RUN))
+
+label-issues: | $(INSTALLED)  ## runs/<exp>/label_issues.csv: training images whose OOF prediction doubts the label
+	@$(RESOLVE)
+	@$(MAKE) --no-print-directory $(RUN)/label_issues.csv $(PASS)
 
 cache: | $(INSTALLED)  ## decode the run's train and test images into the cache once (train -j N does it first)
 	@$(RESOLVE)
@@ -252,6 +256,9 @@ $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
 
 $(RUN)/scores.json: $(call FOLD_OOFS,$(ALL_FOLDS))
 	$(FV) score $(RUN)
+
+$(RUN)/label_issues.csv: $(RUN)/scores.json
+	$(FV) label-issues $(RUN)
 
 # one fold model's TTA probabilities of the test images; stage-predict.yaml carries the test images' and the
 # sample submission's digest, so replacing either re-predicts, and so does a replaced best.pt (another fold's,

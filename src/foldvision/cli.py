@@ -8,6 +8,7 @@
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
     foldvision ensemble runs/<b> --members R..  blend scored experiments with OOF-fitted weights
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
+    foldvision label-issues runs/<exp>          rank training images by how little their OOF backs the label
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
     foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
@@ -43,6 +44,7 @@ COMMANDS = {
     "predict": "foldvision.stages.predict",
     "ensemble": "foldvision.commands.ensemble",
     "evaluate": "foldvision.commands.evaluate",
+    "label-issues": "foldvision.commands.label_issues",
     "ablate": "foldvision.commands.ablate",
     "leaderboard": "foldvision.commands.leaderboard",
     "report": "foldvision.commands.report",

@@ -84,12 +84,22 @@ class DataConfig:
     cache: bool = True  # decode + resize each image once into a uint8 cache on disk; false: on every read
     cache_dir: str = "inputs/.cache"  # the cache (git-ignored): a folder per corpus and preprocessing, never the corpus
     cache_size: int | None = None  # null: training images cached at the input size; larger: a margin for random crops
+    # A CSV of training ids (e.g. runs/<exp>/label_issues.csv) that the next experiment does not train on: the rows
+    # with a `new_label` train with that label instead; with a `flagged` column only its true rows count. The
+    # split and the validation rows stay the corpus's, so OOF still covers every image; null: none
+    exclude: str | None = None
 
 
 @dataclass(frozen=True)
 class CVConfig:
     n_folds: int = 5  # K of (Group)StratifiedKFold
     seed: int = 42  # split seed: same seed, same folds, for every experiment on the corpus
+    # group: each cluster of near-duplicate training images (foldvision.duplicates) is one group of the split,
+    # joined with data.group_col's groups, so copies never straddle folds; off: the split ignores them
+    near_duplicates: Literal["off", "group"] = "off"
+    # At most this many of the 64 phash bits differ: a near-duplicate (check too). 6 finds nearly every resized,
+    # recompressed, 4%-cropped or mirrored copy; alike corpora need less (chest X-rays: 2; benchmarks/RESULTS.md)
+    near_duplicate_distance: int = 6
 
 
 @dataclass(frozen=True)
@@ -408,6 +418,7 @@ def validate(cfg: Config) -> None:
         except LookupError:
             raise UserError(f"data.encoding={d.encoding!r}: not an encoding Python knows; e.g. utf-8, cp1252, "
                             "cp932, latin-1") from None
+    _check_near_duplicates(cfg)
     loss = cfg.loss
     _require(_finite(loss.smoothing) and 0 <= loss.smoothing < 1, "loss.smoothing", loss.smoothing,
              "from 0 up to (not including) 1")
@@ -418,6 +429,18 @@ def validate(cfg: Config) -> None:
     _check_compile(t)
     _check_ranger21(t)
     _check_lists(cfg)
+
+
+NEAR_DUPLICATE_MAX = 24  # unrelated images differ in ~32 of 64 bits, rarely fewer than 20
+
+
+def _check_near_duplicates(cfg: Config) -> None:
+    cv = cfg.cv
+    _require(0 <= cv.near_duplicate_distance <= NEAR_DUPLICATE_MAX, "cv.near_duplicate_distance",
+             cv.near_duplicate_distance, f"a Hamming distance from 0 to {NEAR_DUPLICATE_MAX} of the 64-bit hash "
+             "(unrelated images differ in about 32 bits; 6 finds resized, recompressed and cropped copies)")
+    _require(cv.near_duplicates == "off" or not cfg.data.folds_file, "cv.near_duplicates", cv.near_duplicates,
+             "data.folds_file is a split of your own, which foldvision does not re-split; drop one of the two")
 
 
 def _check_ranger21(t: TrainConfig) -> None:

@@ -15,6 +15,7 @@ resolves the config and saves it into the run folder. The folder's files, and th
     oof.csv, scores.json     score    every training image's OOF probabilities, and their scores
     test.csv, decision.json  predict  the fold-averaged test probabilities, the OOF-fitted decision rule
     ablation.csv/.md/.mk     ablate   the variants compared (numbers; as printed) and their run names for make
+    label_issues.csv         label-issues  training rows ranked by how little their OOF prediction backs the label
     plots/, report.html      report   the experiment's page and its pictures
     wandb/                   tracking offline W&B runs
     slurm/                   launch   submitit's pickles and logs
@@ -231,6 +232,7 @@ class Run:
     ablation_md = property(lambda self: self.root / "ablation.md")
     ablation_mk = property(lambda self: self.root / "ablation.mk")
     report_html = property(lambda self: self.root / "report.html")
+    label_issues_csv = property(lambda self: self.root / "label_issues.csv")
     plots_dir = property(lambda self: self.root / "plots")
     wandb_dir = property(lambda self: self.root / "wandb")
 
@@ -292,6 +294,8 @@ class Run:
             stamp = {s: full[s] for s in sections} | {"inputs": inputs[stage]}
             if stage != "folds":  # the code that trains and predicts; the split depends on the data alone
                 stamp["foldvision"] = __version__
+            else:  # which rows train is not the split's business: the split stays byte-identical, and unmade
+                stamp["data"] = {k: v for k, v in stamp["data"].items() if k != "exclude"}
             _write_if_changed(self.stage_yaml(stage), dump(stamp))
         _write_if_changed(self.config_mk, f"N_FOLDS := {int(cfg.cv.n_folds)}\n")
 
@@ -398,6 +402,9 @@ class Run:
                 out[int(k)] = pl.read_csv(path)
         return dict(sorted(out.items()))
 
+    def write_label_issues(self, table: pl.DataFrame) -> None:
+        write_csv(self.label_issues_csv, table)
+
     def write_decision(self, rule: dict) -> None:
         write_text_atomic(self.decision_json, json.dumps(rule, indent=2) + "\n")
 
@@ -463,7 +470,8 @@ def corpus_identity(cfg: Config) -> dict:
     return {"data.dir": str(Path(d.dir).resolve()) if d.dir else None, "data.train_csv": d.train_csv,
             "data.train_images": d.train_images, "data.id_col": d.id_col, "data.label_col": d.label_col,
             "data.group_col": d.group_col, "data.folds_file": d.folds_file, "cv.n_folds": cfg.cv.n_folds,
-            "cv.seed": cfg.cv.seed}
+            "cv.seed": cfg.cv.seed, "cv.near_duplicates": cfg.cv.near_duplicates,
+            "cv.near_duplicate_distance": cfg.cv.near_duplicate_distance if cfg.cv.near_duplicates != "off" else None}
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -578,8 +586,10 @@ def input_digests(cfg: Config) -> dict[str, dict[str, str]]:
             "test_table": _file_stamp(lay.test_table)}
     hashes.save()
     folds = {"labels": labels, "folds_file": _file_stamp(user_folds)}
-    return {"folds": folds, "train": folds | {"train_images": train_images},
-            "predict": folds | {"train_images": train_images} | test}
+    train = folds | {"train_images": train_images}
+    if cfg.data.exclude:  # the rows it drops or relabels decide every fold model
+        train["exclude"] = _file_stamp(Path(cfg.data.exclude))
+    return {"folds": folds, "train": train, "predict": train | test}
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -9,6 +9,7 @@ folder named for the corpus: foldvision writes nothing inside a corpus folder.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,13 @@ def assign_folds(labels: list[str], groups: list[str] | None, n_folds: int, seed
 
 def corpus_folds_path(cfg: Config) -> Path:
     """The corpus's split: `data.folds_file` when the user gives one, else
-    `<data.folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>[_<group>].csv` — never inside the corpus folder."""
+    `<data.folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>[_<group>][_neardup<D>].csv` — never inside the corpus
+    folder."""
     if cfg.data.folds_file:
         return Path(cfg.data.folds_file)
     name = f"folds_k{cfg.cv.n_folds}_seed{cfg.cv.seed}" + (f"_{cfg.data.group_col}" if cfg.data.group_col else "")
+    if cfg.cv.near_duplicates == "group":  # another split, saved beside the plain one
+        name += f"_neardup{cfg.cv.near_duplicate_distance}"
     return Path(cfg.data.folds_dir) / corpus_key(Path(cfg.data.dir)) / f"{name}.csv"
 
 
@@ -117,8 +121,29 @@ def check_folds_match(folds: pl.DataFrame, table: pl.DataFrame, path: Path, sour
         )
 
 
-def corpus_folds(cfg: Config, table: pl.DataFrame, source: Path) -> np.ndarray:
-    """The corpus's saved split (made now if it does not exist yet), as a fold number per row of `table`."""
+def split_groups(cfg: Config, table: pl.DataFrame, image_dir: Path) -> list[str] | None:
+    """The groups the split keeps whole: data.group_col's, joined (cv.near_duplicates=group) with the clusters
+    of near-duplicate images, so a copy never sits in another fold than its original."""
+    groups = table["group"].to_list() if "group" in table.columns else None
+    if cfg.cv.near_duplicates == "off":
+        return groups
+    from foldvision import duplicates  # noqa: PLC0415 - imagehash only when asked for
+
+    hashes, valid = duplicates.corpus_hashes(cfg, [image_dir / p for p in table["path"].to_list()])
+    pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid_a=valid)
+    found = duplicates.clusters(table.height, pairs)
+    problem = duplicates.too_loose(found, table.height, cfg.cv.n_folds)
+    if problem:
+        raise UserError(f"cv.near_duplicates=group with cv.near_duplicate_distance={cfg.cv.near_duplicate_distance}: "
+                        f"{problem}")
+    console.print(f"folds: {len(found)} clusters of near-duplicate images ({sum(map(len, found))} images) are "
+                  "kept in one fold each (cv.near_duplicates=group)")
+    return duplicates.split_groups(pairs, groups, table.height)
+
+
+def corpus_folds(cfg: Config, table: pl.DataFrame, source: Path, image_dir: Path | None = None) -> np.ndarray:
+    """The corpus's saved split (made now if it does not exist yet), as a fold number per row of `table`;
+    `image_dir` (the corpus folder) is read when cv.near_duplicates=group makes a new split."""
     path = corpus_folds_path(cfg)
     if path.is_file():
         saved = read_table(path)
@@ -127,9 +152,10 @@ def corpus_folds(cfg: Config, table: pl.DataFrame, source: Path) -> np.ndarray:
         fold_of = dict(zip(saved["id"].to_list(), numbers))
         console.print(f"folds: reusing {path}")
         return np.array([fold_of[i] for i in table["id"].to_list()], dtype=np.int64)
-    groups = table["group"].to_list() if "group" in table.columns else None
+    groups = split_groups(cfg, table, image_dir if image_dir is not None else Path(cfg.data.dir))
     folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed).astype(np.int64)
-    split = table.select("id", "label", *(["group"] if groups else [])).with_columns(fold=pl.Series(folds))
+    split = table.select("id", "label", *(["group"] if "group" in table.columns else [])).with_columns(
+        fold=pl.Series(folds))
     write_atomic(path, lambda tmp: split.write_csv(tmp))
     console.print(f"folds: wrote {path}")
     return folds
@@ -146,3 +172,61 @@ def fold_counts(labels: list[str], folds: list | None, classes: list[str]) -> Ta
         row = [sum(counts[(c, k)] for c in (classes if name == "all" else [name])) for k in keys]
         table.add_row(name, *map(str, row), str(sum(row)))
     return table
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """data.exclude applied to a split: which rows do not train, and the label each row trains with."""
+
+    dropped: np.ndarray  # bool per split row: never in a training set (still validated in its own fold)
+    y_train: np.ndarray  # class index each row trains with: the split's, or the file's new_label
+    relabelled: int
+    source: str | None = None
+
+    @property
+    def summary(self) -> dict:
+        """What scores.json records."""
+        return {"file": self.source, "dropped": int(self.dropped.sum()), "relabelled": self.relabelled}
+
+
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no", ""}
+
+
+def read_exclude(path: str | None, ids: list[str], y: np.ndarray, classes: list[str]) -> Exclusion:
+    """data.exclude's CSV against the split (`ids`, class indices `y`): an `id` column naming training images;
+    optional `new_label` (that row trains with this class instead of being dropped) and `flagged` (only its
+    true rows count: runs/<exp>/label_issues.csv works as it is). Every problem is one line naming the file and
+    the row."""
+    if path is None:
+        return Exclusion(np.zeros(len(ids), bool), y, 0)
+    if not Path(path).is_file():
+        raise UserError(f"data.exclude={path}: no such file; give a CSV of training ids (e.g. runs/<exp>/"
+                        "label_issues.csv) or null")
+    table = read_table(Path(path))
+    if "id" not in table.columns:
+        raise UserError(f"{path}: no 'id' column (columns: {', '.join(table.columns)}); data.exclude needs the "
+                        "training ids to drop in a column named id")
+    row_of = {image_id: i for i, image_id in enumerate(ids)}
+    index = {c: i for i, c in enumerate(classes)}
+    dropped, y_train, relabelled, seen = np.zeros(len(ids), bool), y.copy(), 0, {}
+    for n, record in enumerate(table.iter_rows(named=True)):
+        where = f"{path} row {n + 2}"
+        flag = str(record.get("flagged", "true") or "").strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise UserError(f"{where}: flagged '{record['flagged']}' is not true or false")
+        if flag in _FALSE:
+            continue
+        image_id = record["id"]
+        if image_id not in row_of:
+            raise UserError(f"{where}: id '{image_id}' is not a training image of this corpus")
+        if image_id in seen:
+            raise UserError(f"{where}: id '{image_id}' is already on row {seen[image_id]}; name each id once")
+        seen[image_id] = n + 2
+        new = (record.get("new_label") or "").strip()
+        if new and new not in index:
+            raise UserError(f"{where}: new_label '{new}' is not a class ({', '.join(classes)})")
+        if new:
+            y_train[row_of[image_id]], relabelled = index[new], relabelled + 1
+        else:
+            dropped[row_of[image_id]] = True
+    return Exclusion(dropped, y_train, relabelled, str(path))

@@ -2,11 +2,14 @@
 
     python -m foldvision.commands.check <exp> [key=value ...]        (make check EXP=<exp> DATA=<corpus>)
 
-The config is resolved in memory: check writes nothing, into a run folder or anywhere else.
+The config is resolved in memory: check writes nothing into a run folder, the corpus or the splits; its one
+file is the perceptual-hash cache under data.cache_dir (below).
 
 Reports images per class and per fold, image sizes/modes/formats, unreadable files (every image is decoded),
-duplicate images (same bytes) inside train and between train and test (a leak), and groups split across
-folds. Exits 1 when it finds errors; duplicates and leaks are warnings.
+duplicate images (same bytes) inside train and between train and test (a leak), near-duplicates (resized,
+recompressed, slightly cropped or mirrored copies: foldvision.duplicates, within cv.near_duplicate_distance bits)
+and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
+reuses the hash cache (cv.near_duplicates=group).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ import numpy as np
 import polars as pl
 from PIL import ImageOps
 
+from foldvision import duplicates
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
 from foldvision.corpus import dangling_link, open_image, read_table, read_test, read_train
 from foldvision.errors import UserError
+from foldvision.run import stamps_json
 from foldvision.splits import assign_folds, corpus_folds_path, fold_counts
+
+TOP_CLUSTERS = 5  # the largest near-duplicate clusters printed
 
 
 @dataclass
@@ -38,10 +45,12 @@ class ImageFacts:
     mode: str | None
     format: str | None
     error: str | None
+    phash: tuple[int, ...] | None = None  # foldvision.duplicates.hash_image of the decoded image
 
 
-def inspect_image(path: Path, max_pixels: int | None) -> ImageFacts:
-    """Hash the bytes and decode the whole image (a header alone does not reveal truncation)."""
+def inspect_image(path: Path, max_pixels: int | None, cache: duplicates.HashCache) -> ImageFacts:
+    """Hash the bytes and decode the whole image (a header alone does not reveal truncation); its perceptual
+    hashes come from the cache by content, or from the decoded pixels."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -52,25 +61,34 @@ def inspect_image(path: Path, max_pixels: int | None) -> ImageFacts:
             size, mode, fmt = im.size, im.mode, im.format
             if max_pixels is not None and size[0] * size[1] > max_pixels:
                 return ImageFacts(str(path), digest, size, mode, fmt, f"{size[0]}x{size[1]} over data.max_image_pixels")
-            ImageOps.exif_transpose(im).load()
+            upright = ImageOps.exif_transpose(im)
+            upright.load()
+            phash = cache.get(digest[:16]) or duplicates.hash_image(upright)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a finding to report, not a crash
         reason = "empty file (0 bytes)" if not data else f"{type(e).__name__}: {e}"
         return ImageFacts(str(path), digest, None, None, None, reason)
-    return ImageFacts(str(path), digest, size, mode, fmt, None)
+    return ImageFacts(str(path), digest, size, mode, fmt, None, phash)
 
 
-def inspect_all(root: Path, paths: list[str], max_pixels: int | None) -> list[ImageFacts]:
+def inspect_all(root: Path, paths: list[str], max_pixels: int | None, cache: duplicates.HashCache
+                ) -> list[ImageFacts]:
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes and hashlib hashes without the GIL
-        return list(pool.map(lambda rel: inspect_image(root / rel, max_pixels), paths))
+        facts = list(pool.map(lambda rel: inspect_image(root / rel, max_pixels, cache), paths))
+    for f in facts:  # the content digest keys the cache: the run's stamps use the same sha1 (run.ContentHashes)
+        if f.digest:
+            cache.put(f.digest[:16], f.phash)
+    return facts
 
 
 def _spread(values: list[int]) -> str:
     return f"{min(values)} / {int(np.median(values))} / {max(values)}"
 
 
-def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], errors: list[str]) -> pl.DataFrame:
+def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], errors: list[str],
+                     groups: list[str] | None) -> pl.DataFrame:
     """`table` with the fold of each image (the saved corpus split if there is one, else the one `make folds`
-    would write), after printing the images per class and fold; what is wrong is added to `errors`."""
+    would write with `groups`), after printing the images per class and fold; what is wrong is added to
+    `errors`."""
     folds_path = corpus_folds_path(cfg)
     if folds_path.is_file():
         saved = read_table(folds_path)
@@ -80,7 +98,6 @@ def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], error
             errors.append(f"{folds_path} does not cover {table['fold'].null_count()} images; delete it to re-split")
     else:
         try:
-            groups = table["group"].to_list() if "group" in table.columns else None
             folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed)
             table = table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
         except UserError as e:
@@ -123,15 +140,56 @@ def copies_and_leaks(table: pl.DataFrame, facts: list[ImageFacts], test_facts: l
     return warnings
 
 
+def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], test_facts: list[ImageFacts],
+                    pairs: np.ndarray) -> list[str]:
+    """Prints the near-duplicate clusters among the training images (largest first); warnings: clusters that
+    span folds, and test images near a training image. Byte-identical copies are left to `copies_and_leaks`."""
+    ids, limit = table["id"].to_list(), cfg.cv.near_duplicate_distance
+    digest = [f.digest for f in facts]
+    pairs = pairs[[digest[i] != digest[j] for i, j, _ in pairs]] if len(pairs) else pairs
+    found = duplicates.clusters(len(facts), pairs)
+    console.print(f"near-duplicates (phash within {limit} of 64 bits; mirrored, cropped): {len(found)} clusters, "
+                  f"{sum(map(len, found))} train images")
+    if len(pairs):
+        console.print(f"  pairs by distance: {duplicates.distance_counts(pairs)}")
+    for rows in found[:TOP_CLUSTERS]:
+        more = f" ... (+{len(rows) - 8})" if len(rows) > 8 else ""
+        console.print(f"  {len(rows)}: {', '.join(ids[i] for i in rows[:8])}{more}")
+    loose = duplicates.too_loose(found, len(facts), cfg.cv.n_folds)
+    warnings = [f"cv.near_duplicate_distance={limit}: {loose}"] if loose else []
+    folds = table["fold"].to_list() if "fold" in table.columns else None
+    across = [rows for rows in found if folds is not None and len({folds[i] for i in rows}) > 1]
+    if across:
+        example = ", ".join(ids[i] for i in across[0][:3])
+        warnings.append(f"{len(across)} near-duplicate clusters span folds (e.g. {example}): the OOF score is "
+                        "inflated; set cv.near_duplicates=group to keep each in one fold")
+    test_hashes, test_valid = duplicates.pack(f.phash for f in test_facts)
+    train_hashes, train_valid = duplicates.pack(f.phash for f in facts)
+    near_test = duplicates.near_pairs(test_hashes, train_hashes, limit, test_valid, train_valid)
+    near_test = near_test[[test_facts[i].digest != digest[j] for i, j, _ in near_test]] if len(near_test) else near_test
+    if len(near_test):
+        i, j, d = near_test[0]
+        warnings.append(f"leak: {len(set(near_test[:, 0].tolist()))} test images are near-duplicates of train images "
+                        f"(e.g. {Path(test_facts[i].path).name} ~ {ids[j]}, {d} bits apart)")
+    return warnings
+
+
 def run(cfg: Config) -> int:
     errors: list[str] = []
     corpus = read_train(cfg.data, verify=False)
     console.print(f"[bold]{corpus.source}[/]: {corpus.table.height} images, {len(corpus.classes)} classes")
-    table = folds_and_counts(cfg, corpus.table, corpus.classes, errors)
-
-    facts = inspect_all(corpus.image_dir, table["path"].to_list(), cfg.data.max_image_pixels)
+    cache = duplicates.HashCache(stamps_json(cfg).parent)
+    facts = inspect_all(corpus.image_dir, corpus.table["path"].to_list(), cfg.data.max_image_pixels, cache)
     test = read_test(cfg.data, verify=False)  # every image is decoded below: all unreadable ones listed
-    test_facts = inspect_all(test.image_dir, test.table["path"].to_list(), cfg.data.max_image_pixels) if test else []
+    test_facts = (inspect_all(test.image_dir, test.table["path"].to_list(), cfg.data.max_image_pixels, cache)
+                  if test else [])
+    cache.save()
+    hashes, valid = duplicates.pack(f.phash for f in facts)
+    pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid)
+    groups = corpus.table["group"].to_list() if "group" in corpus.table.columns else None
+    if cfg.cv.near_duplicates == "group":  # the split `make folds` would make: as splits.split_groups
+        groups = duplicates.split_groups(pairs, groups, corpus.table.height)
+    table = folds_and_counts(cfg, corpus.table, corpus.classes, errors, groups)
     for f in facts + test_facts:
         if f.error:
             errors.append(f"{f.path}: {f.error}")
@@ -142,7 +200,7 @@ def run(cfg: Config) -> int:
                       f"height {_spread([f.size[1] for f in readable])}")
         console.print(f"modes: {dict(Counter(f.mode for f in readable))}; "
                       f"formats: {dict(Counter(f.format for f in readable))}")
-    warnings = copies_and_leaks(table, facts, test_facts)
+    warnings = copies_and_leaks(table, facts, test_facts) + near_duplicates(cfg, table, facts, test_facts, pairs)
 
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")

@@ -62,6 +62,13 @@ PLOT_TITLES = {
                   "deviation over folds."),
     "wrong": ("Most confidently wrong", "Out-of-fold images the model got wrong with the highest confidence "
               "(probability of the predicted class)."),
+    "label_issues": ("Label issues", "The most suspect labels of label_issues.csv (foldvision label-issues): "
+                     "the OOF probability of the given label is lowest; the title shows the given and predicted "
+                     "label."),
+    "near_duplicates": ("Near-duplicates", "The largest clusters of near-duplicate training images (one per "
+                        "row; phash within cv.near_duplicate_distance bits, mirrored and cropped copies "
+                        "included), with each image's label and fold. Clusters are shown once make check (or "
+                        "a cv.near_duplicates=group split) has cached the images' hashes."),
 }
 
 TEMPLATE = """<!DOCTYPE html>

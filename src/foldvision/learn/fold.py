@@ -30,6 +30,7 @@ from foldvision.learn.recipes import (LossMix, WeightEma, classifier_bias_name, 
 from foldvision.learn.transforms import Preprocessing
 from foldvision.results.metrics import resolve_metric
 from foldvision.run import FoldFiles, Split
+from foldvision.splits import read_exclude
 
 TRAIN_SECTIONS = ("data", "cv", "model", "augment", "train", "loss")  # a change in any: last.pt cannot resume
 
@@ -88,14 +89,19 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
                world: World = SINGLE) -> FoldParts:
     """The fold's model, loaders, optimizer, schedule, loss and recipes (the module's docstring)."""
     t = cfg.train
+    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)  # its mistakes before any work
     setup, model_cfg = fold_model(cfg, len(split.classes), world)
     val = split.fold == fold
-    loaders_at = fold_loaders(cfg, split, val, setup.device, seed, world)
+    train = ~val & ~exclusion.dropped  # data.exclude drops training rows only: every row is still validated
+    if exclusion.source:
+        console.print(f"fold {fold}: data.exclude drops {int((exclusion.dropped & ~val).sum())} training images and "
+                      f"relabels {int((exclusion.y_train != split.y)[~val].sum())} ({exclusion.source})")
+    loaders_at = fold_loaders(cfg, split, val, (train, exclusion.y_train), setup.device, seed, world)
     train_loader, val_loader = loaders_at(setup.preprocessing)
     total_steps = optimizer_steps(len(train_loader), t)
     optimizer = create_optimizer(setup.model, world.scale_lr(t), total_steps)  # every layer's lr, frozen or not
     set_trainable(setup.model, epoch_layers(cfg.model.train_layers, t.head_epochs, 0), cfg.model.train_last_n)
-    prior, bias_name = prior_correction(cfg, setup, split.y[~val], len(split.classes), fold)
+    prior, bias_name = prior_correction(cfg, setup, exclusion.y_train[train], len(split.classes), fold)
     return FoldParts(
         fold, files, setup, loaders_at, setup.preprocessing, train_loader, val_loader, optimizer,
         scheduler=create_scheduler(optimizer, t, total_steps, resolve_metric(t.metric)),
@@ -123,10 +129,11 @@ def fold_model(cfg: Config, num_classes: int, world: World) -> tuple[ModelSetup,
     return setup, model_cfg
 
 
-def fold_loaders(cfg: Config, split: Split, val: np.ndarray, device: torch.device, seed: int, world: World
-                 ) -> Loaders:
+def fold_loaders(cfg: Config, split: Split, val: np.ndarray, training: tuple[np.ndarray, np.ndarray],
+                 device: torch.device, seed: int, world: World) -> Loaders:
     """`loaders_at(spec)`: the train and validation loaders at input `spec`, each built once (the cache keeps
-    each size); under DDP this rank's shares."""
+    each size); under DDP this rank's shares. `training` is (rows that train, the class each trains with)."""
+    train, y_train = training
     paths = np.asarray(split.paths, dtype=object)
     root = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
     shard = (world.rank, world.size) if world.distributed else None
@@ -136,7 +143,7 @@ def fold_loaders(cfg: Config, split: Split, val: np.ndarray, device: torch.devic
         if spec not in loaders:
             with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
                 loaders[spec] = (
-                    create_loader(root, paths[~val], split.y[~val], spec, device,
+                    create_loader(root, paths[train], y_train[train], spec, device,
                                   **loader_kwargs(cfg, train=True), seed=seed, shard=shard, progress=progress),
                     create_loader(root, paths[val], split.y[val], spec, device,
                                   **loader_kwargs(cfg, train=False), shard=shard, progress=progress))

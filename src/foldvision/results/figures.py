@@ -171,6 +171,50 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
+def image_rows(rows: list[list[tuple[Path | None, str]]], columns: int = 6, thumb: int = 160) -> Figure:
+    """A grid of thumbnails, one row per list of (file, title): the near-duplicate clusters, one per row."""
+    fig = _figure(2.2 * columns, 2.8 * max(1, len(rows)))
+    axes = np.atleast_2d(fig.subplots(max(1, len(rows)), columns))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for row_axes, row in zip(axes, rows):
+        for ax, (path, title) in zip(row_axes, row[:columns]):
+            if path is not None:
+                with open_image(path) as image:
+                    picture = image.convert("RGB")
+                picture.thumbnail((thumb, thumb))
+                ax.imshow(np.asarray(picture))
+            ax.set_title(title, fontsize=8)
+    return fig
+
+
+def near_duplicate_rows(cfg, split, n_clusters: int = 6) -> list[list[tuple[Path | None, str]]] | None:
+    """The largest near-duplicate clusters of the split as thumbnail rows, when every image's hashes are cached
+    (by `make check` or a grouped split); None otherwise: the report renders, it does not decode the corpus."""
+    from foldvision import duplicates  # noqa: PLC0415 - imagehash only for this plot
+
+    root = Path(cfg.data.dir)
+    found = duplicates.corpus_hashes(cfg, [root / p for p in split.paths], compute=False)
+    if found is None:
+        return None
+    pairs = duplicates.near_pairs(*found[:1], None, cfg.cv.near_duplicate_distance, found[1])
+    return [[(image_file(root, cfg.data.train_images, split.paths[i]),
+              f"{split.ids[i]}\n{split.labels[i]} · fold {split.fold[i]}") for i in rows]
+            for rows in duplicates.clusters(len(split.ids), pairs)[:n_clusters]]
+
+
+def label_issue_images(run: Run, oof: Predictions, files_of, n: int = 12) -> Figure | None:
+    """The most suspect labels of label_issues.csv (`foldvision label-issues`), as `wrong_images` shows them;
+    None when the command has not been run."""
+    if not run.label_issues_csv.is_file():
+        return None
+    issues = pl.read_csv(run.label_issues_csv, infer_schema=False).head(n)
+    confidence = dict(zip(oof.ids, oof.probs.max(axis=1)))
+    frame = pl.DataFrame({"id": issues["id"], "label": issues["given_label"], "pred": issues["predicted_label"],
+                          "confidence": [float(confidence.get(i, np.nan)) for i in issues["id"]]})
+    return wrong_images(frame, files_of(frame["id"].to_list()))
+
+
 def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
     """Every plot of a scored experiment into the run's plots folder; returns name -> PNG path."""
     run = Run(run_dir)
@@ -178,13 +222,18 @@ def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
     oof, split, cfg = run.read_oof(), run.read_split(), run.load_config()
     wrong = most_wrong(oof, n_wrong)
     paths = dict(zip(split.ids, split.paths))
-    files = [image_file(Path(cfg.data.dir), cfg.data.train_images, paths[i]) if i in paths else None
-             for i in wrong["id"]]
+
+    def files_of(ids: list[str]) -> list[Path | None]:
+        return [image_file(Path(cfg.data.dir), cfg.data.train_images, paths[i]) if i in paths else None for i in ids]
+
     figures = {
         "learning_curves": learning_curves(run.read_histories(), scores["metric"]),
         "confusion": confusion(np.array(scores["confusion_matrix"]), oof.classes),
         "roc": roc(oof.y, oof.probs, oof.classes),
         "per_class": per_class_bars(scores["per_class"]),
-        "wrong": wrong_images(wrong, files),
+        "wrong": wrong_images(wrong, files_of(wrong["id"].to_list())),
+        "label_issues": label_issue_images(run, oof, files_of),
     }
-    return {name: save(fig, run.plot_png(name)) for name, fig in figures.items()}
+    clusters = near_duplicate_rows(cfg, split)
+    figures["near_duplicates"] = image_rows(clusters) if clusters else None
+    return {name: save(fig, run.plot_png(name)) for name, fig in figures.items() if fig is not None}

@@ -25,7 +25,7 @@ def run(run_dir: Path) -> None:
     run = Run(run_dir)
     cfg = run.load_config()
     corpus = read_train(cfg.data)
-    folds = corpus_folds(cfg, corpus.table, corpus.source)
+    folds = corpus_folds(cfg, corpus.table, corpus.source, corpus.image_dir)
     table = corpus.table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
     run.write_split(table, corpus.classes)
     console.print(f"folds: {table.height} images, {len(corpus.classes)} classes, {cfg.cv.n_folds} folds")

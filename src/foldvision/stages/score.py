@@ -5,7 +5,8 @@
 Joins every fold's OOF table into the run's OOF table (every training image once, in the split's order) and
 writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics (computed on the whole OOF set,
 not as a mean of folds), each fold's metrics, per-class precision/recall (OOF, and mean ± std over folds) and
-the confusion matrix.
+the confusion matrix. With data.exclude, scores.json's `excluded` says how many rows never trained and how
+many trained relabelled (each is still validated, and scored against its given label).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from foldvision.results.decision import DecisionRule, fit_nested
 from foldvision.results.metrics import resolve_metric, score_oof
 from foldvision.results.compare import fold_scores, per_class, scores_title
 from foldvision.run import Run
+from foldvision.splits import read_exclude
 from foldvision.results.tracking import create_tracker
 
 
@@ -27,14 +29,22 @@ def print_scores(scores: dict) -> None:
     print_wide(per_class(scores).rich("per class (OOF; mean ± std over folds)"))
     rule = DecisionRule(**scores["decision"])
     console.print(f"labels by {rule.describe()}")
+    if "excluded" in scores:
+        e = scores["excluded"]
+        console.print(f"data.exclude ({e['file']}): {e['dropped']} rows never trained, {e['relabelled']} trained "
+                      "relabelled; all are scored against their given labels")
 
 
 def run(run_dir: Path) -> dict:
     folder = Run(run_dir)
     cfg = folder.load_config()
-    oof = folder.read_fold_oofs(folder.read_split())  # in the split's order: the train table's order
+    split = folder.read_split()
+    oof = folder.read_fold_oofs(split)  # in the split's order: the train table's order
     metric = resolve_metric(cfg.train.metric)
     scores = score_oof(oof, metric)
+    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)
+    if exclusion.source:  # every row is scored against its given label; the file only changed what trained
+        scores["excluded"] = exclusion.summary
     # labels from probabilities: the OOF-fitted rule's score, fitted on the same rows and nested (honest)
     scores["decision"] = fit_nested(oof.y, oof.probs, oof.fold, metric).to_dict()
     folder.write_oof(oof)
