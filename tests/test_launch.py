@@ -124,15 +124,15 @@ def ray_cluster(monkeypatch):
 
 # ---- Ray ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, monkeypatch, capsys):
-    """`make -j2 train LAUNCHER=ray`: each of the 3 folds is a task on a local 2-CPU Ray cluster of its own, then
-    make scores them: the same split, the same OOF ids per fold, and the same probabilities and scores (to
-    1e-6) as the stage commands make runs. Each task's torch runs on 1 thread (Ray sets OMP_NUM_THREADS to its
-    CPUs), so the reference does too: with 2 threads the sums are rounded in another order (bf16 autocast on
-    the CPU) and probabilities differ by ~1e-3."""
+def test_ray_trains_and_predicts_the_folds_that_the_stages_do(tmp_path, digits100, ray_cluster, capsys):
+    """`make -j2 train predict LAUNCHER=ray` on the cluster at RAY_ADDRESS: each of the 3 fold jobs (train, then
+    predict) is a task joining it, then make scores them and writes the submission: the same split, OOF rows,
+    probabilities and scores (to 1e-6) as the stage commands make runs, and the test probabilities that
+    `foldvision predict --fold` gives here. Each task's torch runs on 1 thread (Ray sets OMP_NUM_THREADS to its
+    CPUs), so the reference does too: with 2 threads the sums are rounded in another order (bf16 autocast on the
+    CPU) and probabilities differ by ~1e-3. (A local cluster of its own: the retry test.)"""
     import torch
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     direct = resolved_run(tmp_path, digits100, "direct")
     ray_run = tmp_path / "runs" / "ray"
     threads = torch.get_num_threads()
@@ -145,11 +145,13 @@ def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, monkeyp
     finally:
         torch.set_num_threads(threads)
 
-    result = make(tmp_path, "-j2", "train", NAME="ray", LAUNCHER="ray", LAUNCH_ARGS="--num-cpus 2")
+    # a cluster that ray.init started uses token authentication; a driver joining it by address says so
+    joining = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token"}
+    result = make(tmp_path, "-j2", "train", "predict", NAME="ray", LAUNCHER="ray", env=joining)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "started a local cluster of 2 CPUs" in result.stderr
+    assert "started a local cluster" not in result.stderr and f"joined the cluster at {ray_cluster}" in result.stderr
     for k in range(N_FOLDS):
-        assert f"ray/fold{k}: done in" in result.stderr
+        assert f"ray/fold{k}: done in" in result.stderr and f"ray/fold{k}-predict: done in" in result.stderr
 
     assert (ray_run / "folds.csv").read_text() == (direct / "folds.csv").read_text()
     for k in range(N_FOLDS):
@@ -162,12 +164,29 @@ def test_ray_trains_the_folds_that_the_stages_train(tmp_path, digits100, monkeyp
     ours, theirs = (pd.read_json(run / "scores.json", typ="series") for run in (ray_run, direct))
     for metric, value in theirs["oof"].items():
         assert ours["oof"][metric] == pytest.approx(value, abs=1e-6), metric
+    sample = pd.read_csv(digits100 / "sample_submission.csv")
+    assert pd.read_csv(tmp_path / "subs" / "ray.csv")["image_id"].tolist() == sample["image_id"].tolist()
 
     # everything done: make launches nothing and leaves the scores alone
     before = (ray_run / "scores.json").stat().st_mtime_ns
-    again = make(tmp_path, "-j2", "train", NAME="ray", LAUNCHER="ray", LAUNCH_ARGS="--num-cpus 2")
+    again = make(tmp_path, "-j2", "train", "predict", NAME="ray", LAUNCHER="ray", env=joining)
     assert again.returncode == 0, again.stderr
     assert "launch" not in again.stdout + again.stderr and (ray_run / "scores.json").stat().st_mtime_ns == before
+
+    by_ray = {k: pd.read_csv(ray_run / f"fold{k}" / "test.csv") for k in range(N_FOLDS)}
+    torch.set_num_threads(1)
+    try:
+        code, err = stage(capsys, "predict", str(ray_run), "--fold", *map(str, range(N_FOLDS)))  # rewrites them
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    for k, ours in by_ray.items():
+        theirs = pd.read_csv(ray_run / f"fold{k}" / "test.csv")
+        assert ours.columns.tolist() == theirs.columns.tolist()
+        assert ours.iloc[:, 0].tolist() == theirs.iloc[:, 0].tolist()  # the same test images, in the same order
+        probs = [c for c in ours.columns if c.startswith("prob_")]
+        assert probs
+        np.testing.assert_allclose(ours[probs].to_numpy(), theirs[probs].to_numpy(), atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
@@ -198,6 +217,7 @@ def test_ray_retries_a_killed_fold_which_resumes_from_last_pt(tmp_path, digits10
     for thread in watchers:
         thread.join(timeout=1)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "started a local cluster of 1 CPUs" in result.stderr  # no RAY_ADDRESS: each fold job's own
     assert set(killed) == {0, 1}
     for k in (0, 1):
         assert f"killed/fold{k}: done in" in result.stderr
@@ -208,43 +228,6 @@ def test_ray_retries_a_killed_fold_which_resumes_from_last_pt(tmp_path, digits10
         assert len(pd.read_csv(run / f"fold{k}" / "history.csv")) == 3  # each epoch once
     assert orphan == {"alive": False}
     assert not (run / "scores.json").exists()  # FOLDS: a subset is not scored
-
-
-@pytest.mark.slow
-def test_ray_predicts_each_fold_as_a_task_then_the_submission(tmp_path, digits_corpus, ray_cluster, capsys):
-    """`make -j2 train predict LAUNCHER=ray` on the cluster at RAY_ADDRESS: every fold job joins it; the fold
-    models' test probabilities are the ones `foldvision predict --fold` gives here (1 thread, as a task's)."""
-    import torch
-
-    tiny_config(tmp_path, digits_corpus, n_folds=2)
-    run = tmp_path / "runs" / "pred"
-    # a cluster that ray.init started uses token authentication; a driver joining it by address says so
-    joining = {"RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token"}
-    result = make(tmp_path, "-j2", "train", "predict", NAME="pred", LAUNCHER="ray", env=joining)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "started a local cluster" not in result.stderr and f"joined the cluster at {ray_cluster}" in result.stderr
-    for k in (0, 1):
-        assert (run / f"fold{k}" / "test.csv").is_file()
-        assert f"pred/fold{k}-predict: done in" in result.stderr
-    assert (run / "scores.json").is_file()
-    sample = pd.read_csv(digits_corpus / "sample_submission.csv")
-    assert pd.read_csv(tmp_path / "subs" / "pred.csv")["image_id"].tolist() == sample["image_id"].tolist()
-
-    by_ray = {k: pd.read_csv(run / f"fold{k}" / "test.csv") for k in (0, 1)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code, err = stage(capsys, "predict", str(run), "--fold", "0", "1")  # rewrites each fold<k>/test.csv
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0, err
-    for k, ours in by_ray.items():
-        theirs = pd.read_csv(run / f"fold{k}" / "test.csv")
-        assert ours.columns.tolist() == theirs.columns.tolist()
-        assert ours.iloc[:, 0].tolist() == theirs.iloc[:, 0].tolist()  # the same test images, in the same order
-        probs = [c for c in ours.columns if c.startswith("prob_")]
-        assert probs
-        np.testing.assert_allclose(ours[probs].to_numpy(), theirs[probs].to_numpy(), atol=1e-6, rtol=0)
 
 
 # ---- Slurm through submitit's LocalExecutor --------------------------------------------------------------
