@@ -30,7 +30,16 @@ def make(tmp_path: Path, *targets: str, **variables: str) -> subprocess.Complete
 def test_make_chain_on_digits(tmp_path, digits_corpus):
     write_config(tmp_path / "configs", "tiny", digits_corpus, data={"channels": 1},
                  augment={"train": []}, predict={"tta": []})
-    make(tmp_path, "folds", "train", "predict", EXP="tiny")
+    # `make -j2 folds train predict`: the goals recurse into make, so run side by side each of them would build
+    # the folds' files in a make of its own (two processes training fold 0 at once). The goals run one after
+    # another; the folds inside each fan out.
+    result = make(tmp_path, "-j2", "folds", "train", "predict", EXP="tiny")
+    commands = [line.split(" -m foldvision ", 1)[1].strip() for line in result.stdout.splitlines()
+                if " -m foldvision " in line]
+    for fold in (0, 1):
+        assert sum(c.startswith("train ") and c.endswith(f"--fold {fold}") for c in commands) == 1, commands
+        assert sum(c.startswith("predict ") and c.endswith(f"--fold {fold}") for c in commands) == 1, commands
+    assert sum(c.startswith("folds ") for c in commands) == 1, commands
     run = tmp_path / "runs" / "tiny"
     for name in ("config.yaml", "folds.csv", "classes.json", "oof.csv", "scores.json", "test.csv",
                  "fold0/best.pt", "fold0/oof.csv", "fold0/history.csv", "fold1/oof.csv", "fold1/test.csv"):
@@ -88,18 +97,3 @@ def test_make_chain_binary_probability_with_tta_and_groups(tmp_path):
                          axis=0)
     assert test["prob_1"].to_numpy() == pytest.approx(folds_mean)  # the fold ensemble is a plain mean
     assert sub["target"].to_numpy() == pytest.approx(test.set_index("id").loc[sub["image_id"], "prob_1"].to_numpy())
-
-
-def test_make_j2_with_several_goals_runs_each_stage_once(tmp_path, digits_corpus):
-    """`make -j2 folds train predict`: the goals recurse into make, so run side by side each of them would
-    build the folds' files in a make of its own (two processes training fold 0 at once). The goals run one
-    after another; the folds inside each fan out."""
-    write_config(tmp_path / "configs", "tiny", digits_corpus, data={"channels": 1},
-                 augment={"train": []}, predict={"tta": []})
-    result = make(tmp_path, "-j2", "folds", "train", "predict", EXP="tiny")
-    commands = [line.split(" -m foldvision ", 1)[1].strip() for line in result.stdout.splitlines()
-                if " -m foldvision " in line]
-    for fold in (0, 1):
-        assert sum(c.startswith("train ") and c.endswith(f"--fold {fold}") for c in commands) == 1, commands
-        assert sum(c.startswith("predict ") and c.endswith(f"--fold {fold}") for c in commands) == 1, commands
-    assert sum(c.startswith("folds ") for c in commands) == 1, commands
