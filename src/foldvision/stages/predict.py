@@ -69,7 +69,7 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         raise CheckpointError(ckpt_path, f"not a foldvision checkpoint ({e})") from None
     setup = build_model_for(model_cfg, len(ckpt["classes"]), ckpt["channels"], **{**runtime, "compile": False},
                             pretrained=False, weights=ckpt["model"], weights_path=ckpt_path,
-                            preprocessing=read_preprocessing(ckpt, ckpt_path))
+                            preprocessing=read_preprocessing(ckpt, ckpt_path), source=ckpt.get("timm"))
     views = len(tta_compose(tta))
     with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
         batches = create_loader(image_dir, paths, None, setup.preprocessing, setup.device,
