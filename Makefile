@@ -16,6 +16,9 @@
 #   MEMBERS="a b"   make ensemble NAME=blend: the runs to blend on their OOF predictions (METHOD=hill_climb|mean|
 #                   rank|stack, ROUNDS=50 hill-climbing additions at most)
 #   BENCH="--steps 40"  make bench: timed steps per loop (default 20) and --tta-images (default 256)
+#   TEST=dir        make predict: a second submission for this folder of new test images (no training; the run's
+#                   own test predictions untouched), submissions/<name>--<dir>.csv; SAMPLE=csv its format and ids
+#   OUT=dir         make package: the package folder (default packages/<name>)
 #
 # The stage targets are files: runs/<name>/folds.csv, fold<k>/oof.csv, scores.json, fold<k>/test.csv and
 # submissions/<name>.csv. Each user target first resolves the config (`foldvision config` rewrites
@@ -49,6 +52,9 @@ NPROC ?= 1
 LAUNCHER ?=
 LAUNCH_ARGS ?=
 MEMBERS ?=
+TEST ?=
+SAMPLE ?=
+OUT ?= packages/$(NAME)
 METHOD ?= hill_climb
 ROUNDS ?= 50
 CONFIGS ?= configs
@@ -66,7 +72,7 @@ SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
 # $(value V) keeps a value as typed (make would otherwise expand `$(x)` in it), and each is exported: a recipe
 # hands it on as "$$V", or foldvision reads it with `--from-env V` (shell-like words, foldvision.cli), so
 # neither make nor the shell reads a `$`, `;`, backtick, space or `*` in it.
-TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH
+TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH TEST SAMPLE OUT
 $(foreach v,$(TO_FOLDVISION) EXP NAME RUNS SUBMISSIONS CONFIGS N_FOLDS,\
   $(if $(filter command environment,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 export $(TO_FOLDVISION)
@@ -117,7 +123,7 @@ LAUNCH = $(if $(strip $(LAUNCHER)),$(FV) launch "$$LAUNCHER" --label $(NAME)/fol
 	$(filter %/test.csv,$@),-predict)$(if $(filter slurm,$(LAUNCHER)), --folder $(RUN)/slurm) --from-env LAUNCH_ARGS --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo \
+USER_GOALS := help venv check folds train score predict ablate ensemble package cache leaderboard report bench demo \
 	test test-fast clean-run
 .PHONY: $(USER_GOALS) train-stale predict-stale
 # Several user goals at once (`make -j2 folds train predict`) run one after another: each recurses into a make
@@ -172,10 +178,20 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/scores.json $(PASS)
 
-predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
+# TEST=dir: the trained run predicts another folder of images through `foldvision infer` (the package path: no
+# config resolved, nothing of the run rewritten), into a second submission
+predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv; TEST=dir [SAMPLE=csv]: new images
+ifneq ($(strip $(TEST)),)
+	@$(FV) infer $(RUN) --images "$$TEST" $${SAMPLE:+--sample "$$SAMPLE"} --submissions $(SUBMISSIONS)
+else
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory predict-stale $(PASS)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
+endif
+
+# a trained run or a blend as a folder that predicts anywhere offline (`foldvision infer OUT --images DIR ...`)
+package: | $(INSTALLED)  ## NAME=<exp or blend> [OUT=packages/<name>]: weights, settings and manifest in one folder
+	@$(FV) package $(RUN) "$$OUT"
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and

@@ -7,6 +7,8 @@
     foldvision score runs/<exp>                 stage 3: OOF scores over all folds
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
     foldvision ensemble runs/<b> --members R..  blend scored experiments with OOF-fitted weights
+    foldvision package runs/<exp> OUT/          a self-contained inference package of a run or blend
+    foldvision infer OUT/ --images DIR --out F  a package (or run) predicts new images, offline
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
@@ -42,6 +44,8 @@ COMMANDS = {
     "score": "foldvision.stages.score",
     "predict": "foldvision.stages.predict",
     "ensemble": "foldvision.commands.ensemble",
+    "package": "foldvision.commands.package",
+    "infer": "foldvision.commands.infer",
     "evaluate": "foldvision.commands.evaluate",
     "ablate": "foldvision.commands.ablate",
     "leaderboard": "foldvision.commands.leaderboard",

@@ -259,9 +259,11 @@ def predict(
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     progress: Progress | None = None,
     description: str = "predict",
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities (float64, rows in loader order). `forward(model, images)` must return
-    probabilities; by default it is softmax(model(images)) (TTA passes its own)."""
+    probabilities; by default it is softmax(model(images)) (TTA passes its own). `on_batch(images seen)` is
+    called after each batch (`foldvision infer` paces itself by it)."""
     model.eval()
     forward = forward or (lambda m, x: torch.softmax(m(x).float(), dim=1))
     out, seen, start = [], 0, time.perf_counter()
@@ -273,6 +275,8 @@ def predict(
         seen += len(images)
         if task is not None:
             progress.update(task, advance=1, rate=seen / (time.perf_counter() - start))
+        if on_batch is not None:
+            on_batch(seen)
     if task is not None:
         progress.remove_task(task)
     probs = np.concatenate(out) if out else np.zeros((0, 0))
