@@ -19,6 +19,10 @@
 #   TEST=dir        make predict: a second submission for this folder of new test images (no training; the run's
 #                   own test predictions untouched), submissions/<name>--<dir>.csv; SAMPLE=csv its format and ids
 #   OUT=dir         make package: the package folder (default packages/<name>)
+#   WHEELHOUSE=dir  make wheelhouse: the folder of wheels (default wheelhouse) for PYTHON_VERSION=3.11
+#                   PLATFORM=manylinux_2_28_x86_64 (default: this machine's), WITH_TORCH=1 to add torch
+#   KERNEL=user/slug COMPETITION=slug PACKAGE_DATASET=user/slug WHEELHOUSE_DATASET=user/slug  make kaggle-notebook
+#                   (NOTEBOOK=kaggle its folder, MAX_MINUTES=480 infer's limit)
 #
 # The stage targets are files: runs/<name>/folds.csv, fold<k>/oof.csv, scores.json, fold<k>/test.csv and
 # submissions/<name>.csv. Each user target first resolves the config (`foldvision config` rewrites
@@ -55,6 +59,16 @@ MEMBERS ?=
 TEST ?=
 SAMPLE ?=
 OUT ?= packages/$(NAME)
+WHEELHOUSE ?= wheelhouse
+PYTHON_VERSION ?=
+PLATFORM ?=
+WITH_TORCH ?=
+KERNEL ?=
+COMPETITION ?=
+PACKAGE_DATASET ?=
+WHEELHOUSE_DATASET ?=
+NOTEBOOK ?= kaggle
+MAX_MINUTES ?= 480
 METHOD ?= hill_climb
 ROUNDS ?= 50
 CONFIGS ?= configs
@@ -72,7 +86,8 @@ SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
 # $(value V) keeps a value as typed (make would otherwise expand `$(x)` in it), and each is exported: a recipe
 # hands it on as "$$V", or foldvision reads it with `--from-env V` (shell-like words, foldvision.cli), so
 # neither make nor the shell reads a `$`, `;`, backtick, space or `*` in it.
-TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH TEST SAMPLE OUT
+TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH TEST SAMPLE OUT \
+	WHEELHOUSE PYTHON_VERSION PLATFORM KERNEL COMPETITION PACKAGE_DATASET WHEELHOUSE_DATASET NOTEBOOK MAX_MINUTES
 $(foreach v,$(TO_FOLDVISION) EXP NAME RUNS SUBMISSIONS CONFIGS N_FOLDS,\
   $(if $(filter command environment,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 export $(TO_FOLDVISION)
@@ -124,7 +139,7 @@ LAUNCH = $(if $(strip $(LAUNCHER)),$(FV) launch "$$LAUNCHER" --label $(NAME)/fol
 
 # ---- user targets ---------------------------------------------------------------------------------
 USER_GOALS := help venv check folds train score predict ablate ensemble package cache leaderboard report bench demo \
-	test test-fast clean-run
+	wheelhouse kaggle-notebook test test-fast clean-run
 .PHONY: $(USER_GOALS) train-stale predict-stale
 # Several user goals at once (`make -j2 folds train predict`) run one after another: each recurses into a make
 # of its own, so side by side two of them would build the same fold files at once (fold 0 trained twice). The
@@ -193,6 +208,16 @@ endif
 package: | $(INSTALLED)  ## NAME=<exp or blend> [OUT=packages/<name>]: weights, settings and manifest in one folder
 	@$(FV) package $(RUN) "$$OUT"
 
+# what an offline notebook installs foldvision from: its own wheel and its inference dependencies (not the
+# `train` extra), pinned by constraints.txt, for the notebook image's Python and platform; torch only on request
+wheelhouse: | $(INSTALLED)  ## WHEELHOUSE=dir [PYTHON_VERSION=3.11 PLATFORM=manylinux_2_28_x86_64 WITH_TORCH=1]
+	@$(FV) wheelhouse "$$WHEELHOUSE" --python-version "$$PYTHON_VERSION" --platform "$$PLATFORM" \
+		--constraints constraints.txt $(if $(strip $(WITH_TORCH)),--with-torch)
+
+kaggle-notebook: | $(INSTALLED)  ## KERNEL= COMPETITION= PACKAGE_DATASET= WHEELHOUSE_DATASET=: notebook + metadata
+	@$(FV) kaggle-notebook "$$NOTEBOOK" --kernel "$$KERNEL" --competition "$$COMPETITION" \
+		--package-dataset "$$PACKAGE_DATASET" --wheelhouse-dataset "$$WHEELHOUSE_DATASET" --max-minutes "$$MAX_MINUTES"
+
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
 # folds side by side, and a finished variant is skipped), and `--table` compares them
@@ -254,7 +279,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[train,dev]'
 	touch $@
 
 inputs/digits/train.csv: | $(INSTALLED)

@@ -261,3 +261,90 @@ def test_a_blend_packages_and_infers_as_it_blended(digits_run, tmp_path, capsys)
     assert _cli("infer", str(tmp_path / "bpkg"), "--images", str(images), "--sample", str(sample),
                 "--out", str(tmp_path / "b.csv"), "--workers", "0") == 0
     assert (tmp_path / "b.csv").read_bytes() == blend_sub.read_bytes()
+
+
+# ---- offline installs: the wheelhouse and the Kaggle notebook ------------------------------------------------
+def test_wheelhouse_targets_the_notebook_image_and_leaves_torch_out():
+    """pip's target options for a named Python and glibc (older manylinux tags included), and the walk over
+    pip's resolution report: foldvision's base requirements only (no `train` extra), torch's own needs left
+    out unless asked, markers read for the target."""
+    from foldvision.commands import wheelhouse as wh
+
+    assert wh.platform_tags("manylinux_2_28_x86_64")[:2] == ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64"]
+    assert wh.platform_tags("manylinux_2_28_x86_64")[-1] == "manylinux2014_x86_64"
+    args = wh.target_args("3.11", "manylinux_2_28_x86_64")
+    assert args[:5] == ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
+    with pytest.raises(wh.UserError, match="PYTHON_VERSION='3'"):
+        wh.target_args("3", "")
+
+    def item(name, version, *requires):
+        return {"metadata": {"name": name, "version": version, "requires_dist": list(requires)}}
+
+    report = [item("foldvision", "0.1.0", "torch>=2.4", "timm", "numpy", 'wandb>=0.31; extra == "train"',
+                   'tomli; python_version < "3.11"'),
+              item("torch", "2.14.1", "sympy", "nvidia-cublas"), item("timm", "1.0", "torch", "huggingface-hub"),
+              item("huggingface_hub", "2.4", "tqdm"), item("tqdm", "4.7"), item("numpy", "2.4"), item("sympy", "1"),
+              item("nvidia-cublas", "13"), item("wandb", "0.31"), item("tomli", "2")]
+    env = wh.marker_environment("3.11", "manylinux_2_28_x86_64")
+    names = [name for name, _ in wh.needed(report, env, with_torch=False)]
+    assert names == ["foldvision", "huggingface_hub", "numpy", "timm", "tqdm"]
+    with_torch = [name for name, _ in wh.needed(report, env, with_torch=True)]
+    assert {"torch", "sympy", "nvidia-cublas"} <= set(with_torch) and "wandb" not in with_torch
+    assert "tomli" in [n for n, _ in wh.needed(report, wh.marker_environment("3.10", ""), with_torch=False)]
+
+
+def test_the_inference_requirements_leave_out_the_training_libraries():
+    """pyproject's base dependencies (what a wheelhouse installs) hold none of the libraries the offline infer
+    test makes unimportable; the `train` extra holds them, and constraints.txt pins every one."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    from packaging.requirements import Requirement
+
+    base = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
+    train = {Requirement(r).name.lower() for r in project["optional-dependencies"]["train"]}
+    assert train == {"torchsampler", "pytorch-optimizer", "pandas", "wandb", "matplotlib", "jinja2", "tabulate"}
+    assert not base & train
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in (ROOT / "constraints.txt").read_text().split()
+              if "==" in line}
+    assert (base | train) - {"torch", "torchvision"} <= pinned
+
+
+def test_kaggle_notebook_installs_offline_and_runs_infer(digits_run, tmp_path, capsys):
+    """The notebook's code cells are valid Python; its install cell uses pip --no-index on the attached
+    wheelhouse; its metadata turns the internet off and attaches both datasets; and its cells, run here
+    (KAGGLE_INPUT standing for /kaggle/input, the install cell left out: foldvision is installed), write make
+    predict's submission."""
+    import ast
+
+    p, pkg = digits_run
+    assert _cli("kaggle-notebook", str(tmp_path / "nb"), "--kernel", "me/digits-infer", "--competition", "digits",
+                "--package-dataset", "me/digits-pkg", "--wheelhouse-dataset", "me/fv-wheels") == 0
+    meta = json.loads((tmp_path / "nb" / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["code_file"] == "digits-infer.ipynb"
+    assert meta["dataset_sources"] == ["me/digits-pkg", "me/fv-wheels"] and meta["competition_sources"] == ["digits"]
+    nb = json.loads((tmp_path / "nb" / "digits-infer.ipynb").read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    for cell in code:
+        ast.parse(cell)
+    install = [c for c in code if '"pip", "install"' in c]
+    assert len(install) == 1 and '"--no-index", "--find-links", WHEELHOUSE' in install[0]
+    inputs = tmp_path / "input"
+    shutil.copytree(pkg, inputs / "digits-pkg")
+    (inputs / "fv-wheels").mkdir(parents=True)
+    (inputs / "fv-wheels" / "foldvision-0.1.0-py3-none-any.whl").touch()
+    shutil.copytree(p.corpus, inputs / "competitions" / "digits")  # found however deep it is mounted
+    working = tmp_path / "working"
+    working.mkdir()
+    script = "\n\n".join(c for c in code if c not in install)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=working,
+                            env={**os.environ, "KAGGLE_INPUT": str(inputs), "KAGGLE_WORKING": str(working)})
+    assert result.returncode == 0, result.stderr
+    assert (working / "submission.csv").read_bytes() == p.submission.read_bytes()
+
+
+def test_kaggle_notebook_names_a_malformed_dataset(tmp_path, capsys):
+    code, err = stage(capsys, "kaggle-notebook", str(tmp_path), "--kernel", "digits-infer", "--competition", "d",
+                      "--package-dataset", "me/p", "--wheelhouse-dataset", "me/w")
+    assert code == 2 and "--kernel 'digits-infer'" in err and "<user>/<name>" in err
+    assert not any(tmp_path.iterdir())

@@ -9,6 +9,8 @@
     foldvision ensemble runs/<b> --members R..  blend scored experiments with OOF-fitted weights
     foldvision package runs/<exp> OUT/          a self-contained inference package of a run or blend
     foldvision infer OUT/ --images DIR --out F  a package (or run) predicts new images, offline
+    foldvision wheelhouse DIR                   the wheels an offline notebook installs foldvision from
+    foldvision kaggle-notebook DIR              a Kaggle notebook (internet off) that installs and runs infer
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
@@ -46,6 +48,8 @@ COMMANDS = {
     "ensemble": "foldvision.commands.ensemble",
     "package": "foldvision.commands.package",
     "infer": "foldvision.commands.infer",
+    "wheelhouse": "foldvision.commands.wheelhouse",
+    "kaggle-notebook": "foldvision.commands.notebook",
     "evaluate": "foldvision.commands.evaluate",
     "ablate": "foldvision.commands.ablate",
     "leaderboard": "foldvision.commands.leaderboard",
