@@ -61,6 +61,10 @@ def read_images(images: Path, sample: Path | None, ids: Path | None, pkg: Packag
     return test, sample_format(test, pkg.classes, pkg.metric, pkg.predict["value"])
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 class Overrun(Exception):
     """The estimate would overrun --max-minutes: start again with these views."""
 
@@ -95,7 +99,7 @@ class Pace:
         total = now - self.start + left * per_image
         self.shown = True
         n_views = len(tta_compose(self.views))
-        console.print(f"infer: estimated {total / 60:.1f} min in all ({self.images} images × {n_views} TTA views × "
+        console.print(f"infer: estimated {_duration(total)} in all ({self.images} images × {n_views} TTA views × "
                       f"{self.models} models, {1 / max(per_image, 1e-9):.1f} img/s)")
         if self.limit_s is not None and total > self.limit_s:
             if not self.views:
@@ -114,7 +118,7 @@ class Pace:
                 break
         dropped = self.views[len(kept):]
         raise Overrun(kept, f"infer: dropping TTA views {', '.join(dropped)} (kept: {', '.join(kept) or 'none'}): "
-                            f"the estimated {total / 60:.1f} min would overrun --max-minutes "
+                            f"the estimated {_duration(total)} would overrun --max-minutes "
                             f"{self.limit_s / 60:g}; starting again")
 
 

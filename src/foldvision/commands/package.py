@@ -67,6 +67,7 @@ def _save_weights(fold: FoldModel, classes: list[str], path: Path) -> None:
     weights = fold.checkpoint(classes)["model"]
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(path))
+    path.chmod(0o644)  # safetensors writes 0600: the package is read by whoever mounts it
 
 
 def describe(pkg: Package, weights: dict[tuple[str, int], str]) -> dict:
