@@ -41,7 +41,7 @@ SHELL := bash
 # demo's 1-channel 32 px from scratch (make demo names EXP=digits itself). Inner makes get EXP on their command line.
 ifeq ($(origin EXP),undefined)
 EXP := starter
-ifneq ($(filter check folds train score predict cache ablate bench,$(MAKECMDGOALS)),)
+ifneq ($(filter check folds train score predict cache ablate bench,$(if $(TEST),$(filter-out predict,$(MAKECMDGOALS)),$(MAKECMDGOALS))),)
 $(info config: $(or $(CONFIGS),configs)/starter.yaml (no EXP given; EXP=<name> picks configs/<name>.yaml))
 endif
 endif

@@ -44,14 +44,18 @@ clock = time.monotonic  # the pace's clock (a test slows it down)
 SAFETY = 0.9  # --max-minutes: views are kept only while the estimate stays under this share of the limit
 
 
-def read_images(images: Path, sample: Path | None, ids: Path | None, pkg: Package) -> tuple[TestSet, Sample | None]:
-    """The test images of DIR in the sample's (or the ids table's, or the file names') order, and the sample's
-    format, checked before any model runs (the corpus reader, with DIR as its test folder)."""
+def check_inputs(images: Path, sample: Path | None, ids: Path | None) -> None:
+    """The named folder and tables exist (before the package is read and checked)."""
     if not images.is_dir():
         raise UserError(f"--images {images}: no such folder; name the folder of test images")
     for flag, path in (("--sample", sample), ("--ids", ids)):
         if path is not None and not path.is_file():
             raise UserError(f"{flag} {path}: no such file")
+
+
+def read_images(images: Path, sample: Path | None, ids: Path | None, pkg: Package) -> tuple[TestSet, Sample | None]:
+    """The test images of DIR in the sample's (or the ids table's, or the file names') order, and the sample's
+    format, checked before any model runs (the corpus reader, with DIR as its test folder)."""
     data = pkg.data
     cfg = DataConfig(dir=str(images), train_csv="none", train_images=".", test_images=".",
                      sample_submission=str(sample.resolve()) if sample else "none",
@@ -181,6 +185,7 @@ def infer(package: Path, images: Path, out: Path, *, sample: Path | None = None,
           device: str = "auto", batch_size: int | None = None, tta: list[str] | None = None,
           max_minutes: float | None = None, workers: int | None = None) -> Predictions:
     """Predict `images` with the package into the submission `out`; returns the test probabilities."""
+    check_inputs(images, sample, ids)
     pkg = open_package(package)
     test, fmt = read_images(images, sample, ids, pkg)
     views = list(pkg.predict["tta"] if tta is None else tta)

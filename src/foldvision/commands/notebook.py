@@ -40,11 +40,11 @@ def mounted(name, marker):
     return os.path.dirname(hits[0])
 
 
-PACKAGE = mounted({package!r}, "manifest.json")
-WHEELHOUSE = mounted({wheelhouse!r}, "*.whl")
-COMPETITION = mounted({competition!r}, {sample!r})
-TEST_IMAGES = os.path.join(COMPETITION, {images!r})
-SAMPLE = os.path.join(COMPETITION, {sample!r})
+PACKAGE = mounted({package}, "manifest.json")
+WHEELHOUSE = mounted({wheelhouse}, "*.whl")
+COMPETITION = mounted({competition}, {sample})
+TEST_IMAGES = os.path.join(COMPETITION, {images})
+SAMPLE = os.path.join(COMPETITION, {sample})
 OUT = os.path.join(WORKING, "submission.csv")
 MAX_MINUTES = {max_minutes!r}  # infer drops TTA views, by name, when its estimate would overrun this
 print(PACKAGE, WHEELHOUSE, TEST_IMAGES, sep="\\n")'''
@@ -68,8 +68,8 @@ def notebook(package: str, wheelhouse: str, competition: str, images: str, sampl
     """The notebook (nbformat 4): what it does, then set-up, install, infer and a look at the submission."""
     intro = (f"# Submit with a foldvision package, offline\n\nInputs: the package `{package}`, the wheelhouse "
              f"`{wheelhouse}` and the competition `{competition}`. Internet off.")
-    setup = SETUP.format(package=package, wheelhouse=wheelhouse, competition=competition, images=images,
-                         sample=sample, max_minutes=max_minutes)
+    setup = SETUP.format(**{k: json.dumps(v) for k, v in dict(package=package, wheelhouse=wheelhouse,
+                            competition=competition, images=images, sample=sample).items()}, max_minutes=max_minutes)
     cells = [_cell(0, "markdown", intro)] + [_cell(n, "code", text)
                                              for n, text in enumerate((setup, INSTALL, INFER, SHOW), start=1)]
     return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
