@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from foldvision import cli
 
-from conftest import ROOT, Project, make_corpus, run_cli, stage
+from conftest import ROOT, Project, make_corpus, stage
 
 
 def test_a_local_dir_model_trains_and_predicts_without_its_folder(tmp_path, capsys):
@@ -72,6 +73,19 @@ def connect(self, address):
     return _connect(self, address)
 socket.socket.connect = connect
 """
+
+
+def _sealed(cmd: list[str], read_only: list[Path]) -> list[str]:
+    """`cmd` in its own mount and network namespaces (`unshare -m -n`) with `read_only` bind-mounted read-only,
+    where this machine allows it: as root, file modes alone do not stop a write. Elsewhere `cmd` as it is (the
+    files are chmod-ed read-only, and the socket guard stands for the missing network namespace)."""
+    def seal(folders):
+        mounts = " && ".join(f'mount --bind "{d}" "{d}" && mount -o remount,bind,ro "{d}"' for d in folders)
+        return ["unshare", "-m", "-n", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+    with tempfile.TemporaryDirectory() as scratch:  # can this machine do it? a write there must fail
+        probe = subprocess.run([*seal([scratch]), "sh", "-c", f'! touch "{scratch}/x"'], capture_output=True)
+    return [*seal(read_only), *cmd] if probe.returncode == 0 else cmd
 
 
 def _cli(*argv) -> int:
@@ -137,17 +151,20 @@ def test_infer_offline_from_a_read_only_package_equals_make_predict(digits_run, 
     cwd, scratch, home = (tmp_path / name for name in ("elsewhere", "tmp", "home"))
     for folder in (cwd, scratch, home):
         folder.mkdir()
-    before = _tree(ro)
-    for q in [ro, *ro.rglob("*")]:
+    before, images_before = _tree(ro), _tree(images)
+    read_only = [ro, *ro.rglob("*"), images, *images.rglob("*")]  # as Kaggle mounts its inputs
+    for q in read_only:
         q.chmod(0o555 if q.is_dir() else 0o444)
     try:
         env = {"PYTHONPATH": os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]), "TMPDIR": str(scratch),
                "HOME": str(home), "HF_HUB_OFFLINE": "0"}
-        result = run_cli("infer", str(ro), "--images", str(images), "--sample", str(sample), "--out", "sub.csv",
-                         "--workers", "0", cwd=cwd, env=env)
-        assert _tree(ro) == before  # untouched
+        cmd = [sys.executable, "-m", "foldvision", "infer", str(ro), "--images", str(images), "--sample",
+               str(sample), "--out", "sub.csv", "--workers", "0"]
+        result = subprocess.run(_sealed(cmd, [ro, images]), cwd=cwd, capture_output=True, text=True,
+                                env={**os.environ, **env}, timeout=600)
+        assert _tree(ro) == before and _tree(images) == images_before  # untouched
     finally:
-        for q in [ro, *ro.rglob("*")]:
+        for q in read_only:
             q.chmod(0o755 if q.is_dir() else 0o644)
     assert result.returncode == 0, result.stderr
     assert "NETWORK CALL BLOCKED" not in result.stderr and "estimated" in result.stdout + result.stderr
