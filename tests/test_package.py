@@ -263,17 +263,20 @@ def test_make_package_names_the_run_and_the_folder(tmp_path):
     assert ' package runs/exp "$OUT"' in result.stdout
 
 
-def test_a_blend_packages_and_infers_as_it_blended(digits_run, tmp_path, capsys):
-    """A blend (mean of the run and a copy of it) packaged: infer's submission is the blend's."""
+@pytest.mark.parametrize("method", ["mean", "stack"])
+def test_a_blend_packages_and_infers_as_it_blended(digits_run, tmp_path, capsys, method):
+    """A blend of the run and a copy of it, packaged: infer's submission is the blend's (stack: the logistic
+    regression rebuilt from ensemble.json's coefficients)."""
     p, _ = digits_run
     runs = tmp_path / "runs"
     a, b = shutil.copytree(p.run, runs / "a"), shutil.copytree(p.run, runs / "b")
     blend_sub = tmp_path / "blend.csv"
-    assert _cli("ensemble", str(runs / "blend"), "--members", str(a), str(b), "--method", "mean",
+    assert _cli("ensemble", str(runs / "blend"), "--members", str(a), str(b), "--method", method,
                 "--out", str(blend_sub)) == 0
     assert _cli("package", str(runs / "blend"), str(tmp_path / "bpkg")) == 0
     spec = json.loads((tmp_path / "bpkg" / "package.json").read_text())
-    assert spec["kind"] == "blend" and [m["weight"] for m in spec["members"]] == [0.5, 0.5]
+    assert spec["kind"] == "blend" and spec["method"] == method and len(spec["members"]) == 2
+    assert method != "mean" or [m["weight"] for m in spec["members"]] == [0.5, 0.5]
     images, sample = _renamed_test_images(p, tmp_path)
     assert _cli("infer", str(tmp_path / "bpkg"), "--images", str(images), "--sample", str(sample),
                 "--out", str(tmp_path / "b.csv"), "--workers", "0") == 0
