@@ -16,6 +16,13 @@
 #   MEMBERS="a b"   make ensemble NAME=blend: the runs to blend on their OOF predictions (METHOD=hill_climb|mean|
 #                   rank|stack, ROUNDS=50 hill-climbing additions at most)
 #   BENCH="--steps 40"  make bench: timed steps per loop (default 20) and --tta-images (default 256)
+#   TEST=dir        make predict: a second submission for this folder of new test images (no training; the run's
+#                   own test predictions untouched), submissions/<name>--<dir>.csv; SAMPLE=csv its format and ids
+#   OUT=dir         make package: the package folder (default packages/<name>)
+#   WHEELHOUSE=dir  make wheelhouse: the folder of wheels (default wheelhouse) for PYTHON_VERSION=3.11
+#                   PLATFORM=manylinux_2_28_x86_64 (default: this machine's), WITH_TORCH=1 to add torch
+#   KERNEL=user/slug COMPETITION=slug PACKAGE_DATASET=user/slug WHEELHOUSE_DATASET=user/slug  make kaggle-notebook
+#                   (NOTEBOOK=kaggle its folder, MAX_MINUTES=480 infer's limit)
 #
 # The stage targets are files: runs/<name>/folds.csv, fold<k>/oof.csv, scores.json, fold<k>/test.csv and
 # submissions/<name>.csv. Each user target first resolves the config (`foldvision config` rewrites
@@ -34,7 +41,7 @@ SHELL := bash
 # demo's 1-channel 32 px from scratch (make demo names EXP=digits itself). Inner makes get EXP on their command line.
 ifeq ($(origin EXP),undefined)
 EXP := starter
-ifneq ($(filter check folds train score predict cache ablate bench,$(MAKECMDGOALS)),)
+ifneq ($(filter check folds train score predict cache ablate bench,$(if $(TEST),$(filter-out predict,$(MAKECMDGOALS)),$(MAKECMDGOALS))),)
 $(info config: $(or $(CONFIGS),configs)/starter.yaml (no EXP given; EXP=<name> picks configs/<name>.yaml))
 endif
 endif
@@ -49,6 +56,19 @@ NPROC ?= 1
 LAUNCHER ?=
 LAUNCH_ARGS ?=
 MEMBERS ?=
+TEST ?=
+SAMPLE ?=
+OUT ?= packages/$(NAME)
+WHEELHOUSE ?= wheelhouse
+PYTHON_VERSION ?=
+PLATFORM ?=
+WITH_TORCH ?=
+KERNEL ?=
+COMPETITION ?=
+PACKAGE_DATASET ?=
+WHEELHOUSE_DATASET ?=
+NOTEBOOK ?= kaggle
+MAX_MINUTES ?= 480
 METHOD ?= hill_climb
 ROUNDS ?= 50
 CONFIGS ?= configs
@@ -66,7 +86,8 @@ SUBMISSION := $(SUBMISSIONS)/$(NAME).csv
 # $(value V) keeps a value as typed (make would otherwise expand `$(x)` in it), and each is exported: a recipe
 # hands it on as "$$V", or foldvision reads it with `--from-env V` (shell-like words, foldvision.cli), so
 # neither make nor the shell reads a `$`, `;`, backtick, space or `*` in it.
-TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH
+TO_FOLDVISION := ARGS DATA GRID MEMBERS METHOD ROUNDS FOLDS GPUS NPROC LAUNCHER LAUNCH_ARGS BENCH TEST SAMPLE OUT \
+	WHEELHOUSE PYTHON_VERSION PLATFORM KERNEL COMPETITION PACKAGE_DATASET WHEELHOUSE_DATASET NOTEBOOK MAX_MINUTES
 $(foreach v,$(TO_FOLDVISION) EXP NAME RUNS SUBMISSIONS CONFIGS N_FOLDS,\
   $(if $(filter command environment,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 export $(TO_FOLDVISION)
@@ -117,8 +138,8 @@ LAUNCH = $(if $(strip $(LAUNCHER)),$(FV) launch "$$LAUNCHER" --label $(NAME)/fol
 	$(filter %/test.csv,$@),-predict)$(if $(filter slurm,$(LAUNCHER)), --folder $(RUN)/slurm) --from-env LAUNCH_ARGS --)
 
 # ---- user targets ---------------------------------------------------------------------------------
-USER_GOALS := help venv check folds train score predict ablate ensemble cache leaderboard report bench demo \
-	test test-fast clean-run label-issues
+USER_GOALS := help venv check folds train score predict ablate ensemble package cache leaderboard report bench demo \
+	wheelhouse kaggle-notebook test test-fast clean-run label-issues
 .PHONY: $(USER_GOALS) train-stale predict-stale
 # Several user goals at once (`make -j2 folds train predict`) run one after another: each recurses into a make
 # of its own, so side by side two of them would build the same fold files at once (fold 0 trained twice). The
@@ -176,10 +197,30 @@ score: | $(INSTALLED)  ## stage 3: OOF scores of a trained experiment
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory $(RUN)/scores.json $(PASS)
 
-predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv
+# TEST=dir: the trained run predicts another folder of images through `foldvision infer` (the package path: no
+# config resolved, nothing of the run rewritten), into a second submission
+predict: | $(INSTALLED)  ## stage 4: TTA + fold ensemble -> submissions/<exp>.csv; TEST=dir [SAMPLE=csv]: new images
+ifneq ($(strip $(TEST)),)
+	@$(FV) infer $(RUN) --images "$$TEST" $${SAMPLE:+--sample "$$SAMPLE"} --submissions $(SUBMISSIONS)
+else
 	@$(RESOLVE)
 	@$(MAKE) --no-print-directory predict-stale $(PASS)
 	@$(MAKE) --no-print-directory $(SUBMISSION) $(PASS)
+endif
+
+# a trained run or a blend as a folder that predicts anywhere offline (`foldvision infer OUT --images DIR ...`)
+package: | $(INSTALLED)  ## NAME=<exp or blend> [OUT=packages/<name>]: weights, settings and manifest in one folder
+	@$(FV) package $(RUN) "$$OUT"
+
+# what an offline notebook installs foldvision from: its own wheel and its inference dependencies (not the
+# `train` extra), pinned by constraints.txt, for the notebook image's Python and platform; torch only on request
+wheelhouse: | $(INSTALLED)  ## WHEELHOUSE=dir [PYTHON_VERSION=3.11 PLATFORM=manylinux_2_28_x86_64 WITH_TORCH=1]
+	@$(FV) wheelhouse "$$WHEELHOUSE" --python-version "$$PYTHON_VERSION" --platform "$$PLATFORM" \
+		--constraints constraints.txt $(if $(strip $(WITH_TORCH)),--with-torch)
+
+kaggle-notebook: | $(INSTALLED)  ## KERNEL= COMPETITION= PACKAGE_DATASET= WHEELHOUSE_DATASET=: notebook + metadata
+	@$(FV) kaggle-notebook "$$NOTEBOOK" --kernel "$$KERNEL" --competition "$$COMPETITION" \
+		--package-dataset "$$PACKAGE_DATASET" --wheelhouse-dataset "$$WHEELHOUSE_DATASET" --max-minutes "$$MAX_MINUTES"
 
 # ablate: `foldvision ablate --plan` resolves every variant into its own run folder and writes the variant names
 # to runs/<exp>/ablation.mk; make then builds the variants as files (so `make -j N ablate` runs variants and
@@ -242,7 +283,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[train,dev]'
 	touch $@
 
 inputs/digits/train.csv: | $(INSTALLED)

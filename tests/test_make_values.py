@@ -82,6 +82,8 @@ CASES = {
     "FOLDS": ("FOLDS", HOSTILE, "train", {}, f"FOLDS='{HOSTILE}': write fold numbers"),
     "N_FOLDS": ("N_FOLDS", "2;touch PWNED1", "train", {}, "N_FOLDS='2;touch PWNED1': write the number of folds"),
     "NAME": ("NAME", "a;b$(id)`id`*", "folds", {}, "use letters, digits and . - _ + /"),
+    "TEST": ("TEST", HOSTILE, "predict", {}, HOSTILE),
+    "SAMPLE": ("SAMPLE", HOSTILE, "predict", {"TEST": "."}, HOSTILE),
 }
 
 

@@ -99,7 +99,8 @@ def test_a_fold_file_of_other_test_images_is_one_line(project, capsys):
 # Named here and checked to exist, so a move of the package cannot leave this list checking nothing.
 OTHER_MODULES = [f"foldvision.stages.{m}" for m in ("folds", "cache", "train", "score")] + [
     f"foldvision.commands.{m}" for m in ("check", "demo_data", "ensemble", "evaluate", "ablate", "leaderboard",
-                                         "label_issues", "report", "plots")] + [
+                                         "label_issues", "report", "plots", "package", "infer", "wheelhouse",
+                                         "notebook")] + [
     f"foldvision.campaign.{m}" for m in ("launch", "slot", "torchrun")]
 
 

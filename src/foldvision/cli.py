@@ -7,6 +7,10 @@
     foldvision score runs/<exp>                 stage 3: OOF scores over all folds
     foldvision predict runs/<exp> --out F       stage 4: TTA + fold ensemble into a submission
     foldvision ensemble runs/<b> --members R..  blend scored experiments with OOF-fitted weights
+    foldvision package runs/<exp> OUT/          a self-contained inference package of a run or blend
+    foldvision infer OUT/ --images DIR --out F  a package (or run) predicts new images, offline
+    foldvision wheelhouse DIR                   the wheels an offline notebook installs foldvision from
+    foldvision kaggle-notebook DIR              a Kaggle notebook (internet off) that installs and runs infer
     foldvision evaluate SUBMISSION SOLUTION     score a submission against known labels
     foldvision label-issues runs/<exp>          rank training images by how little their OOF backs the label
     foldvision ablate <exp> --grid "k=a,b ..."  every grid variant as an experiment, then a comparison table
@@ -43,6 +47,10 @@ COMMANDS = {
     "score": "foldvision.stages.score",
     "predict": "foldvision.stages.predict",
     "ensemble": "foldvision.commands.ensemble",
+    "package": "foldvision.commands.package",
+    "infer": "foldvision.commands.infer",
+    "wheelhouse": "foldvision.commands.wheelhouse",
+    "kaggle-notebook": "foldvision.commands.notebook",
     "evaluate": "foldvision.commands.evaluate",
     "label-issues": "foldvision.commands.label_issues",
     "ablate": "foldvision.commands.ablate",

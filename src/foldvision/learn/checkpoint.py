@@ -4,7 +4,8 @@ traceback, and a kill mid-write never leaves a cut-short one.
 A fold (foldvision.stages.train) keeps three kinds in `fold<k>/`:
 
     best.pt      the best epoch's weights, what predict needs to rebuild the model without the config (classes,
-                 channels, model config, the input's `Preprocessing` as `data_config`) and its validation
+                 channels, model config, the input's `Preprocessing` as `data_config`, and `timm`: the resolved
+                 architecture and pretrained config, so an hf-hub:/local-dir: model needs neither) and its validation
                  predictions, the fold's OOF rows (`best_checkpoint`; predict reads it back)
     last.pt      after each epoch, all a fold needs to resume exactly where it stopped (`resume_checkpoint`,
                  `initial_state`); a cut-short or foreign one is set aside as `last.pt.corrupt`
@@ -26,6 +27,7 @@ from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.files import remove_partial_writes, write_atomic
 from foldvision.learn import distributed
+from foldvision.learn.models import timm_source
 from foldvision.learn.recipes import top_k, with_prior
 from foldvision.learn.transforms import Preprocessing
 from foldvision.results.metrics import LOWER_IS_BETTER
@@ -124,7 +126,8 @@ def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, pro
     weights = parts.eval_model.state_dict() if weights is None else weights
     return {"model": with_prior(weights, parts.bias_name, parts.prior), "epoch": epoch, "metric": metric,
             "score": value, "classes": parts.classes, "channels": parts.channels, "model_config": parts.model_config,
-            "data_config": parts.preprocessing.to_dict(), "val_ids": parts.val_ids,
+            "data_config": parts.preprocessing.to_dict(), "timm": timm_source(parts.setup.model),
+            "val_ids": parts.val_ids,
             "val_probs": torch.from_numpy(probs)}
 
 

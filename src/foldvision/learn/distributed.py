@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
-from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.console import console, out
 from foldvision.errors import UserError
@@ -160,6 +159,8 @@ class DistributedImbalancedSampler(Sampler[int]):
     """
 
     def __init__(self, labels: list[int], rank: int, size: int, seed: int = 0):
+        from torchsampler import ImbalancedDatasetSampler  # noqa: PLC0415 - training only; inference runs without it
+
         self.weights = ImbalancedDatasetSampler(labels, labels=labels).weights  # torchsampler's own weights
         self.rank, self.size, self.seed, self.epoch = rank, size, seed, 0
         self.num_samples = len(labels)

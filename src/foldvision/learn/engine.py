@@ -119,7 +119,7 @@ def runtime_kwargs(cfg: TrainConfig) -> dict:
 def build_model_for(model_cfg: ModelConfig, num_classes: int, channels: int, *, device: str = "auto",
                     amp: str = "auto", channels_last: bool = True, compile: bool = False,
                     pretrained: bool | None = None, weights: dict | None = None, weights_path: Path | None = None,
-                    preprocessing: Preprocessing | None = None) -> ModelSetup:
+                    preprocessing: Preprocessing | None = None, source: dict | None = None) -> ModelSetup:
     """The one way train, predict and bench build a model.
 
     Args:
@@ -131,10 +131,12 @@ def build_model_for(model_cfg: ModelConfig, num_classes: int, channels: int, *, 
         weights: a state dict loaded before the model moves (a fold checkpoint's); `weights_path` names its file
             in the error when it does not fit.
         preprocessing: the input saved with those weights; by default the model's own (`models.preprocessing`).
+        source: the architecture and pretrained config saved with those weights (`models.timm_source`), so a
+            hub or local-folder model is rebuilt without reaching either.
     """
     resolved = resolve_device(device)
     mixed = Amp(amp, resolved)
-    model = create_model(model_cfg, num_classes, channels, pretrained=pretrained)
+    model = create_model(model_cfg, num_classes, channels, pretrained=pretrained, source=source)
     if weights is not None:
         load_weights(model, weights, weights_path or Path("<weights>"))
     preprocessing = preprocessing or model_preprocessing(model, model_cfg, channels)
@@ -257,9 +259,11 @@ def predict(
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     progress: Progress | None = None,
     description: str = "predict",
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities (float64, rows in loader order). `forward(model, images)` must return
-    probabilities; by default it is softmax(model(images)) (TTA passes its own)."""
+    probabilities; by default it is softmax(model(images)) (TTA passes its own). `on_batch(images seen)` is
+    called after each batch (`foldvision infer` paces itself by it)."""
     model.eval()
     forward = forward or (lambda m, x: torch.softmax(m(x).float(), dim=1))
     out, seen, start = [], 0, time.perf_counter()
@@ -271,6 +275,8 @@ def predict(
         seen += len(images)
         if task is not None:
             progress.update(task, advance=1, rate=seen / (time.perf_counter() - start))
+        if on_batch is not None:
+            on_batch(seen)
     if task is not None:
         progress.remove_task(task)
     probs = np.concatenate(out) if out else np.zeros((0, 0))

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.data.loader import PrefetchLoader
-from torchsampler import ImbalancedDatasetSampler
 
 from foldvision.config import Config
 from foldvision.errors import UserError
@@ -196,6 +195,8 @@ def create_loader(root: Path, paths, targets, spec: Preprocessing, device: torch
     if shard is not None:
         weighted = shard_sampler(dataset.targets, sampler if train else None, *shard)
     elif train and sampler == "imbalanced":
+        from torchsampler import ImbalancedDatasetSampler  # noqa: PLC0415 - training only; inference runs without it
+
         # labels passed in: torchsampler would otherwise read every image once just to learn its label
         weighted = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
     loader = torch.utils.data.DataLoader(

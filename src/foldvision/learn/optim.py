@@ -6,9 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pytorch_optimizer import Ranger21, create_optimizer as create_named_optimizer, get_supported_optimizers
-from pytorch_optimizer import Lookahead, load_optimizer
-from pytorch_optimizer.optimizer import get_optimizer_parameters
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
@@ -65,6 +62,12 @@ def _split_by_scale(model: nn.Module, groups: list[dict], scales: dict[str, floa
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int) -> torch.optim.Optimizer:
     """`cfg.optimizer` over `model`'s parameters; one group per lr multiplier when `lr_scales` gives any."""
+    # imported here: pytorch-optimizer is a training dependency, and `foldvision infer` imports this module
+    # (through the checkpoint and engine modules) without it
+    from pytorch_optimizer import Lookahead, Ranger21, create_optimizer as create_named_optimizer  # noqa: PLC0415
+    from pytorch_optimizer import get_supported_optimizers, load_optimizer  # noqa: PLC0415
+    from pytorch_optimizer.optimizer import get_optimizer_parameters  # noqa: PLC0415
+
     name = cfg.optimizer.lower()
     scales = lr_scales(model, cfg)
     try:

@@ -12,6 +12,7 @@ Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or re-l
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def read_fold_checkpoint(path: Path, fold: int) -> dict:
 
 
 def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[str], *, tta: list[str],
-                    batch_size: int, runtime: dict, loader: dict, description: str = "test") -> np.ndarray:
+                    batch_size: int, runtime: dict, loader: dict, description: str = "test",
+                    on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """One fold model's TTA probabilities of `paths` (relative to `image_dir`), one row per path, in order.
 
     Args:
@@ -62,6 +64,7 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
             of a pass does not grow with the number of views.
         runtime: `engine.runtime_kwargs` (device, amp, channels_last); the model runs uncompiled.
         loader: `loader.loader_kwargs(cfg, train=False)` (cache, workers).
+        on_batch: called with the images predicted so far after each batch (`engine.predict`).
     """
     try:
         model_cfg = ModelConfig(**ckpt["model_config"])
@@ -69,14 +72,14 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         raise CheckpointError(ckpt_path, f"not a foldvision checkpoint ({e})") from None
     setup = build_model_for(model_cfg, len(ckpt["classes"]), ckpt["channels"], **{**runtime, "compile": False},
                             pretrained=False, weights=ckpt["model"], weights_path=ckpt_path,
-                            preprocessing=read_preprocessing(ckpt, ckpt_path))
+                            preprocessing=read_preprocessing(ckpt, ckpt_path), source=ckpt.get("timm"))
     views = len(tta_compose(tta))
     with progress_bar() as progress:  # the first fold decodes the test images into the cache, the others read it
         batches = create_loader(image_dir, paths, None, setup.preprocessing, setup.device,
                                 **{**loader, "batch_size": max(1, batch_size // views)},
                                 progress=progress)
         return predict(setup.net, batches, setup.amp, setup.device, forward=tta_forward(tta), progress=progress,
-                       description=description)
+                       description=description, on_batch=on_batch)
 
 
 def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Sample | None]:
