@@ -59,8 +59,8 @@ def test_a_local_dir_name_without_timms_config_is_one_line(tmp_path, capsys):
 # ---- package and infer on a trained digits run --------------------------------------------------------------
 # The guard a user's offline notebook amounts to: no TCP/UDP connection (a Unix socket, as the loader's
 # workers use, is fine) and none of the training-only libraries importable.
-TRAINING_ONLY = ("torchsampler", "pytorch_optimizer", "wandb", "matplotlib", "jinja2", "pandas", "tabulate", "ray",
-                 "submitit")
+TRAINING_ONLY = ("torchsampler", "pytorch_optimizer", "wandb", "matplotlib", "jinja2", "pandas", "tabulate",
+                 "imagehash", "cleanlab", "ray", "submitit")
 GUARD = f"""
 import socket, sys
 for name in {TRAINING_ONLY!r}:
@@ -323,7 +323,8 @@ def test_the_inference_requirements_leave_out_the_training_libraries():
 
     base = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
     train = {Requirement(r).name.lower() for r in project["optional-dependencies"]["train"]}
-    assert train == {"torchsampler", "pytorch-optimizer", "pandas", "wandb", "matplotlib", "jinja2", "tabulate"}
+    assert train == {"torchsampler", "pytorch-optimizer", "pandas", "wandb", "matplotlib", "jinja2", "tabulate",
+                     "imagehash", "cleanlab"}
     assert not base & train
     pinned = {line.split("==")[0].lower().replace("_", "-") for line in (ROOT / "constraints.txt").read_text().split()
               if "==" in line}
