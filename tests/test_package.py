@@ -364,6 +364,72 @@ def test_kaggle_notebook_installs_offline_and_runs_infer(digits_run, tmp_path, c
     assert (working / "submission.csv").read_bytes() == p.submission.read_bytes()
 
 
+def test_the_notebooks_install_cell_installs_foldvision_from_the_wheelhouse_alone(digits_run, tmp_path):
+    """Every cell of the notebook, the install cell too, in a fresh virtual environment with no index reachable:
+    pip --no-index finds foldvision's own wheel (built as `make wheelhouse` builds it) in the attached wheelhouse;
+    the libraries it needs come from this environment (a folder of links to its site-packages, foldvision's own
+    left out), as torch comes with a notebook image, so pip installs foldvision and nothing else. The infer cell,
+    run by the installed wheel, writes make predict's submission."""
+    import http.server
+    import sysconfig
+    import threading
+
+    from foldvision.commands.wheelhouse import build_own_wheel
+
+    p, pkg = digits_run
+    assert _cli("kaggle-notebook", str(tmp_path / "nb"), "--kernel", "me/digits-infer", "--competition", "digits",
+                "--package-dataset", "me/digits-pkg", "--wheelhouse-dataset", "me/fv-wheels") == 0
+    nb = json.loads((tmp_path / "nb" / "digits-infer.ipynb").read_text())
+    script = "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    shutil.copytree(pkg, inputs / "digits-pkg")
+    shutil.copytree(p.corpus, inputs / "competitions" / "digits")
+    build_own_wheel(ROOT, inputs / "fv-wheels")
+    working.mkdir()
+
+    image = tmp_path / "image-libraries"  # what the notebook image has: everything here but foldvision
+    image.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if "foldvision" not in entry.name:
+            (image / entry.name).symlink_to(entry)
+    venv = tmp_path / "notebook-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    venv_python = venv / "bin" / "python"
+    purelib = subprocess.run([venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "image-libraries.pth").write_text(f"{image}\n")
+
+    # no PYTHONPATH (the source tree), no pip configuration, and as pip's index a local server that answers 404
+    # and records what it was asked: the install cell must never ask it
+    asked = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    index = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=index.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "PIP_"))}
+    env |= {"KAGGLE_INPUT": str(inputs), "KAGGLE_WORKING": str(working), "PIP_CONFIG_FILE": os.devnull,
+            "PIP_INDEX_URL": f"http://127.0.0.1:{index.server_address[1]}/simple/",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    try:
+        result = subprocess.run([venv_python, "-c", script], capture_output=True, text=True, cwd=working, env=env,
+                                timeout=300)
+    finally:
+        index.shutdown()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert asked == []  # pip never reached for an index
+    where = subprocess.run([venv_python, "-c", "import foldvision; print(foldvision.__file__)"], env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(purelib), where  # the wheel's copy, not the source tree
+    assert (working / "submission.csv").read_bytes() == p.submission.read_bytes()
+
+
 def test_kaggle_notebook_names_a_malformed_dataset(tmp_path, capsys):
     code, err = stage(capsys, "kaggle-notebook", str(tmp_path), "--kernel", "digits-infer", "--competition", "d",
                       "--package-dataset", "me/p", "--wheelhouse-dataset", "me/w")
