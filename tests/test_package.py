@@ -46,6 +46,37 @@ def test_a_local_dir_model_trains_and_predicts_without_its_folder(tmp_path, caps
     assert probs.shape == (6, 2) and np.allclose(probs.sum(axis=1), 1.0)
 
 
+def test_an_hf_hub_model_trains_from_the_hub_cache_and_predicts_without_the_hub(tmp_path, capsys, monkeypatch):
+    """model.name=hf-hub:<repo> is accepted and loaded through huggingface_hub (here from its cache, offline: a
+    repo laid out as hf_hub_download leaves it); once the cache is gone, with the hub unreachable, predict
+    rebuilds the model from the pretrained config best.pt holds (timm would fetch config.json even for
+    pretrained=False)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--me--tiny-convnext" / "snapshots" / ("0" * 40)
+    timm.models.save_for_hf(timm.create_model("test_convnext", pretrained=False), snapshot)
+    (cache / "models--me--tiny-convnext" / "refs").mkdir()
+    (cache / "models--me--tiny-convnext" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    corpus = make_corpus(tmp_path / "c", {"0": 8, "1": 6})
+    p = Project(tmp_path, corpus, model={"name": "hf-hub:me/tiny-convnext", "pretrained": True, "img_size": 32})
+    code, err = p.folds(capsys)
+    assert code == 0, err
+    code, err = p._stage(capsys, "train", str(p.run), "--fold", "0")
+    assert code == 0, err
+    best = torch.load(p.run / "fold0" / "best.pt", weights_only=True)
+    assert best["timm"]["architecture"] == "test_convnext"
+    assert best["timm"]["pretrained_cfg"]["hf_hub_id"] == "me/tiny-convnext"
+    shutil.rmtree(cache)  # the hub's copy gone, and offline: any fetch would fail
+    code, err = p._stage(capsys, "predict", str(p.run), "--fold", "0")
+    assert code == 0, err
+    probs = pd.read_csv(p.run / "fold0" / "test.csv").filter(like="prob_").to_numpy()
+    assert probs.shape == (6, 2) and np.allclose(probs.sum(axis=1), 1.0)
+
+
 def test_a_local_dir_name_without_timms_config_is_one_line(tmp_path, capsys):
     corpus = make_corpus(tmp_path / "c", {"0": 8, "1": 6})
     p = Project(tmp_path, corpus, model={"name": f"local-dir:{tmp_path / 'nowhere'}", "img_size": 32})
