@@ -263,6 +263,22 @@ def test_max_minutes_drops_views_on_a_slow_device(digits_run, tmp_path, capsys, 
     assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "hflip.csv").read_bytes()
 
 
+def test_max_minutes_times_every_model_so_a_slower_blend_member_is_caught(monkeypatch):
+    """Model 1 of 2 runs 1 s a batch of 8 (fits 10 minutes); model 2, a larger member, 1000 s: its own first
+    batches overrun the limit, and the views are dropped then, not after the run has overrun."""
+    import foldvision.commands.infer as infer_module
+
+    times = iter([0, 0, 1, 2, 10, 1010])  # start; model 1: three batches; model 2: two
+    monkeypatch.setattr(infer_module, "clock", lambda: next(times))
+    pace = infer_module.Pace(images=24, models=2, views=["hflip", "vflip"], limit_s=600)
+    for seen in (8, 16, 24):
+        pace.on_batch(0, seen)
+    pace.on_batch(1, 8)
+    with pytest.raises(infer_module.Overrun) as overrun:
+        pace.on_batch(1, 16)
+    assert overrun.value.views == [] and "dropping TTA views hflip, vflip" in str(overrun.value)
+
+
 def test_infer_on_the_run_folder_leaves_the_run_untouched(digits_run, tmp_path, capsys):
     """make predict TEST=dir: the run folder itself (the package in memory) predicts a new test set into a second
     submission; the run's own predictions are not touched, and the result is the package's."""

@@ -79,33 +79,37 @@ class Overrun(Exception):
 
 @dataclass
 class Pace:
-    """The estimated total time, from the first model's batches after its first (which pays the warm-up), and
-    the --max-minutes check: the views that fit, when the current ones would overrun."""
+    """The estimated total time, from each model's batches after its first (which pays its warm-up), and the
+    --max-minutes check: the views that fit, when the current ones would overrun. The first model's estimate is
+    printed; every later model is timed again, so a slower member of a blend is caught when it starts."""
 
     images: int
     models: int
     views: list[str]
     limit_s: float | None
     start: float = field(default_factory=lambda: clock())
-    first: tuple[float, int] | None = None  # (time, images seen) after the first model's first batch
-    shown: bool = False
+    first: tuple[int, float, int] | None = None  # (model, time, images seen) after that model's first batch
+    timed: set[int] = field(default_factory=set)
 
     def on_batch(self, model: int, seen: int) -> None:
         """Called after each batch of model `model` with the images it has predicted so far."""
         now = clock()
-        if model > 0 or self.shown:
+        if model in self.timed:
             return
-        if self.first is None:
-            self.first = (now, seen)
+        if self.first is None or self.first[0] != model:
+            self.first = (model, now, seen)
             return
-        per_image = (now - self.first[0]) / max(1, seen - self.first[1])
-        left = self.images - seen + (self.models - 1) * self.images
+        self.timed.add(model)
+        per_image = (now - self.first[1]) / max(1, seen - self.first[2])
+        left = self.images - seen + (self.models - 1 - model) * self.images  # at this model's pace
         total = now - self.start + left * per_image
-        self.shown = True
         n_views = len(tta_compose(self.views))
-        console.print(f"infer: estimated {_duration(total)} in all ({self.images} images × {n_views} TTA views × "
-                      f"{self.models} models, {1 / max(per_image, 1e-9):.1f} img/s)")
-        if self.limit_s is not None and total > self.limit_s:
+        overrun = self.limit_s is not None and total > self.limit_s
+        if model == 0 or overrun:
+            console.print(f"infer: estimated {_duration(total)} in all ({self.images} images × {n_views} TTA views "
+                          f"× {self.models} models, {1 / max(per_image, 1e-9):.1f} img/s"
+                          f"{f' at model {model + 1}' if model else ''})")
+        if overrun:
             if not self.views:
                 console.print(f"[yellow]warning[/]: the estimate overruns --max-minutes {self.limit_s / 60:g} "
                               "with no TTA view left to drop; use a faster --device or fewer fold models")
