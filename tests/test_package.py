@@ -23,27 +23,34 @@ from foldvision import cli
 from conftest import ROOT, Project, make_corpus, stage
 
 
-def test_a_local_dir_model_trains_and_predicts_without_its_folder(tmp_path, capsys):
-    """model.name=local-dir:<folder> (timm.models.save_for_hf's layout) is accepted, its pretrained weights are
-    loaded from the folder, and best.pt holds the architecture and pretrained config, so predict rebuilds the
-    model after the folder is gone (as an hf-hub: model is rebuilt without the hub)."""
-    folder = tmp_path / "hub-model"
-    timm.models.save_for_hf(timm.create_model("test_convnext", pretrained=False), folder)
+def train_then_predict_without(tmp_path, capsys, model_name: str, source: Path) -> dict:
+    """Fold 0 of a small corpus trained from `model_name` (pretrained), then predicted once `source` (the folder
+    or cache it was loaded from) is deleted: best.pt, as it was after training."""
     corpus = make_corpus(tmp_path / "c", {"0": 8, "1": 6})
-    p = Project(tmp_path, corpus, model={"name": f"local-dir:{folder}", "pretrained": True, "img_size": 32})
+    p = Project(tmp_path, corpus, model={"name": model_name, "pretrained": True, "img_size": 32})
     code, err = p.folds(capsys)
     assert code == 0, err
     code, err = p._stage(capsys, "train", str(p.run), "--fold", "0")
     assert code == 0, err
     best = torch.load(p.run / "fold0" / "best.pt", weights_only=True)
-    assert best["timm"]["architecture"] == "test_convnext"
-    assert best["timm"]["pretrained_cfg"]["architecture"] == "test_convnext"
-    assert "file" not in best["timm"]["pretrained_cfg"]  # no path of this machine travels with the weights
-    shutil.rmtree(folder)
+    shutil.rmtree(source)
     code, err = p._stage(capsys, "predict", str(p.run), "--fold", "0")
     assert code == 0, err
     probs = pd.read_csv(p.run / "fold0" / "test.csv").filter(like="prob_").to_numpy()
     assert probs.shape == (6, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    return best
+
+
+def test_a_local_dir_model_trains_and_predicts_without_its_folder(tmp_path, capsys):
+    """model.name=local-dir:<folder> (timm.models.save_for_hf's layout) is accepted, its pretrained weights are
+    loaded from the folder, and best.pt holds the architecture and pretrained config, so predict rebuilds the
+    model after the folder is gone."""
+    folder = tmp_path / "hub-model"
+    timm.models.save_for_hf(timm.create_model("test_convnext", pretrained=False), folder)
+    best = train_then_predict_without(tmp_path, capsys, f"local-dir:{folder}", folder)
+    assert best["timm"]["architecture"] == "test_convnext"
+    assert best["timm"]["pretrained_cfg"]["architecture"] == "test_convnext"
+    assert "file" not in best["timm"]["pretrained_cfg"]  # no path of this machine travels with the weights
 
 
 def test_an_hf_hub_model_trains_from_the_hub_cache_and_predicts_without_the_hub(tmp_path, capsys, monkeypatch):
@@ -61,20 +68,9 @@ def test_an_hf_hub_model_trains_from_the_hub_cache_and_predicts_without_the_hub(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    corpus = make_corpus(tmp_path / "c", {"0": 8, "1": 6})
-    p = Project(tmp_path, corpus, model={"name": "hf-hub:me/tiny-convnext", "pretrained": True, "img_size": 32})
-    code, err = p.folds(capsys)
-    assert code == 0, err
-    code, err = p._stage(capsys, "train", str(p.run), "--fold", "0")
-    assert code == 0, err
-    best = torch.load(p.run / "fold0" / "best.pt", weights_only=True)
+    best = train_then_predict_without(tmp_path, capsys, "hf-hub:me/tiny-convnext", cache)
     assert best["timm"]["architecture"] == "test_convnext"
     assert best["timm"]["pretrained_cfg"]["hf_hub_id"] == "me/tiny-convnext"
-    shutil.rmtree(cache)  # the hub's copy gone, and offline: any fetch would fail
-    code, err = p._stage(capsys, "predict", str(p.run), "--fold", "0")
-    assert code == 0, err
-    probs = pd.read_csv(p.run / "fold0" / "test.csv").filter(like="prob_").to_numpy()
-    assert probs.shape == (6, 2) and np.allclose(probs.sum(axis=1), 1.0)
 
 
 def test_a_local_dir_name_without_timms_config_is_one_line(tmp_path, capsys):
