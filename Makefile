@@ -269,7 +269,7 @@ demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built
 # the suite installs nothing on the system: the report's render test skips, saying so, without a chromium
 # (.ci/run installs Debian's before it runs make test)
 test: | $(INSTALLED)  ## the whole test suite (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: | $(INSTALLED)  ## the suite without the slow end-to-end tests (make chain, torchrun, launchers)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
