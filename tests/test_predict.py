@@ -65,7 +65,9 @@ def test_out_averages_the_fold_files_by_id_and_runs_no_model(project, capsys, mo
     def no_model(*args, **kwargs):
         raise AssertionError("--out ran a model")
 
-    monkeypatch.setattr(predict_module, "build_model_for", no_model)
+    import foldvision.learn.engine as engine  # where predict finds it: the torch side is imported when a model runs
+
+    monkeypatch.setattr(engine, "build_model_for", no_model)
     code, err = stage(capsys, "predict", str(project.run), "--out", str(project.submission))
     assert code == 0, err
     mean = pd.read_csv(project.run / "test.csv", dtype={"id": str}).set_index("id")

@@ -60,10 +60,10 @@ def test_per_class_mean_and_std_over_folds():
     assert set(entry) >= {"precision", "precision_mean", "precision_std", "recall", "support"}
 
 
-TORCH_FREE = ["stages.folds", "stages.score", "commands.evaluate", "commands.leaderboard", "commands.ablate",
-              "commands.report", "commands.plots", "commands.label_issues", "results.blend", "results.blending",
-              "results.submission", "results.figures", "results.compare", "commands.ensemble", "commands.check",
-              "results", "run", "corpus", "splits", "duplicates"]
+TORCH_FREE = ["stages.folds", "stages.score", "stages.predict", "commands.evaluate", "commands.leaderboard",
+              "commands.ablate", "commands.report", "commands.plots", "commands.label_issues", "results.blend",
+              "results.blending", "results.submission", "results.figures", "results.compare", "commands.ensemble",
+              "commands.check", "results", "run", "corpus", "splits", "duplicates"]
 
 
 def test_the_results_side_imports_no_torch():

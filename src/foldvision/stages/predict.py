@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.markup import escape
@@ -21,16 +22,18 @@ from rich.markup import escape
 from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
 from foldvision.corpus import TestSet, read_test
-from foldvision.results.decision import DecisionRule, fit_nested
-from foldvision.learn.engine import build_model_for, predict, progress_bar, runtime_kwargs
 from foldvision.errors import UserError
-from foldvision.learn.loader import create_loader, loader_kwargs
+from foldvision.results.decision import DecisionRule, fit_nested
 from foldvision.results.metrics import resolve_metric
-from foldvision.learn.checkpoint import CheckpointError, read_checkpoint, read_preprocessing
-from foldvision.run import Predictions, Run, load_run_config, submission_csv
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.results.tracking import create_tracker
-from foldvision.learn.tta import tta_compose, tta_forward
+from foldvision.run import Predictions, Run, load_run_config, submission_csv
+
+if TYPE_CHECKING:
+    from foldvision.learn.checkpoint import CheckpointError
+
+# The torch side (foldvision.learn: torch, timm, albumentations, ~5 s of imports) is imported where a fold model
+# predicts, so `predict --out` (the fold mean into the submission, once per `make predict`) starts in a second.
 
 CHECKPOINT_KEYS = ("model", "classes", "channels", "model_config", "data_config")  # what predict reads of best.pt
 
@@ -46,6 +49,8 @@ def read_fold_checkpoint(path: Path, fold: int) -> dict:
     """best.pt of fold `fold`, or a one-line error naming it and what to do."""
     if not path.is_file():
         raise UserError(f"{path} not found: train fold {fold} first (make train {Run(path.parent.parent).make_args})")
+    from foldvision.learn.checkpoint import CheckpointError, read_checkpoint  # noqa: PLC0415 - the torch side
+
     try:
         return read_checkpoint(path, CHECKPOINT_KEYS)
     except CheckpointError as e:
@@ -66,6 +71,11 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         loader: `loader.loader_kwargs(cfg, train=False)` (cache, workers).
         on_batch: called with the images predicted so far after each batch (`engine.predict`).
     """
+    from foldvision.learn.checkpoint import CheckpointError, read_preprocessing  # noqa: PLC0415 - the torch side
+    from foldvision.learn.engine import build_model_for, predict, progress_bar  # noqa: PLC0415
+    from foldvision.learn.loader import create_loader  # noqa: PLC0415
+    from foldvision.learn.tta import tta_compose, tta_forward  # noqa: PLC0415
+
     try:
         model_cfg = ModelConfig(**ckpt["model_config"])
     except TypeError as e:  # model_config with keys this foldvision does not know
@@ -96,6 +106,11 @@ def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> 
 def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     """fold<k>/test.csv: fold `fold`'s TTA probabilities of every test image (always computed: make decides
     whether it is stale)."""
+    from foldvision.learn.checkpoint import CheckpointError  # noqa: PLC0415 - the torch side
+    from foldvision.learn.engine import runtime_kwargs  # noqa: PLC0415
+    from foldvision.learn.loader import loader_kwargs  # noqa: PLC0415
+    from foldvision.learn.tta import tta_compose  # noqa: PLC0415
+
     cfg, run = load_run_config(run_dir), Run(run_dir)
     classes = run.read_classes()
     test, _ = test_set(cfg, run, classes)
