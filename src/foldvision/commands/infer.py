@@ -34,7 +34,7 @@ from foldvision.errors import UserError
 from foldvision.learn.checkpoint import CheckpointError
 from foldvision.learn.package import Package, open_package
 from foldvision.learn.tta import tta_compose
-from foldvision.results.blending import Blend, method_inputs
+from foldvision.results.blending import Blend, method_inputs, stacker_from_record
 from foldvision.results.decision import DecisionRule
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.run import Predictions, submission_csv
@@ -139,18 +139,14 @@ def blend(pkg: Package, members: list[np.ndarray]) -> np.ndarray:
 
 
 def _stacker(pkg: Package):
-    """A stack blend's logistic regression, rebuilt from its coefficients in ensemble.json."""
+    """A stack blend's logistic regression, rebuilt from ensemble.json (`blending.stacker_from_record`, beside
+    the writer of that record)."""
     record = (pkg.ensemble or {}).get("stacker")
     if pkg.method != "stack":
         return None
     if record is None:
         raise UserError(f"{pkg.name}: a stack blend without its stacker in ensemble.json; blend again")
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - as results.blending.stack
-
-    model = LogisticRegression()
-    model.coef_, model.intercept_ = np.array(record["coef"]), np.array(record["intercept"])
-    model.classes_ = np.array([pkg.classes.index(c) for c in record["classes"]])
-    return model
+    return stacker_from_record(record, pkg.classes)
 
 
 @dataclass(frozen=True)

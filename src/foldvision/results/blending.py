@@ -333,3 +333,14 @@ def ensemble_record(group: Members, blended: Blended) -> dict:
                              "coef": fitted.stacker.coef_.tolist(), "intercept": fitted.stacker.intercept_.tolist(),
                              "classes": [split.classes[c] for c in fitted.stacker.classes_]}
     return record
+
+
+def stacker_from_record(record: dict, classes: list[str]):
+    """The stacker `ensemble_record` wrote (its coefficients, intercept and classes), as a fitted
+    LogisticRegression again: what a package's stack blend applies."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - as stack
+
+    model = LogisticRegression()
+    model.coef_, model.intercept_ = np.array(record["coef"]), np.array(record["intercept"])
+    model.classes_ = np.array([classes.index(c) for c in record["classes"]])
+    return model
