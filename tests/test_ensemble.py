@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from foldvision.targets import Task
 from foldvision.config import load_config
 from foldvision.results.decision import fit_rule, nested_rule_score
 from foldvision.commands import report
@@ -68,7 +69,7 @@ class Toy:
         run = Run(self.tmp / "runs" / name)
         run.save_config(cfg)
         run.write_split(pl.DataFrame({"id": ids, "path": [f"train/{i}.png" for i in ids], "label": labels,
-                                      "fold": folds}), classes)
+                                      "fold": folds}), Task("single", tuple(classes)))
         pred = Predictions(ids, classes, oof, folds, labels)
         for k in range(K):
             run.write_fold_oof(k, pred.take(folds == k))

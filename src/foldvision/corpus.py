@@ -32,6 +32,7 @@ from foldvision import layout
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.errors import UserError
+from foldvision.targets import Task
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path")
@@ -426,8 +427,13 @@ class Corpus:
 
     table: pl.DataFrame  # columns: id, path (relative to image_dir), label, and group when configured (strings)
     image_dir: Path  # the corpus folder (data.dir): paths are relative to it
-    classes: list[str]  # the fixed class order: probability columns and model outputs follow it
+    classes: list[str]  # the task's names in their fixed order (classes, tags, grades or the target's name)
     source: Path  # the label table, or the folder of class folders
+    kind: str = "single"  # the task kind, data.task resolved (foldvision.targets)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.kind, tuple(self.classes))
 
 
 def sort_classes(labels: list[str]) -> list[str]:

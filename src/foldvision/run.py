@@ -47,8 +47,7 @@ from foldvision import __version__
 from foldvision.config import CONFIG_DIR, STAGE_SECTIONS, Config, dump, from_dict, load_config, to_dict, yaml_load
 from foldvision.errors import UserError
 from foldvision.files import write_atomic, write_text_atomic
-
-PROB_PREFIX = "prob_"
+from foldvision.targets import PROB_PREFIX, Task
 # characters that would change the meaning of a make target or recipe: a run name is one plain word
 _UNSAFE_NAME = re.compile(r"[\s$#:%=;'\"`\\|&<>*?()\[\]{}]")
 
@@ -92,26 +91,34 @@ class FoldFiles:
 
 @dataclass
 class Predictions:
-    """Class probabilities by id: the OOF table (with fold and true label) or a test table (without)."""
+    """Predictions by id: the OOF table (with fold and true label) or a test table (without).
+
+    For single-label and multi-label tasks one probability per name (class or tag); for regression and ordinal
+    one column, the predicted value in the user's units (`foldvision.targets`).
+    """
 
     ids: list[str]
-    classes: list[str]
-    probs: np.ndarray  # float64, one row per id, one column per class in `classes` order
+    classes: list[str]  # the task's names: classes, tags, grades, or (the target's name,)
+    probs: np.ndarray  # float64, one row per id, one column per name (single, multilabel) or one (value tasks)
     fold: np.ndarray | None = None  # OOF only: the fold each row was validated in
-    labels: list[str] | None = None  # OOF only: the true label of each row
+    labels: list[str] | None = None  # OOF only: the true label of each row, as folds.csv writes it
+    kind: str = "single"  # the task kind (foldvision.targets.TASKS)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.kind, tuple(self.classes))
 
     @property
     def y(self) -> np.ndarray:
-        """The true class index of each row."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index[label] for label in self.labels], dtype=np.int64)
+        """The true target of each row, encoded by the task (a class index for single-label)."""
+        return self.task.encode(self.labels)
 
     def take(self, rows: np.ndarray) -> Predictions:
         """The rows selected by a boolean mask or an index array."""
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         return Predictions([self.ids[i] for i in rows], self.classes, self.probs[rows],
                            None if self.fold is None else self.fold[rows],
-                           None if self.labels is None else [self.labels[i] for i in rows])
+                           None if self.labels is None else [self.labels[i] for i in rows], self.kind)
 
     def frame(self) -> pl.DataFrame:
         columns: dict = {"id": self.ids}
@@ -119,7 +126,7 @@ class Predictions:
             columns["fold"] = self.fold.astype(np.int64)
         if self.labels is not None:
             columns["label"] = self.labels
-        probs = {name: self.probs[:, i].astype(np.float64) for i, name in enumerate(prob_columns(self.classes))}
+        probs = {name: self.probs[:, i].astype(np.float64) for i, name in enumerate(self.task.columns)}
         return pl.DataFrame({**columns, **probs})
 
 
@@ -132,12 +139,16 @@ class Split:
     labels: list[str]
     groups: list[str] | None
     fold: np.ndarray
-    classes: list[str]
-    y: np.ndarray = field(init=False)  # class index of each label
+    classes: list[str]  # the task's names (classes, tags, grades, or the target's name)
+    kind: str = "single"  # the task kind (foldvision.targets.TASKS)
+    y: np.ndarray = field(init=False)  # each label encoded by the task (a class index for single-label)
 
     def __post_init__(self):
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.y = np.array([index[label] for label in self.labels], dtype=np.int64)
+        self.y = self.task.encode(self.labels)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.kind, tuple(self.classes))
 
     @property
     def folds(self) -> list[int]:
@@ -313,9 +324,10 @@ class Run:
             )
 
     # ---- the split ------------------------------------------------------------------------------------
-    def write_split(self, table: pl.DataFrame, classes: list[str]) -> None:
-        """folds.csv (id, path, label, [group], fold) and classes.json; classes.json first, folds.csv last."""
-        write_text_atomic(self.classes_json, json.dumps(classes, ensure_ascii=False) + "\n")
+    def write_split(self, table: pl.DataFrame, task: Task) -> None:
+        """folds.csv (id, path, label, [group], fold) and classes.json (the task: `foldvision.targets`);
+        classes.json first, folds.csv last."""
+        write_text_atomic(self.classes_json, json.dumps(task.to_json(), ensure_ascii=False) + "\n")
         write_csv(self.folds_csv, table)
 
     def read_split(self) -> Split:
@@ -323,17 +335,26 @@ class Run:
             if not path.is_file():
                 raise UserError(f"{path} not found: run the folds stage first (make folds {self.make_args})")
         table = read_csv(self.folds_csv, ints=["fold"])
-        classes = self.read_classes()
-        unknown = set(table["label"].unique().to_list()) - set(classes)
-        if unknown:
-            raise UserError(f"{self.folds_csv}: label {sorted(unknown)[0]!r} is not in {self.classes_json}; "
+        task = self.read_task()
+        unknown = task.unknown(table["label"].unique().sort().to_list())
+        if unknown is not None:
+            raise UserError(f"{self.folds_csv}: label {unknown!r} is not in {self.classes_json}; "
                             f"re-run make folds {self.make_args}")
         groups = table["group"].to_list() if "group" in table.columns else None
         return Split(table["id"].to_list(), table["path"].to_list(), table["label"].to_list(), groups,
-                     table["fold"].to_numpy(), classes)
+                     table["fold"].to_numpy(), list(task.names), task.kind)
+
+    def read_task(self) -> Task:
+        """classes.json: the task kind and its names (classes, tags, grades, or the target's name)."""
+        return Task.from_json(json.loads(self.classes_json.read_text(encoding="utf-8")))
 
     def read_classes(self) -> list[str]:
-        return json.loads(self.classes_json.read_text(encoding="utf-8"))
+        return list(self.read_task().names)
+
+    def _task(self, names: list[str]) -> Task:
+        """The run's task kind with `names` (what the caller read the table for)."""
+        kind = self.read_task().kind if self.classes_json.is_file() else "single"
+        return Task(kind, tuple(names))
 
     # ---- probabilities ----------------------------------------------------------------------------------
     def write_fold_oof(self, k: int, oof: Predictions) -> None:
@@ -344,7 +365,8 @@ class Run:
         path = self.fold(k).oof_csv
         if not path.is_file():
             raise UserError(f"{path} not found: train fold {k} first (make train {self.make_args})")
-        return _predictions(read_csv(path, floats=prob_columns(classes), ints=["fold"]), classes)
+        task = self._task(classes)
+        return _predictions(read_csv(path, floats=task.columns, ints=["fold"]), task)
 
     def read_fold_oofs(self, split: Split) -> Predictions:
         """Every fold's OOF rows joined, in folds.csv order; each training image exactly once."""
@@ -358,7 +380,7 @@ class Run:
             raise UserError(f"{self.root}: the fold OOF files do not cover folds.csv exactly; re-train "
                             f"(make train {self.make_args})")
         order = pl.DataFrame({"id": split.ids})
-        return _predictions(order.join(joined, on="id", how="left", maintain_order="left"), split.classes)
+        return _predictions(order.join(joined, on="id", how="left", maintain_order="left"), split.task)
 
     def write_oof(self, oof: Predictions) -> None:
         write_csv(self.oof_csv, oof.frame())
@@ -367,8 +389,8 @@ class Run:
         """The joined OOF table of a scored run (oof.csv), with the class order from classes.json."""
         if not self.oof_csv.is_file():
             raise UserError(f"{self.oof_csv} not found: score the run first (make train {self.make_args})")
-        classes = self.read_classes()
-        return _predictions(read_csv(self.oof_csv, floats=prob_columns(classes), ints=["fold"]), classes)
+        task = self.read_task()
+        return _predictions(read_csv(self.oof_csv, floats=task.columns, ints=["fold"]), task)
 
     def write_test(self, probs: Predictions, k: int | None = None) -> None:
         """fold<k>/test.csv (one fold model), or test.csv (the fold ensemble) when k is None."""
@@ -378,7 +400,8 @@ class Run:
         path = self.fold(k).test_csv if k is not None else self.test_csv
         if not path.is_file():
             raise UserError(f"{path} not found: predict the test set first (make predict {self.make_args})")
-        return _predictions(read_csv(path, floats=prob_columns(classes)), classes)
+        task = self._task(classes)
+        return _predictions(read_csv(path, floats=task.columns), task)
 
     # ---- scores, histories, decisions -------------------------------------------------------------------
     def write_scores(self, scores: dict) -> None:
@@ -456,11 +479,11 @@ def leaderboard_files(runs: str | Path) -> tuple[Path, Path]:
     return Path(runs) / "leaderboard.csv", Path(runs) / "leaderboard.md"
 
 
-def _predictions(table: pl.DataFrame, classes: list[str]) -> Predictions:
-    probs = table.select(prob_columns(classes)).to_numpy().astype(np.float64)
-    return Predictions(table["id"].to_list(), classes, probs,
+def _predictions(table: pl.DataFrame, task: Task) -> Predictions:
+    probs = table.select(task.columns).to_numpy().astype(np.float64)
+    return Predictions(table["id"].to_list(), list(task.names), probs,
                        table["fold"].to_numpy() if "fold" in table.columns else None,
-                       table["label"].to_list() if "label" in table.columns else None)
+                       table["label"].to_list() if "label" in table.columns else None, task.kind)
 
 
 # ---- what a run folder depends on ----------------------------------------------------------------------

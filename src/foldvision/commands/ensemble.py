@@ -90,7 +90,7 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     # an interrupted re-blend must not leave the old scores beside new tables: scores.json goes first, comes last
     folder.scores_json.unlink(missing_ok=True)
     folder.save_config(cfg)
-    folder.write_split(_split_table(split), split.classes)
+    folder.write_split(_split_table(split), split.task)
     folder.write_oof(oof)
     folder.write_test(test)
     if rule is not None:

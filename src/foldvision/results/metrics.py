@@ -26,8 +26,9 @@ def task_of(num_classes: int) -> str:
     return "binary" if num_classes == 2 else "multiclass"
 
 
-def resolve_metric(metric: str) -> str:
-    """The metric that picks checkpoints and stops early: ROC AUC unless the config names another."""
+def resolve_metric(metric: str, kind: str = "single") -> str:
+    """The metric that picks checkpoints and stops early: ROC AUC unless the config names another.
+    `kind` is the task kind (foldvision.targets); only single-label is scored so far."""
     return "auc" if metric == "auto" else metric
 
 
@@ -53,8 +54,11 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, labels: np.ndarray | None = None) 
         return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
 
 
-def score(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """auc, accuracy, macro_f1 (of the argmax) and log_loss of one set of predictions."""
+def score(y: np.ndarray, probs: np.ndarray, kind: str = "single") -> dict[str, float]:
+    """auc, accuracy, macro_f1 (of the argmax) and log_loss of one set of predictions.
+    `kind` is the task kind (foldvision.targets: y and probs as Task.encode and Predictions hold them)."""
+    if kind != "single":
+        raise NotImplementedError(f"scores of {kind} predictions")
     pred = probs.argmax(axis=1)
     labels = np.arange(probs.shape[1])
     with warnings.catch_warnings():

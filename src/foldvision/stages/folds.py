@@ -27,7 +27,7 @@ def run(run_dir: Path) -> None:
     corpus = read_train(cfg.data)
     folds = corpus_folds(cfg, corpus.table, corpus.source, corpus.image_dir)
     table = corpus.table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
-    run.write_split(table, corpus.classes)
+    run.write_split(table, corpus.task)
     console.print(f"folds: {table.height} images, {len(corpus.classes)} classes, {cfg.cv.n_folds} folds")
     console.print(fold_counts(table["label"].to_list(), table["fold"].to_list(), corpus.classes))
 
