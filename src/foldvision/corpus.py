@@ -2,7 +2,9 @@
 
 A corpus is a folder (`data.dir`) holding a label table (`train.csv`: an id and a label per row), a folder of
 training images, a folder of test images and a sample submission. Ids may name files with or without their
-extension, and images may sit in nested folders.
+extension, and images may sit in nested folders. The labels are classes, multi-label tags (one delimited column
+or several 0/1 columns), regression values or ordinal grades: `data.task`, or read by `detect_task` and said in
+one line; each is kept as a string in foldvision.targets' form.
 
 Tables are parsed by polars with every cell a string ('007' keeps its zeros, 'NA' stays text until it is
 checked), then checked as a whole: missing-value marks, repeated ids, two ids naming one file, numbers spelt two

@@ -5,10 +5,10 @@
 The config is resolved in memory: check writes nothing into a run folder, the corpus or the splits; its one
 file is the perceptual-hash cache under data.cache_dir (below).
 
-Reports images per class (tag, grade; or the regression target's spread) and per fold, image sizes/modes/formats, unreadable files (every image is decoded),
-duplicate images (same bytes) inside train and between train and test (a leak), near-duplicates (resized,
-recompressed, slightly cropped or mirrored copies: foldvision.duplicates, within cv.near_duplicate_distance bits)
-and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
+Reports images per class (tag, grade; or the regression target's spread) and per fold, image
+sizes/modes/formats, unreadable files (every image is decoded), duplicate images (same bytes) inside train and
+between train and test (a leak), near-duplicates (resized, recompressed, slightly cropped or mirrored copies:
+foldvision.duplicates, within cv.near_duplicate_distance bits) and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
 reuses the hash cache (cv.near_duplicates=group).
 """
 
