@@ -119,6 +119,32 @@ def test_class_names_that_share_a_word_stay_single_label(tmp_path):
     assert (corpus.kind, len(corpus.classes)) == ("single", 6)
 
 
+def test_data_task_and_label_delim_are_taken_as_said(tmp_path, capsys):
+    rows = [("k0", "red;round"), ("k1", "green;long"), ("k2", "red;long"), ("k3", "blue;flat")]
+    cfg = write_corpus(tmp_path, "image,label", rows)
+    assert read_train(cfg, verify=False).kind == "single"  # 6 words in 4 cells, none alone: not read as tags
+    corpus = read_train(dataclasses.replace(cfg, label_delim=";"), verify=False)
+    assert (corpus.kind, corpus.table["label"][0]) == ("multilabel", "red|round")
+    assert reading(capsys)[-1] == ("train.csv: column 'label' holds 6 tags (';'-separated), up to 2 per image: "
+                                   "multi-label (data.label_delim)")
+    corpus = read_train(dataclasses.replace(cfg, task="multilabel"), verify=False)  # ';' found
+    assert corpus.classes == ["blue", "flat", "green", "long", "red", "round"]
+
+
+def test_numbers_with_a_decimal_comma_are_not_tags(tmp_path):
+    rows = [(f"n{i}", f'"{i % 7},{i % 5}"') for i in range(30)]
+    assert read_train(write_corpus(tmp_path, "image,label", rows), verify=False).kind == "single"
+
+
+def test_tag_keys_are_refused_with_a_task_that_has_no_tags():
+    from foldvision.config import load_config
+
+    with pytest.raises(UserError, match=r"^data.task='ordinal': data.label_cols are multi-label tags"):
+        load_config("digits_count", ["data.label_cols=[a, b]"])
+    with pytest.raises(UserError, match=r"^data.task='regression': data.label_delim splits multi-label tags"):
+        load_config("digits_count_regression", ["data.label_delim=';'"])
+
+
 def test_a_folder_per_class_corpus_is_single_label_only(tmp_path):
     for name in ("a", "b"):
         (tmp_path / "train" / name).mkdir(parents=True)

@@ -351,10 +351,10 @@ def _combines(distinct: list[str], delim: str) -> int | None:
 def _tag_delimiter(distinct: list[str], given: str | None, strict: bool) -> str | None:
     """The delimiter between tags: data.label_delim, else the one of LABEL_DELIMS that the cells hold and that
     gives the fewest tags (`strict`, for auto: only one that makes the cells combinations of tags)."""
-    if given is not None and not strict:
+    if given is not None:
         return given
     best: tuple[int, str] | None = None
-    for delim in (given,) if given is not None else LABEL_DELIMS:
+    for delim in LABEL_DELIMS:
         if not any(delim in c for c in distinct):
             continue
         if delim == "," and all(_DECIMAL_COMMA.fullmatch(c) for c in distinct):
@@ -368,9 +368,9 @@ def _tag_delimiter(distinct: list[str], given: str | None, strict: bool) -> str 
 def detect_task(cells: list[str], cfg: DataConfig) -> tuple[str, str | None]:
     """The task kind of a label column's filled `cells` and, for multi-label, the delimiter between its tags.
 
-    data.task other than auto is taken as said. auto's rules, in this order (the line read_train prints says
-    which was taken and how to change it; nothing is picked silently):
-    1. multi-label when a delimiter (data.label_delim, else each of space, |, ;, ,) occurs in some cell and the
+    data.task other than auto is taken as said, and so is data.label_delim (multi-label). auto's rules, in this
+    order (the line read_train prints says which was taken and how to change it; nothing is picked silently):
+    1. multi-label when a delimiter (each of space, |, ;, ,) occurs in some cell and the
        distinct cells are combinations of fewer distinct tags: the tags are at most half as many as the cells,
        or one tag is a cell of its own as well as part of another ('sea' and 'sea sunset'). Class names that
        only share a word ('Common wheat', 'Common Chickweed') are not; nor are numbers with a decimal comma.
@@ -383,7 +383,9 @@ def detect_task(cells: list[str], cfg: DataConfig) -> tuple[str, str | None]:
     distinct = sorted(set(cells))
     if cfg.task != "auto":
         return cfg.task, _tag_delimiter(distinct, cfg.label_delim, strict=False) if cfg.task == "multilabel" else None
-    delim = _tag_delimiter(distinct, cfg.label_delim, strict=True)
+    if cfg.label_delim is not None:  # a delimiter between tags given: the column holds tags
+        return "multilabel", cfg.label_delim
+    delim = _tag_delimiter(distinct, None, strict=True)
     if delim is not None:
         return "multilabel", delim
     if distinct and all(_NUMBER.fullmatch(c) for c in distinct):
@@ -498,7 +500,7 @@ def _read_tags(out: pl.DataFrame, column: str, delim: str | None, cfg: DataConfi
     most = int(out["label"].str.count_matches(TAG_SEP, literal=True).max()) + 1
     how = {" ": "space", None: "one"}.get(delim, f"'{delim}'")
     _say_task(path, f"column '{column}' holds {_plural(len(names), 'tag')} ({how}-separated), up to {most} per "
-                    "image", "multilabel", cfg)
+                    "image", "multilabel", cfg, "data.label_delim" if cfg.label_delim else "set data.task to change")
     return out, names
 
 
