@@ -289,6 +289,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 inputs/digits/train.csv: | $(INSTALLED)
 	$(FV) demo-data inputs/digits
 
+# the other target kinds' demo corpora (configs/digits_tags.yaml, configs/digits_count*.yaml)
+inputs/digits_tags/train.csv inputs/digits_count/train.csv: inputs/digits_%/train.csv: | $(INSTALLED)
+	$(FV) demo-data inputs/digits_$* --kind $*
+
 $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 

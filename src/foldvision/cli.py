@@ -17,7 +17,7 @@
     foldvision leaderboard runs                 every experiment, best first, with Public/Private scores
     foldvision report runs/<exp>                runs/<exp>/report.html: scores, plots and config on one page
     foldvision plots runs/<exp>                 the report's plots as PNG files
-    foldvision demo-data inputs/digits          build the built-in demo corpus
+    foldvision demo-data [--kind tags|count]    build a demo corpus (digits; multi-label tags; a count)
     foldvision cache runs/<exp>                 decode every image of the run into the cache (before a fan-out)
     foldvision launch ray|slurm -- CMD          run CMD as a Ray task or a Slurm job (make ... LAUNCHER=ray)
     foldvision slot --gpus "0 1" -- CMD         run CMD on the first free GPU (make -j N GPUS=...)

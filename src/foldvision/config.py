@@ -78,6 +78,12 @@ class DataConfig:
     label_col: str | None = None  # null: first of label/target/class/... found
     encoding: str | None = None  # tables' text encoding; null: UTF-8 (BOM or not), else an error naming the file
     group_col: str | None = None  # images sharing a group stay in one fold (e.g. patient_id)
+    # The target kind (foldvision.targets): auto reads it from the label table and says what it read in one line
+    # (foldvision.corpus.read_task); single, multilabel, regression or ordinal (integer grades 0..K-1) say it
+    task: Literal["auto", "single", "multilabel", "regression", "ordinal"] = "auto"
+    label_delim: str | None = None  # multi-label tags in one cell split by this; null: detect among space | ; ,
+    label_cols: list | None = None  # multi-label as several 0/1 columns, one per tag (HPA, ChestX-ray14 style)
+    empty_tags: bool = False  # multi-label: an image may have no tag (an empty cell, or 0 in every label_cols)
     channels: Literal[1, 3] = 3  # 3: every image becomes RGB; 1: grayscale, timm adapts the stem
     folds_file: str | None = None  # a split of your own (id, label, fold); null: made once per corpus in folds_dir
     folds_dir: str = "inputs/folds"  # the corpora's splits: <folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>.csv
@@ -419,6 +425,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"data.encoding={d.encoding!r}: not an encoding Python knows; e.g. utf-8, cp1252, "
                             "cp932, latin-1") from None
     _check_near_duplicates(cfg)
+    _check_task(d)
     loss = cfg.loss
     _require(_finite(loss.smoothing) and 0 <= loss.smoothing < 1, "loss.smoothing", loss.smoothing,
              "from 0 up to (not including) 1")
@@ -441,6 +448,22 @@ def _check_near_duplicates(cfg: Config) -> None:
              "(unrelated images differ in about 32 bits; 6 finds resized, recompressed and cropped copies)")
     _require(cv.near_duplicates == "off" or not cfg.data.folds_file, "cv.near_duplicates", cv.near_duplicates,
              "data.folds_file is a split of your own, which foldvision does not re-split; drop one of the two")
+
+
+def _check_task(d: DataConfig) -> None:
+    """data.task's companions: tag columns or a tag delimiter only where tags are read."""
+    if d.label_cols is not None:
+        _require(len(d.label_cols) >= 1 and all(isinstance(c, str) and c for c in d.label_cols), "data.label_cols",
+                 d.label_cols, "a list of the 0/1 column names, one per tag")
+        _require(d.label_col is None, "data.label_cols", d.label_cols,
+                 "tags come from one column (data.label_col) or from 0/1 columns (data.label_cols): drop one")
+        _require(d.task in ("auto", "multilabel"), "data.task", d.task,
+                 "data.label_cols are multi-label tags: set data.task=multilabel (or auto)")
+    if d.label_delim is not None:
+        _require(isinstance(d.label_delim, str) and len(d.label_delim) >= 1, "data.label_delim", d.label_delim,
+                 "the text between tags, e.g. ' ', '|' or ';' (null: detected)")
+        _require(d.task in ("auto", "multilabel"), "data.task", d.task,
+                 "data.label_delim splits multi-label tags: set data.task=multilabel (or auto), or drop it")
 
 
 def _check_ranger21(t: TrainConfig) -> None:

@@ -2,7 +2,9 @@
 
 A corpus is a folder (`data.dir`) holding a label table (`train.csv`: an id and a label per row), a folder of
 training images, a folder of test images and a sample submission. Ids may name files with or without their
-extension, and images may sit in nested folders.
+extension, and images may sit in nested folders. The labels are classes, multi-label tags (one delimited column
+or several 0/1 columns), regression values or ordinal grades: `data.task`, or read by `detect_task` and said in
+one line; each is kept as a string in foldvision.targets' form.
 
 Tables are parsed by polars with every cell a string ('007' keeps its zeros, 'NA' stays text until it is
 checked), then checked as a whole: missing-value marks, repeated ids, two ids naming one file, numbers spelt two
@@ -32,11 +34,15 @@ from foldvision import layout
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.errors import UserError
-from foldvision.targets import Task
+from foldvision.targets import TAG_SEP, Task
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path")
-LABEL_NAMES = ("label", "target", "class", "category", "y", "labels", "class_name")
+# Looked for in this order (a name earlier in a list wins); the later names are those competitions use
+# (Planet's image_name and tags, APTOS's id_code and diagnosis, DR's level, ChestX-ray14's Image Index, ...).
+ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename", "file", "fname", "name", "path",
+            "image_name", "image_path", "filepath", "file_path", "img_name", "img_id", "id_code", "image index")
+LABEL_NAMES = ("label", "target", "class", "category", "y", "labels", "class_name",
+               "tags", "tag", "score", "grade", "level", "diagnosis", "finding labels", "attribute_ids", "pawpularity")
 
 # Cells that mean "no value" in exported tables (pandas', R's, Excel's and SQL's marks, a lone dash), compared
 # in lower case after stripping: an id, label or group that reads so is missing, never a class or a group.
@@ -314,6 +320,264 @@ def _canonical_labels(table: pl.DataFrame, path: Path) -> pl.DataFrame:
     return table.with_columns(pl.col("label").replace(mapping))
 
 
+# ---- the target kind (data.task) ---------------------------------------------------------------------------------
+
+LABEL_DELIMS = (" ", "|", ";", ",")  # what data.label_delim=null looks for between multi-label tags
+MAX_NUMBER_CLASSES = 20  # auto: fractional numbers taking more distinct values than this are a regression target
+_NUMBER_CELL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # _NUMBER, anchored for polars
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+_ZERO_ONE = ("0", "1", "0.0", "1.0")
+
+
+def _split_tags(cell: str, delim: str | None) -> list[str]:
+    if delim is None:
+        return [cell] if cell else []
+    parts = cell.split() if delim == " " else cell.split(delim)
+    return [t.strip() for t in parts if t.strip()]
+
+
+def _combines(distinct: list[str], delim: str) -> int | None:
+    """How many tags `delim` splits the distinct cells into, when the cells are combinations of fewer tags
+    (see detect_task, rule 1); else None."""
+    split = [_split_tags(c, delim) for c in distinct]
+    tags = {t for parts in split for t in parts}
+    if not len(tags) < len(distinct):
+        return None
+    alone = {parts[0] for parts in split if len(parts) == 1}
+    within = {t for parts in split if len(parts) > 1 for t in parts}
+    return len(tags) if 2 * len(tags) <= len(distinct) or alone & within else None
+
+
+def _tag_delimiter(distinct: list[str], given: str | None, strict: bool) -> str | None:
+    """The delimiter between tags: data.label_delim, else the one of LABEL_DELIMS that the cells hold and that
+    gives the fewest tags (`strict`, for auto: only one that makes the cells combinations of tags)."""
+    if given is not None:
+        return given
+    best: tuple[int, str] | None = None
+    for delim in LABEL_DELIMS:
+        if not any(delim in c for c in distinct):
+            continue
+        if delim == "," and all(_DECIMAL_COMMA.fullmatch(c) for c in distinct):
+            continue  # '1,5': numbers with a decimal comma, not tags
+        n = _combines(distinct, delim) if strict else len({t for c in distinct for t in _split_tags(c, delim)})
+        if n is not None and (best is None or n < best[0]):
+            best = (n, delim)
+    return best[1] if best else None
+
+
+def detect_task(cells: list[str], cfg: DataConfig) -> tuple[str, str | None]:
+    """The task kind of a label column's filled `cells` and, for multi-label, the delimiter between its tags.
+
+    data.task other than auto is taken as said, and so is data.label_delim (multi-label). auto's rules, in this
+    order (the line read_train prints says which was taken and how to change it; nothing is picked silently):
+    1. multi-label when a delimiter (each of space, |, ;, ,) occurs in some cell and the
+       distinct cells are combinations of fewer distinct tags: the tags are at most half as many as the cells,
+       or one tag is a cell of its own as well as part of another ('sea' and 'sea sunset'). Class names that
+       only share a word ('Common wheat', 'Common Chickweed') are not; nor are numbers with a decimal comma.
+       Of several delimiters, the one giving the fewest tags.
+    2. regression when every cell is a number, some with a fraction, taking more than MAX_NUMBER_CLASSES
+       distinct values (a mean of raters' scores such as 1.683333).
+    3. otherwise single-label classes, integers included: integer grades are ordinal only with
+       data.task=ordinal, integer scores regression only with data.task=regression (the line says so).
+    """
+    distinct = sorted(set(cells))
+    if cfg.task != "auto":
+        return cfg.task, _tag_delimiter(distinct, cfg.label_delim, strict=False) if cfg.task == "multilabel" else None
+    if cfg.label_delim is not None:  # a delimiter between tags given: the column holds tags
+        return "multilabel", cfg.label_delim
+    delim = _tag_delimiter(distinct, None, strict=True)
+    if delim is not None:
+        return "multilabel", delim
+    if distinct and all(_NUMBER.fullmatch(c) for c in distinct):
+        values = {Decimal(c) for c in distinct}
+        if len(values) > MAX_NUMBER_CLASSES and any(v != v.to_integral_value() for v in values):
+            return "regression", None
+    return "single", None
+
+
+def _say_task(path: Path, holds: str, kind: str, cfg: DataConfig, how: str = "set data.task to change") -> None:
+    """The one line saying what the label table was read as (`how`: what changes it, under auto)."""
+    reading = {"single": "single-label", "multilabel": "multi-label", "regression": "regression",
+               "ordinal": "ordinal grades"}[kind]
+    how = how if cfg.task == "auto" else "data.task"
+    console.print(f"[dim]{escape(path.name)}: {escape(holds)}: {reading} ({how})[/]")
+
+
+def _row_error(bad: pl.DataFrame, path: Path, what: str) -> UserError:
+    """One line naming the first of the `bad` rows (and how many there are); `what` uses {value}."""
+    first = bad.row(0, named=True)
+    return UserError(f"{path}: row {first[ROW]}: {what.format(value=first['label'])} "
+                     f"({_plural(bad.height, 'such row')})")
+
+
+def _read_numbers(out: pl.DataFrame, column: str, kind: str, path: Path) -> pl.DataFrame:
+    """Regression values and ordinal grades are numbers; a cell that is not one is an error naming its row."""
+    bad = out.filter(~pl.col("label").str.contains(_NUMBER_CELL))
+    if bad.height:
+        raise _row_error(bad, path, f"'{column}' is '{{value}}', not a number; a {kind} target is one number per "
+                                    "image: fix the row, or set data.task")
+    return out.with_columns(value=pl.col("label").cast(pl.Float64))
+
+
+def _read_regression(out: pl.DataFrame, column: str, cfg: DataConfig, path: Path) -> tuple[pl.DataFrame, list]:
+    out = _read_numbers(out, column, "regression", path)
+    values = out["value"]
+    if values.n_unique() < 2:
+        raise UserError(f"{path}: every row has {column} = {out['label'][0]}; a regression target needs at least "
+                        "two values")
+    _say_task(path, f"column '{column}' holds {values.n_unique()} distinct numbers from {values.min():g} to "
+                    f"{values.max():g}", "regression", cfg)
+    return out.drop("value"), [column]
+
+
+def _read_grades(out: pl.DataFrame, column: str, cfg: DataConfig, path: Path) -> tuple[pl.DataFrame, list]:
+    """Ordinal grades: whole numbers 0..K-1 with K = the highest grade + 1 (so a grade below 0 is the one
+    outside); a grade in 0..K-1 without an image is said in one line."""
+    out = _read_numbers(out, column, "ordinal", path)
+    bad = out.filter(pl.col("value") != pl.col("value").round())
+    if bad.height:
+        raise _row_error(bad, path, f"grade '{{value}}' ('{column}') is not a whole number; ordinal grades are "
+                                    "integers 0..K-1 (data.task=regression reads real values)")
+    k = int(out["value"].max()) + 1
+    bad = out.filter(pl.col("value") < 0)
+    if bad.height:
+        raise _row_error(bad, path, f"grade {{value}} ('{column}') is outside 0..{k - 1}: ordinal grades count "
+                                    "from 0 (K = the highest grade + 1); shift the grades to start at 0")
+    if k < 2:
+        raise UserError(f"{path}: every grade in '{column}' is 0; ordinal grades need at least two (0..K-1)")
+    out = out.with_columns(label=pl.col("value").cast(pl.Int64).cast(pl.String)).drop("value")
+    names = [str(g) for g in range(k)]
+    unseen = sorted(set(names) - set(out["label"].unique().to_list()), key=int)
+    _say_task(path, f"column '{column}' holds grades 0..{k - 1}", "ordinal", cfg)
+    if unseen:
+        console.print(f"[yellow]note[/]: {escape(path.name)}: {_plural(len(unseen), 'grade')} of 0..{k - 1} "
+                      f"({', '.join(unseen)}) on no image: K is the highest grade + 1; the model meets "
+                      "them only between their neighbours")
+    return out, names
+
+
+def _join_tags(tags: pl.DataFrame) -> tuple[pl.Series, list[str]]:
+    """From (ROW, tag) pairs: each row's label (its tags in names order, joined by TAG_SEP) and the names."""
+    names = sort_classes(tags["tag"].to_list())
+    rank = pl.DataFrame({"tag": names, "rank": range(len(names))}, schema={"tag": pl.String, "rank": pl.Int64})
+    joined = (tags.join(rank, on="tag").unique([ROW, "tag"]).sort(ROW, "rank")
+              .group_by(ROW, maintain_order=True).agg(label=pl.col("tag").str.join(TAG_SEP)))
+    return joined, names
+
+
+def _refuse_untagged(out: pl.DataFrame, where: str, cfg: DataConfig, path: Path) -> None:
+    untagged = out.filter(pl.col("label") == "")
+    if untagged.height and not cfg.empty_tags:
+        row = untagged.get_column(ROW)[0]
+        raise UserError(f"{path}: row {row} has no tag ({where}; {_plural(untagged.height, 'such row')}); set "
+                        "data.empty_tags=true if an image may have none, or fill the row")
+
+
+def _read_tags(out: pl.DataFrame, column: str, delim: str | None, cfg: DataConfig,
+               path: Path) -> tuple[pl.DataFrame, list]:
+    """Multi-label tags in one column, split by `delim`; an empty cell (or a missing-value mark) is no tag."""
+    _refuse_multiline(out, "label", column, path)
+    cells = pl.when(pl.col("label").str.to_lowercase().is_in(MISSING_MARKS)).then(pl.lit("")).otherwise("label")
+    if delim is None:
+        parts = pl.concat_list(cells)
+    elif delim == " ":
+        parts = cells.str.replace_all(r"\s+", " ").str.split(" ")
+    else:
+        parts = cells.str.split(delim)
+    tags = (out.select(ROW, tag=parts).explode("tag").with_columns(pl.col("tag").str.strip_chars())
+            .filter(pl.col("tag") != ""))
+    bad = tags.filter(pl.col("tag").str.contains(TAG_SEP, literal=True))
+    if bad.height:
+        first = bad.row(0, named=True)
+        raise UserError(f"{path}: row {first[ROW]}: tag '{first['tag']}' holds '{TAG_SEP}', which foldvision joins "
+                        f"tags with; rename the tag (or set data.label_delim='{TAG_SEP}' if it separates tags)")
+    joined, names = _join_tags(tags)
+    out = out.drop("label").join(joined, on=ROW, how="left", maintain_order="left").with_columns(
+        pl.col("label").fill_null(""))
+    _refuse_untagged(out, f"'{column}' is empty", cfg, path)
+    if not names:
+        raise UserError(f"{path}: no row of '{column}' holds a tag; multi-label needs at least one")
+    most = int(out["label"].str.count_matches(TAG_SEP, literal=True).max()) + 1
+    how = {" ": "space", None: "one"}.get(delim, f"'{delim}'")
+    _say_task(path, f"column '{column}' holds {_plural(len(names), 'tag')} ({how}-separated), up to {most} per "
+                    "image", "multilabel", cfg, "data.label_delim" if cfg.label_delim else "set data.task to change")
+    return out, names
+
+
+def _read_tag_columns(table: pl.DataFrame, out: pl.DataFrame, columns: list[str], cfg: DataConfig,
+                      path: Path) -> tuple[pl.DataFrame, list]:
+    """Multi-label tags as 0/1 columns (HPA, ChestX-ray14 style): each column a tag, named by its header."""
+    for column in columns:
+        if TAG_SEP in column:
+            raise UserError(f"{path}: column '{column}' (a tag of data.label_cols) holds '{TAG_SEP}', which "
+                            "foldvision joins tags with; rename the column")
+        bad = table.filter(~pl.col(column).str.strip_chars().is_in(_ZERO_ONE))
+        if bad.height:
+            first = bad.row(0, named=True)
+            raise UserError(f"{path}: row {first[ROW]}: '{column}' is '{first[column]}'; tag columns "
+                            f"(data.label_cols) hold 0 or 1 ({_plural(bad.height, 'such row')})")
+    names = sort_classes(columns)
+    flags = [pl.when(pl.col(n).str.strip_chars().is_in(("1", "1.0"))).then(pl.lit(n)) for n in names]
+    labels = table.select(ROW, label=pl.concat_str(flags, separator=TAG_SEP, ignore_nulls=True))
+    out = out.join(labels, on=ROW, how="left", maintain_order="left")
+    _refuse_untagged(out, f"0 in every one of {', '.join(names)}", cfg, path)
+    most = int(out["label"].str.count_matches(TAG_SEP, literal=True).max()) + 1
+    shown = ", ".join(f"'{c}'" for c in names[:4]) + (f", ... ({len(names)} columns)" if len(names) > 4 else "")
+    _say_task(path, f"columns {shown} hold {_plural(len(names), 'tag')} as 0/1, up to {most} per image",
+              "multilabel", cfg)
+    return out, names
+
+
+def _read_classes(out: pl.DataFrame, column: str, cfg: DataConfig, path: Path) -> tuple[pl.DataFrame, list]:
+    out = _canonical_labels(out, path)
+    names = sort_classes(out["label"].to_list())
+    how = "set data.task to change"
+    if all(_NUMBER.fullmatch(c) for c in names):  # numbers read as classes: say how to read them otherwise
+        how = "numbers as classes: set data.task=ordinal or regression for grades or scores"
+    _say_task(path, f"column '{column}' holds {len(names)} class{'es' * (len(names) != 1)}", "single", cfg, how)
+    return out, names
+
+
+def _one_hot_columns(table: pl.DataFrame, cfg: DataConfig, id_col: str) -> list[str] | None:
+    """auto or multilabel with no label column by name: the columns holding only 0 and 1 (two or more) are the
+    tags; None when there are not two."""
+    if cfg.label_col is not None or cfg.task not in ("auto", "multilabel"):
+        return None
+    others = [c for c in table.columns if c not in (ROW, id_col, cfg.group_col)]
+    binary = [c for c in others if table.get_column(c).str.strip_chars().is_in(_ZERO_ONE).all()]
+    return binary if len(binary) >= 2 else None
+
+
+def _label_source(table: pl.DataFrame, cfg: DataConfig, id_col: str, path: Path) -> tuple[str | None, list | None]:
+    """Where the labels are: one column (its name), or 0/1 tag columns (data.label_cols, or found under auto)."""
+    if cfg.label_cols is not None:
+        missing = [c for c in cfg.label_cols if c not in table.columns]
+        if missing:
+            raise UserError(f"{path}: no column '{missing[0]}' (data.label_cols); columns are "
+                            f"{', '.join(c for c in table.columns if c != ROW)}")
+        return None, list(cfg.label_cols)
+    try:
+        return _pick_column(table.columns, cfg.label_col, LABEL_NAMES, "label", "data.label_col", path,
+                            exclude=(id_col,)), None
+    except UserError:
+        found = _one_hot_columns(table, cfg, id_col)
+        if found is None:
+            raise
+        return None, found
+
+
+def _read_labels(table: pl.DataFrame, out: pl.DataFrame, source: tuple[str | None, list | None], kind: str,
+                 delim: str | None, cfg: DataConfig, path: Path) -> tuple[pl.DataFrame, list]:
+    """`out` with each row's label as folds.csv keeps it (foldvision.targets), and the task's names."""
+    column, tag_columns = source
+    if tag_columns is not None:
+        return _read_tag_columns(table, out, tag_columns, cfg, path)
+    reader = {"single": _read_classes, "regression": _read_regression, "ordinal": _read_grades}.get(kind)
+    if reader is None:
+        return _read_tags(out, column, delim, cfg, path)
+    return reader(out, column, cfg, path)
+
+
 # ---- the image files ---------------------------------------------------------------------------------------------
 
 def _nfc(text: str) -> str:
@@ -447,30 +711,45 @@ def sort_classes(labels: list[str]) -> list[str]:
 
 def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pl.DataFrame:
     """The label table read, checked and matched to the image files: id, path, label[, group]."""
+    return read_rows(cfg, path, index)[0]
+
+
+def read_rows(cfg: DataConfig, path: Path, index: ImageIndex) -> tuple[pl.DataFrame, Task]:
+    """The label table read, checked and matched to the image files (id, path, label[, group]: each label as
+    foldvision.targets keeps it in folds.csv), and its task (data.task, or what auto read: `detect_task`)."""
     table = _read(path, cfg.encoding)
     id_col = _pick_column(table.columns, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
-    label_col = _pick_column(table.columns, cfg.label_col, LABEL_NAMES, "label", "data.label_col", path,
-                             exclude=(id_col,))
+    source = _label_source(table, cfg, id_col, path)
+    label_col = source[0]
     if table.height == 0:
         raise UserError(f"{path}: the table has a header but no rows")
-    columns = {"id": pl.col(id_col).str.strip_chars(), "label": pl.col(label_col).str.strip_chars()}
+    columns = {"id": pl.col(id_col).str.strip_chars()}
+    if label_col is not None:
+        columns["label"] = pl.col(label_col).str.strip_chars()
     if cfg.group_col is not None:
         if cfg.group_col not in table.columns:
             raise UserError(f"{path}: no column '{cfg.group_col}' (data.group_col); "
                             f"columns are {', '.join(c for c in table.columns if c != ROW)}")
         columns["group"] = pl.col(cfg.group_col).str.strip_chars()
     out = table.select(ROW, **columns)
+    kind, delim = "multilabel", None
+    if label_col is not None:
+        filled = out.filter(~pl.col("label").str.to_lowercase().is_in(MISSING_MARKS))
+        kind, delim = detect_task(filled.get_column("label").unique().to_list(), cfg)
+    one_per_row = kind != "multilabel"  # a multi-label cell may be empty (data.empty_tags)
     _refuse_missing(out, "id", id_col, path, "fill or drop them")
-    _refuse_missing(out, "label", label_col, path, "fill or drop them")
+    if one_per_row:
+        _refuse_missing(out, "label", label_col, path, "fill or drop them")
     _refuse_multiline(out, "id", id_col, path)
-    _refuse_multiline(out, "label", label_col, path)
+    if one_per_row:
+        _refuse_multiline(out, "label", label_col, path)
     if cfg.group_col is not None:
         _refuse_missing(out, "group", cfg.group_col, path, "fill in the groups, or drop data.group_col")
     _refuse_repeats(out, "id", path, "keep one row per image")
-    out = _canonical_labels(out, path)
+    out, names = _read_labels(table, out, source, kind, delim, cfg, path)
     out = out.with_columns(index.resolve_all(out.get_column("id"), out.get_column(ROW), str(path)))
     _refuse_shared_files(out, path)
-    return out.select("id", "path", "label", *(["group"] if cfg.group_col is not None else []))
+    return out.select("id", "path", "label", *(["group"] if cfg.group_col is not None else [])), Task(kind, names)
 
 
 def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pl.DataFrame:
@@ -496,15 +775,18 @@ def read_train(cfg: DataConfig, verify: bool = True) -> Corpus:
         console.print(f"[dim]layout: {escape(lay.describe())}[/]")
     index = ImageIndex(lay.train_dir, lay.root, exclude=lay.test_dir)
     if lay.train_table is not None:
-        out, where = rows_from_table(cfg, lay.train_table, index), lay.train_table
+        (out, task), where = read_rows(cfg, lay.train_table, index), lay.train_table
     else:
+        if cfg.task not in ("auto", "single"):
+            raise UserError(f"data.task={cfg.task} needs a label table (train.csv); a folder-per-class corpus "
+                            f"({lay.train_dir}) holds single-label classes: add a table or set data.task=auto")
         out, where = _rows_from_folders(cfg, index), lay.train_dir
-    classes = sort_classes(out["label"].to_list())
-    if len(classes) < 2:
-        raise UserError(f"{where}: only one class ('{classes[0]}'); a classifier needs at least two")
+        task = Task("single", tuple(sort_classes(out["label"].to_list())))
+    if task.kind == "single" and len(task.names) < 2:
+        raise UserError(f"{where}: only one class ('{task.names[0]}'); a classifier needs at least two")
     if verify:
         verify_images(lay.root, out["path"], cfg.max_image_pixels)
-    return Corpus(out, lay.root, classes, where)
+    return Corpus(out, lay.root, list(task.names), where, task.kind)
 
 
 # ---- the test set ------------------------------------------------------------------------------------------------

@@ -5,10 +5,10 @@
 The config is resolved in memory: check writes nothing into a run folder, the corpus or the splits; its one
 file is the perceptual-hash cache under data.cache_dir (below).
 
-Reports images per class and per fold, image sizes/modes/formats, unreadable files (every image is decoded),
-duplicate images (same bytes) inside train and between train and test (a leak), near-duplicates (resized,
-recompressed, slightly cropped or mirrored copies: foldvision.duplicates, within cv.near_duplicate_distance bits)
-and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
+Reports images per class (tag, grade; or the regression target's spread) and per fold, image
+sizes/modes/formats, unreadable files (every image is decoded), duplicate images (same bytes) inside train and
+between train and test (a leak), near-duplicates (resized, recompressed, slightly cropped or mirrored copies:
+foldvision.duplicates, within cv.near_duplicate_distance bits) and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
 reuses the hash cache (cv.near_duplicates=group).
 """
 
@@ -32,7 +32,8 @@ from foldvision.console import out as console
 from foldvision.corpus import dangling_link, open_image, read_table, read_test, read_train
 from foldvision.errors import UserError
 from foldvision.run import stamps_json
-from foldvision.splits import assign_folds, corpus_folds_path, fold_counts
+from foldvision.splits import assign_folds, corpus_folds_path, describe_names, fold_counts
+from foldvision.targets import Task
 
 TOP_CLUSTERS = 5  # the largest near-duplicate clusters printed
 
@@ -84,12 +85,12 @@ def _spread(values: list[int]) -> str:
     return f"{min(values)} / {int(np.median(values))} / {max(values)}"
 
 
-def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], errors: list[str],
+def folds_and_counts(cfg: Config, table: pl.DataFrame, task: Task, errors: list[str],
                      groups: list[str] | None) -> pl.DataFrame:
     """`table` with the fold of each image (the saved corpus split if there is one, else the one `make folds`
-    would write with `groups`), after printing the images per class and fold; what is wrong is added to
-    `errors`."""
-    folds_path = corpus_folds_path(cfg)
+    would write with `groups`), after printing the images per class, tag or grade and fold (or the regression
+    target's spread per fold); what is wrong is added to `errors`."""
+    folds_path = corpus_folds_path(cfg, task.kind)
     if folds_path.is_file():
         saved = read_table(folds_path)
         fold_of = dict(zip(saved["id"].to_list(), saved["fold"].to_list()))
@@ -98,12 +99,13 @@ def folds_and_counts(cfg: Config, table: pl.DataFrame, classes: list[str], error
             errors.append(f"{folds_path} does not cover {table['fold'].null_count()} images; delete it to re-split")
     else:
         try:
-            folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed)
+            folds = assign_folds(table["label"].to_list(), groups, cfg.cv.n_folds, cfg.cv.seed, task)
             table = table.with_columns(fold=pl.Series(folds, dtype=pl.Int64))
         except UserError as e:
             errors.append(str(e))
     has_folds = "fold" in table.columns
-    console.print(fold_counts(table["label"].to_list(), table["fold"].to_list() if has_folds else None, classes))
+    console.print(fold_counts(table["label"].to_list(), table["fold"].to_list() if has_folds else None,
+                              list(task.names), task.kind))
     if "group" in table.columns and has_folds:
         spans = (table.drop_nulls("fold").group_by("group").agg(pl.col("fold").n_unique())
                  .filter(pl.col("fold") > 1).sort("group"))
@@ -177,7 +179,7 @@ def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], t
 def run(cfg: Config) -> int:
     errors: list[str] = []
     corpus = read_train(cfg.data, verify=False)
-    console.print(f"[bold]{corpus.source}[/]: {corpus.table.height} images, {len(corpus.classes)} classes")
+    console.print(f"[bold]{corpus.source}[/]: {corpus.table.height} images, {describe_names(corpus.task)}")
     cache = duplicates.HashCache(stamps_json(cfg).parent)
     facts = inspect_all(corpus.image_dir, corpus.table["path"].to_list(), cfg.data.max_image_pixels, cache)
     test = read_test(cfg.data, verify=False)  # every image is decoded below: all unreadable ones listed
@@ -189,7 +191,7 @@ def run(cfg: Config) -> int:
     groups = corpus.table["group"].to_list() if "group" in corpus.table.columns else None
     if cfg.cv.near_duplicates == "group":  # the split `make folds` would make: as splits.split_groups
         groups = duplicates.split_groups(pairs, groups, corpus.table.height)
-    table = folds_and_counts(cfg, corpus.table, corpus.classes, errors, groups)
+    table = folds_and_counts(cfg, corpus.table, corpus.task, errors, groups)
     for f in facts + test_facts:
         if f.error:
             errors.append(f"{f.path}: {f.error}")
