@@ -127,7 +127,8 @@ def test_regression_targets_are_standardised_and_mapped_back_to_the_users_units(
     head = Head.fit(Task("regression", ("score",)), "mse", y)
     assert (head.shift, head.scale) == pytest.approx((40.0, np.std(y)))
     targets = head.targets(y)
-    assert targets.shape == (4, 1) and targets.mean() == pytest.approx(0.0, abs=1e-6) and targets.std() == pytest.approx(1.0)
+    assert targets.shape == (4, 1)
+    assert targets.mean() == pytest.approx(0.0, abs=1e-6) and targets.std() == pytest.approx(1.0)
     assert head.values(torch.from_numpy(targets)).numpy()[:, 0] == pytest.approx(y, rel=1e-6)  # round trip
     assert head.truth(torch.from_numpy(targets)) == pytest.approx(y, rel=1e-6)
     again = Head.from_dict(head.to_dict(), ["score"])  # what best.pt records
@@ -291,7 +292,8 @@ def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys, monkeypa
     corpus, level = tiny_corpus(tmp_path / "scores")
     scores = np.round(100 + 100 * level, 3)
     run_dir = tiny_run(tmp_path, Task("regression", ("score",)), [f"{s:.3f}" for s in scores], corpus,
-                       model={"name": "test_resnet", "img_size": 32}, augment={"mixup": 0.4})
+                       model={"name": "test_resnet", "img_size": 32}, augment={"mixup": 0.4},
+                       predict={"decision": "argmax"})
     err = train_and_predict(capsys, run_dir)
     assert "score standardised: mean" in err and "its training rows are shuffled" in err
     run = Run(run_dir)
@@ -304,11 +306,22 @@ def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys, monkeypa
     test = pd.read_csv(run_dir / "fold0" / "test.csv")
     assert list(test.columns) == ["id", "pred"] and (test["pred"].between(50, 250)).all()
     best = torch.load(run_dir / "fold0" / "best.pt", weights_only=True)
-    assert best["head"]["shift"] == pytest.approx(scores[np.arange(24) % 2 == 1].mean(), rel=1e-6)  # fold 0 trains on fold 1
+    fold1 = np.arange(24) % 2 == 1  # fold 0's model trains on fold 1
+    assert best["head"]["shift"] == pytest.approx(scores[fold1].mean(), rel=1e-6)
     from foldvision.stages.predict import fold_mean
 
     mean = fold_mean(run, [0, 1], ["score"], test["id"].tolist(), run_dir)
     assert mean.shape == (4, 1)
+    # the inference package carries the head: `foldvision infer` maps the outputs as predict did
+    from foldvision.learn.package import from_run
+    from foldvision.stages.predict import fold_test_probs
+
+    fold = from_run(run_dir).models[0]
+    again = fold_test_probs(fold.checkpoint(["score"]), fold.weights, corpus / "test",
+                            [f"{i}.png" for i in test["id"]], tta=["hflip", "vflip", "rot90"], batch_size=16,
+                            runtime={"device": "cpu", "amp": "auto", "channels_last": True},
+                            loader={"train": False, "num_workers": 0})
+    assert again[:, 0] == pytest.approx(test["pred"].to_numpy(), rel=1e-4)
 
 
 def test_a_regression_run_learns_better_than_the_training_mean(tmp_path, monkeypatch):

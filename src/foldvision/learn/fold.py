@@ -3,8 +3,8 @@ split, so the loop in foldvision.stages.train only uses it.
 
 The model is built as predict and bench build theirs (`engine.build_model_for`), as wide as the task's head
 (`heads.Head`: its outputs, targets and the map back to the user's units, fitted on the fold's training rows);
-then the loaders at the model's input (and, with train.finetune_size, at the larger one, built when first used), the optimizer, schedule and
-loss, and the recipes that are parts: the first epoch's trainable layers, EMA, Mixup/CutMix, prior correction.
+then the loaders at the model's input (and, with train.finetune_size, at the larger one, built when first
+used), the optimizer, schedule and loss, and the recipes that are parts: the first epoch's trainable layers, EMA, Mixup/CutMix, prior correction.
 Under DDP each rank gets its share of the splits, and its steps and the global batch's lr for the optimizer.
 """
 
@@ -126,7 +126,8 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
         scheduler=create_scheduler(optimizer, t, total_steps, resolve_metric(t.metric, split.kind)),
         loss_fn=create_loss(cfg.loss, split.kind), total_steps=total_steps, classes=split.classes,
         channels=cfg.data.channels, model_config=dataclasses.asdict(model_cfg), train_config=train_config(cfg, world),
-        val_ids=[i for i, v in zip(split.ids, val) if v], val_labels=[label for label, v in zip(split.labels, val) if v],
+        val_ids=[i for i, v in zip(split.ids, val) if v],
+        val_labels=[label for label, v in zip(split.labels, val) if v],
         y_val=split.y[val], head=head, world=world, train_net=world.wrap(setup.model, setup.net, t.compile),
         ema=WeightEma(setup.model, t.ema_decay, t.ema_warmup) if t.ema_decay else None,
         mix=create_mix(cfg.augment, head.outputs), prior=prior, bias_name=bias_name)

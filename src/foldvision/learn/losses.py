@@ -93,7 +93,7 @@ class FocalBCE(nn.Module):
 
 
 def asymmetric_loss(cfg: LossConfig) -> nn.Module:
-    """ASL (Ridnik et al. 2021), timm's: −y (1−p)^γ+ log p − (1−y) p_m^γ− log(1−p_m), p_m = max(p − m, 0);
+    """ASL (Ridnik et al. 2021), timm's: −y (1−p)^γ+ log p − (1−y) p_m^γ− log(1−p_m), p_m = max(p − m, 0),
     averaged over the elements like the other losses (the paper sums them, which ties the lr to the batch)."""
     return AsymmetricLossMultiLabel(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos,
                                     clip=cfg.asl_clip or None, reduction="mean")
