@@ -347,6 +347,21 @@ def test_a_regression_run_learns_better_than_the_training_mean(tmp_path, monkeyp
     assert rmse < 0.8 * baseline, (rmse, baseline)
 
 
+def test_an_ordinal_run_with_cumulative_logits_predicts_the_expected_grade(tmp_path, capsys, monkeypatch):
+    fallback_metrics(monkeypatch)
+    corpus, level = tiny_corpus(tmp_path / "grades")
+    grades = [str(int(v * 3.99)) for v in level]
+    run_dir = tiny_run(tmp_path, Task("ordinal", ("0", "1", "2", "3")), grades, corpus, loss={"name": "cumulative"})
+    train_and_predict(capsys, run_dir)
+    best = torch.load(run_dir / "fold1" / "best.pt", weights_only=True)
+    assert best["head"]["link"] == "cumulative" and best["model"]["head.fc.weight"].shape[0] == 3  # K − 1 logits
+    run = Run(run_dir)
+    oof = run.read_fold_oofs(run.read_split())
+    assert oof.kind == "ordinal" and oof.y.tolist() == [int(g) for g in grades]
+    assert oof.probs.shape == (24, 1) and ((oof.probs >= 0) & (oof.probs <= 3)).all()
+    assert list(pd.read_csv(run_dir / "fold1" / "test.csv").columns) == ["id", "pred"]
+
+
 # ---- refusals of single-label-only switches --------------------------------------------------------------
 
 def with_task(cfg, task: str):

@@ -4,7 +4,8 @@ split, so the loop in foldvision.stages.train only uses it.
 The model is built as predict and bench build theirs (`engine.build_model_for`), as wide as the task's head
 (`heads.Head`: its outputs, targets and the map back to the user's units, fitted on the fold's training rows);
 then the loaders at the model's input (and, with train.finetune_size, at the larger one, built when first
-used), the optimizer, schedule and loss, and the recipes that are parts: the first epoch's trainable layers, EMA, Mixup/CutMix, prior correction.
+used), the optimizer, schedule and loss, and the recipes that are parts: the first epoch's trainable layers,
+EMA, Mixup/CutMix, prior correction.
 Under DDP each rank gets its share of the splits, and its steps and the global batch's lr for the optimizer.
 """
 
@@ -141,8 +142,9 @@ def fold_draw(cfg: Config, kind: str, y: np.ndarray, train: np.ndarray, fold: in
     if cfg.train.sampler != "imbalanced":
         return Draw(cfg.train.sampler)
     if kind in ("regression", "ordinal"):
-        console.print(f"fold {fold}: train.sampler=imbalanced balances classes and a {kind} target has none; its "
-                      "training rows are shuffled (set train.sampler=random to say so)")
+        article = "an" if kind == "ordinal" else "a"
+        console.print(f"fold {fold}: train.sampler=imbalanced balances classes, which {article} {kind} target has "
+                      "not: its training rows are shuffled (train.sampler=random: the same, without this line)")
         return Draw("random")
     if kind != "multilabel":
         return Draw("imbalanced")  # the loader balances the class indices themselves
