@@ -396,3 +396,14 @@ def test_a_single_label_loss_on_an_auto_read_multilabel_split_is_refused_by_the_
     assert len(lines) == 1, err
     assert "loss.name=focal is for single-label targets; a multilabel task trains with bce" in lines[0]
     assert not (run_dir / "fold0" / "best.pt").exists()
+
+
+def test_data_exclude_relabels_single_label_classes_only(tmp_path, capsys):
+    corpus, level = tiny_corpus(tmp_path / "tags")
+    task, labels = multilabel_labels(level)
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text("id,new_label\nim001,dark\n", encoding="utf-8")
+    run_dir = tiny_run(tmp_path, task, labels, corpus, data={"exclude": str(exclude)})
+    code, err = stage(capsys, "train", str(run_dir), "--fold", "0")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert f"data.exclude={exclude}: new_label relabels single-label classes only" in err
