@@ -197,12 +197,46 @@ class TrainConfig:
     seed: int = 42  # model init, sampler and augmentation seed
 
 
+# The losses each task kind (foldvision.targets) trains with; the first is what loss.name=auto means.
+LOSS_NAMES = {
+    "single": ("cce", "ce", "label_smoothing", "focal"),
+    "multilabel": ("bce", "focal_bce", "asl"),
+    "regression": ("mse", "huber", "scaled_bce"),
+    "ordinal": ("mse", "huber", "scaled_bce", "cumulative"),
+}
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    name: Literal["cce", "ce", "label_smoothing", "focal"] = "cce"  # Complement Cross Entropy by default
+    # auto: the task's first in LOSS_NAMES: cce (single-label), bce (multi-label), mse (regression, ordinal)
+    name: Literal["auto", "cce", "ce", "label_smoothing", "focal", "bce", "focal_bce", "asl", "mse", "huber",
+                  "scaled_bce", "cumulative"] = "auto"
     cce_gamma: float = 1.0  # cce: weight γ' of the complement entropy (the paper's γ = -1)
-    focal_gamma: float = 2.0  # focal: focusing exponent
+    focal_gamma: float = 2.0  # focal, focal_bce: focusing exponent
     smoothing: float = 0.1  # label_smoothing only
+    asl_gamma_neg: float = 4.0  # asl: focusing exponent of the negatives (Ridnik et al. 2021's γ−)
+    asl_gamma_pos: float = 0.0  # asl: focusing exponent of the positives (γ+)
+    asl_clip: float = 0.05  # asl: probability margin m shifted off the negatives (0: none)
+    huber_delta: float = 1.0  # huber: where the loss turns from squared to linear, in standard deviations
+
+
+def loss_name(loss: LossConfig, kind: str) -> str:
+    """The loss a task kind trains with: loss.name, or the kind's default for auto."""
+    return LOSS_NAMES[kind][0] if loss.name == "auto" else loss.name
+
+
+def check_task(cfg: Config, kind: str, where: str = "") -> None:
+    """Settings that only make sense for another task kind, refused in one line naming the key and what to set
+    (the config's data.task when it is explicit, the train stage's split when data.task is auto). The imbalanced
+    sampler and prior correction are adapted instead (foldvision.learn.fold), so their defaults serve every kind."""
+    name = cfg.loss.name
+    if name != "auto" and name not in LOSS_NAMES[kind]:
+        raise UserError(f"{where}loss.name={name} is for {_kinds_of(name)} targets; a {kind} task trains with "
+                        f"{', '.join(LOSS_NAMES[kind])} (or auto: {LOSS_NAMES[kind][0]})")
+
+
+def _kinds_of(name: str) -> str:
+    return " and ".join(("single-label" if k == "single" else k) for k, names in LOSS_NAMES.items() if name in names)
 
 
 @dataclass(frozen=True)
@@ -429,9 +463,16 @@ def validate(cfg: Config) -> None:
     loss = cfg.loss
     _require(_finite(loss.smoothing) and 0 <= loss.smoothing < 1, "loss.smoothing", loss.smoothing,
              "from 0 up to (not including) 1")
-    for key in ("cce_gamma", "focal_gamma"):
+    for key in ("cce_gamma", "focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
         _require(_finite(getattr(loss, key)) and getattr(loss, key) >= 0, f"loss.{key}", getattr(loss, key),
                  "must be 0 or more")
+    _require(_finite(loss.asl_clip) and 0 <= loss.asl_clip < 1, "loss.asl_clip", loss.asl_clip,
+             "a probability margin from 0 up to (not including) 1 (e.g. 0.05)")
+    _require(_finite(loss.huber_delta) and loss.huber_delta > 0, "loss.huber_delta", loss.huber_delta,
+             "above 0 (in standard deviations of the target, e.g. 1.0)")
+    task = getattr(d, "task", "auto")  # data.task (the corpus reader's key): explicit kinds are checked now
+    if task != "auto":
+        check_task(cfg, task, "data.task=" + task + ": ")
     _check_recipes(cfg)
     _check_compile(t)
     _check_ranger21(t)

@@ -166,7 +166,7 @@ def predict_views(pkg: Package, test: TestSet, views: list[str], opts: Options, 
               "cache_dir": str(opts.scratch)}
     members = []
     for member in pkg.members:
-        total = np.zeros((len(paths), len(pkg.classes)))
+        total = 0.0  # the folds' sum, a column per class or tag, or one value (its head: foldvision.learn.heads)
         for fold in member.folds:
             ckpt = fold.checkpoint(pkg.classes)
             try:

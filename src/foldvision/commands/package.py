@@ -74,7 +74,8 @@ def describe(pkg: Package, weights: dict[tuple[str, int], str]) -> dict:
     """package.json: what `learn.package.load_package` reads back."""
     members = [{"name": m.name, "weight": m.weight,
                 "folds": [{"fold": f.fold, "weights": weights[m.name, f.fold], "model_config": f.model_config,
-                           "timm": f.timm, "channels": f.channels, "data_config": f.data_config} for f in m.folds]}
+                           "timm": f.timm, "channels": f.channels, "data_config": f.data_config, "head": f.head}
+                          for f in m.folds]}
                for m in pkg.members]
     return {"format": FORMAT, "name": pkg.name, "kind": pkg.kind, "classes": pkg.classes, "metric": pkg.metric,
             "predict": pkg.predict, "data": pkg.data, "method": pkg.method, "members": members}

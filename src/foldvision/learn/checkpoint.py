@@ -4,8 +4,9 @@ traceback, and a kill mid-write never leaves a cut-short one.
 A fold (foldvision.stages.train) keeps three kinds in `fold<k>/`:
 
     best.pt      the best epoch's weights, what predict needs to rebuild the model without the config (classes,
-                 channels, model config, the input's `Preprocessing` as `data_config`, and `timm`: the resolved
-                 architecture and pretrained config, so an hf-hub:/local-dir: model needs neither) and its validation
+                 `head`: the task kind and how the outputs map to probabilities or to the user's units, channels,
+                 model config, the input's `Preprocessing` as `data_config`, and `timm`: the resolved architecture
+                 and pretrained config, so an hf-hub:/local-dir: model needs neither) and its validation
                  predictions, the fold's OOF rows (`best_checkpoint`; predict reads it back)
     last.pt      after each epoch, all a fold needs to resume exactly where it stopped (`resume_checkpoint`,
                  `initial_state`); a cut-short or foreign one is set aside as `last.pt.corrupt`
@@ -27,6 +28,7 @@ from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.files import remove_partial_writes, write_atomic
 from foldvision.learn import distributed
+from foldvision.learn.heads import Head
 from foldvision.learn.models import timm_source
 from foldvision.learn.recipes import top_k, with_prior
 from foldvision.learn.transforms import Preprocessing
@@ -91,6 +93,14 @@ def read_preprocessing(content: dict, path: Path) -> Preprocessing:
         raise CheckpointError(path, f"not a foldvision checkpoint (its data_config: {_first_sentence(e)})") from None
 
 
+def read_head(content: dict, path: Path) -> Head:
+    """How a checkpoint's outputs map to what Predictions hold (one written before heads: single-label softmax)."""
+    try:
+        return Head.from_dict(content.get("head"), list(content["classes"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"not a foldvision checkpoint (its head: {_first_sentence(e)})") from None
+
+
 def load_weights(model: nn.Module, weights: dict, path: Path) -> None:
     """`model.load_state_dict(weights)`; weights of another architecture are a CheckpointError naming `path`."""
     try:
@@ -125,7 +135,8 @@ def best_checkpoint(parts: FoldParts, epoch: int, metric: str, value: float, pro
     at the input they were validated at, and the validation predictions that become the fold's OOF rows."""
     weights = parts.eval_model.state_dict() if weights is None else weights
     return {"model": with_prior(weights, parts.bias_name, parts.prior), "epoch": epoch, "metric": metric,
-            "score": value, "classes": parts.classes, "channels": parts.channels, "model_config": parts.model_config,
+            "score": value, "classes": parts.classes, "head": parts.head.to_dict(), "channels": parts.channels,
+            "model_config": parts.model_config,
             "data_config": parts.preprocessing.to_dict(), "timm": timm_source(parts.setup.model),
             "val_ids": parts.val_ids,
             "val_probs": torch.from_numpy(probs)}

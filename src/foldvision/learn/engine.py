@@ -21,6 +21,7 @@ from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.results.metrics import score
 from foldvision.learn.checkpoint import load_weights
+from foldvision.learn.heads import Head
 from foldvision.learn.models import create_model, preprocessing as model_preprocessing
 from foldvision.learn.optim import current_lr
 from foldvision.learn.recipes import LossMix, WeightEma, keep_frozen_norms, mixed_loss
@@ -178,12 +179,14 @@ def train_one_epoch(
     mix: LossMix | None = None,
     clip_grad: float | None = None,
     ema: WeightEma | None = None,
+    head: Head | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; an optimizer step every `accumulate` batches.
 
     `mix` mixes each batch (Mixup/CutMix) and the loss with it (`recipes.mixed_loss`; the train scores are then
     those of the mixed images against their first labels); `clip_grad` clips the gradient norm before each step;
-    `ema` is updated after each step. BatchNorm layers with frozen weights stay in eval mode.
+    `ema` is updated after each step. BatchNorm layers with frozen weights stay in eval mode. `head` maps the
+    outputs and targets back for the scores (`heads.Head`; None: single-label softmax over the outputs).
 
     `reduce_loss` (DDP: every rank's loss summed, `World.sum`) is what is checked for NaN/inf, so a NaN on one
     rank stops every rank at the same step instead of leaving the others waiting in DDP's gradient all-reduce.
@@ -193,7 +196,7 @@ def train_one_epoch(
     """
     model.train()
     keep_frozen_norms(model)
-    tally = _Tally(progress, description, len(loader))
+    tally = _Tally(progress, description, len(loader), head or Head())
     optimizer.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
@@ -217,26 +220,29 @@ def train_one_epoch(
 
 
 class _Tally:
-    """An epoch's running loss and the scores of the batches' own predictions, on the progress bar as it goes."""
+    """An epoch's running loss and the scores of the batches' own predictions, on the progress bar as it goes
+    (with the accuracy for single-label classes)."""
 
-    def __init__(self, progress: Progress | None, description: str, batches: int):
-        self.progress, self.total_loss, self.seen, self.correct = progress, 0.0, 0, 0
-        self.batch_probs: list[torch.Tensor] = []
-        self.batch_targets: list[torch.Tensor] = []
+    def __init__(self, progress: Progress | None, description: str, batches: int, head: Head):
+        self.progress, self.head, self.total_loss, self.seen, self.correct = progress, head, 0.0, 0, 0
+        self.batch_probs: list[np.ndarray] = []
+        self.batch_truth: list[np.ndarray] = []
         self.start = time.perf_counter()
         self.task = progress.add_task(description, total=batches, rate=0.0, info="") if progress else None
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, n: int) -> None:
         self.total_loss += loss.item() * n
         self.seen += n
-        probs = torch.softmax(logits.detach().float(), dim=1).cpu()
+        probs = self.head.values(logits.detach()).cpu().double().numpy()
         self.batch_probs.append(probs)
-        self.batch_targets.append(targets.cpu())
-        self.correct += int((probs.argmax(1) == self.batch_targets[-1]).sum())
+        self.batch_truth.append(self.head.truth(targets))
+        info = f"loss {self.total_loss / self.seen:.4f}"
+        if self.head.kind == "single":
+            self.correct += int((probs.argmax(1) == self.batch_truth[-1]).sum())
+            info += f"  acc {self.correct / self.seen:.3f}"
         if self.task is not None:
             rate = self.seen / (time.perf_counter() - self.start)
-            self.progress.update(self.task, advance=1, rate=rate,
-                                 info=f"loss {self.total_loss / self.seen:.4f}  acc {self.correct / self.seen:.3f}")
+            self.progress.update(self.task, advance=1, rate=rate, info=info)
 
     def close(self, lr: float) -> dict[str, float]:
         """The loss, `train_<score>` of every score, `lr` and img/s (history.csv's order); the bar's task goes."""
@@ -244,7 +250,7 @@ class _Tally:
             self.progress.remove_task(self.task)
         elapsed = time.perf_counter() - self.start
         seen = self.seen
-        scores = (score(torch.cat(self.batch_targets).numpy(), torch.cat(self.batch_probs).double().numpy())
+        scores = (score(np.concatenate(self.batch_truth), np.concatenate(self.batch_probs), self.head.kind)
                   if seen else {})
         return {"train_loss": self.total_loss / max(seen, 1), **{f"train_{k}": v for k, v in scores.items()},
                 "lr": lr, "train_img_s": seen / elapsed}
@@ -260,12 +266,15 @@ def predict(
     progress: Progress | None = None,
     description: str = "predict",
     on_batch: Callable[[int], None] | None = None,
+    head: Head | None = None,
 ) -> np.ndarray:
-    """Class probabilities (float64, rows in loader order). `forward(model, images)` must return
-    probabilities; by default it is softmax(model(images)) (TTA passes its own). `on_batch(images seen)` is
-    called after each batch (`foldvision infer` paces itself by it)."""
+    """What Predictions hold (float64, rows in loader order): class or tag probabilities, or values in the
+    user's units, as `head` maps the outputs (None: single-label softmax). `forward(model, images)` must return
+    them; by default it is head.values(model(images)) (TTA passes its own). `on_batch(images seen)` is called
+    after each batch (`foldvision infer` paces itself by it)."""
     model.eval()
-    forward = forward or (lambda m, x: torch.softmax(m(x).float(), dim=1))
+    head = head or Head()
+    forward = forward or (lambda m, x: head.values(m(x)))
     out, seen, start = [], 0, time.perf_counter()
     task = progress.add_task(description, total=len(loader), rate=0.0, info="") if progress else None
     for images, _ in loader:
@@ -280,6 +289,7 @@ def predict(
     if task is not None:
         progress.remove_task(task)
     probs = np.concatenate(out) if out else np.zeros((0, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):  # a row of NaN (or zeros) is reported just below
-        probs = probs / probs.sum(axis=1, keepdims=True)  # softmax in low precision sums to 1 only roughly
+    if head.kind == "single":  # tags' sigmoids and values are not a distribution: never normalised
+        with np.errstate(invalid="ignore", divide="ignore"):  # a row of NaN (or zeros) is reported just below
+            probs = probs / probs.sum(axis=1, keepdims=True)  # softmax in low precision sums to 1 only roughly
     return check_finite(probs, description)

@@ -33,7 +33,8 @@ def load_image(path: Path, channels: int) -> np.ndarray:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, class index) pairs; the class index is -1 for unlabelled (test) images."""
+    """(image tensor, target) pairs: a class index (-1 for unlabelled, test, images), or a float row (the
+    targets of the other task kinds: `foldvision.learn.heads.Head.targets`)."""
 
     def __init__(self, image_dir: Path, paths: list[str], targets: np.ndarray | None, transform, channels: int,
                  images=None):
@@ -47,12 +48,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         if self.images is not None:
             image = self.images[self.paths[i]]
         else:
             image = load_image(self.image_dir / self.paths[i], self.channels)
-        return self.transform(image=image)["image"], int(self.targets[i])
+        target = self.targets[i]
+        return self.transform(image=image)["image"], torch.from_numpy(target) if target.ndim else int(target)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -165,12 +165,12 @@ def create_loader(root: Path, paths, targets, spec: Preprocessing, device: torch
                   batch_size: int, augment: list[dict] | None = None, device_augment: bool = True,
                   sampler: str = "random", num_workers: int | None = None, channels_last: bool = True,
                   cache_dir: str | None = None, cache_size: int | None = None, seed: int = 0,
-                  shard: tuple[int, int] | None = None, progress=None) -> DeviceLoader:
+                  shard: tuple[int, int] | None = None, progress=None, balance=None) -> DeviceLoader:
     """The loader of one split.
 
     Args:
         root: the corpus folder; `paths` are relative to it.
-        targets: class indices, or None for test images.
+        targets: class indices (or float rows: `heads.Head.targets`), or None for test images.
         spec: the model's input: size, interpolation, channels and normalisation (`models.preprocessing`).
         train: shuffle (or `sampler="imbalanced"`: torchsampler's weighted draw), drop a last 1-image batch,
             apply `augment` (albumentations by name; trailing flips/rot90 on the device when `device_augment`).
@@ -178,6 +178,7 @@ def create_loader(root: Path, paths, targets, spec: Preprocessing, device: torch
         cache_dir: the decoded-image cache (data.cache_dir), built first where missing; None decodes on every
             read. `cache_size` caches training images larger than the input size (a margin for random crops).
         shard: (rank, world size) under DDP: this process's share of the split (`distributed.shard_sampler`).
+        balance: the label of each row the imbalanced draw balances; None: `targets` (class indices).
     """
     augment = augment or []
     if cache_size is not None and cache_size < spec.size:
@@ -192,13 +193,14 @@ def create_loader(root: Path, paths, targets, spec: Preprocessing, device: torch
     cpu_work = cache_dir is None or bool(cpu_augment) or decoded.size != spec.size  # decode, augment, resize
     workers = loader_workers(num_workers, device, cpu_work)
     weighted = None
+    balance = dataset.targets if balance is None else np.asarray(balance)
     if shard is not None:
-        weighted = shard_sampler(dataset.targets, sampler if train else None, *shard)
+        weighted = shard_sampler(balance, sampler if train else None, *shard)
     elif train and sampler == "imbalanced":
         from torchsampler import ImbalancedDatasetSampler  # noqa: PLC0415 - training only; inference runs without it
 
         # labels passed in: torchsampler would otherwise read every image once just to learn its label
-        weighted = ImbalancedDatasetSampler(dataset, labels=np.asarray(targets).tolist())
+        weighted = ImbalancedDatasetSampler(dataset, labels=balance.tolist())
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,15 +1,24 @@
-"""Classification losses by name: Complement Cross Entropy (default), CE, label smoothing, focal.
+"""Losses by name, per task kind (config.LOSS_NAMES; loss.name=auto picks the kind's first):
 
-Every loss computes in float32 whatever the autocast dtype, so bf16/fp16 logits cannot overflow it.
+    single      class indices      cce (Complement Cross Entropy), ce, label_smoothing, focal
+    multilabel  N x K 0/1 floats   bce, focal_bce (sigmoid focal), asl (asymmetric loss)
+    regression  N x 1 floats       mse, huber (standardised targets), scaled_bce (targets scaled to 0..1)
+    ordinal     N x 1 or N x K-1   mse, huber, scaled_bce (on the grade), cumulative (BCE of P(grade > k))
+
+The targets other than single-label's are what `foldvision.learn.heads.Head.targets` makes of the labels (soft
+ones after Mixup/CutMix); every loss is a mean over its elements. Every loss computes in float32 whatever the
+autocast dtype, so bf16/fp16 logits cannot overflow it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
-from foldvision.config import LossConfig
+from foldvision.config import LossConfig, loss_name
 
 
 class ComplementCrossEntropy(nn.Module):
@@ -64,13 +73,62 @@ class CrossEntropy(nn.CrossEntropyLoss):
         return super().forward(logits.float(), target)
 
 
+class BinaryCrossEntropy(nn.Module):
+    """BCE on logits: multi-label tags (bce), a value scaled to 0..1 (scaled_bce, the Pawpularity trick) and the
+    cumulative targets [grade > k] of an ordinal task (cumulative); soft targets (mixed) are welcome."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+class FocalBCE(nn.Module):
+    """Sigmoid focal loss, −(1 − p_t)^γ log p_t per tag (torchvision's, without its α weighting)."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sigmoid_focal_loss(logits.float(), target.float(), alpha=-1, gamma=self.gamma, reduction="mean")
+
+
+def asymmetric_loss(cfg: LossConfig) -> nn.Module:
+    """ASL (Ridnik et al. 2021), timm's: −y (1−p)^γ+ log p − (1−y) p_m^γ− log(1−p_m), p_m = max(p − m, 0),
+    averaged over the elements like the other losses (the paper sums them, which ties the lr to the batch)."""
+    return AsymmetricLossMultiLabel(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos,
+                                    clip=cfg.asl_clip or None, reduction="mean")
+
+
+class ValueLoss(nn.Module):
+    """MSE or Huber of the one output against the standardised target (both N x 1)."""
+
+    def __init__(self, huber_delta: float | None = None):
+        super().__init__()
+        self.huber_delta = huber_delta
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        if self.huber_delta is None:
+            return F.mse_loss(logits, target)
+        return F.huber_loss(logits, target, delta=self.huber_delta)
+
+
 LOSSES = {
     "cce": lambda cfg: ComplementCrossEntropy(gamma=cfg.cce_gamma),
     "ce": lambda cfg: CrossEntropy(),
     "label_smoothing": lambda cfg: CrossEntropy(label_smoothing=cfg.smoothing),
     "focal": lambda cfg: FocalLoss(gamma=cfg.focal_gamma),
+    "bce": lambda cfg: BinaryCrossEntropy(),
+    "focal_bce": lambda cfg: FocalBCE(gamma=cfg.focal_gamma),
+    "asl": asymmetric_loss,
+    "mse": lambda cfg: ValueLoss(),
+    "huber": lambda cfg: ValueLoss(huber_delta=cfg.huber_delta),
+    "scaled_bce": lambda cfg: BinaryCrossEntropy(),
+    "cumulative": lambda cfg: BinaryCrossEntropy(),
 }
 
 
-def create_loss(cfg: LossConfig) -> nn.Module:
-    return LOSSES[cfg.name](cfg)
+def create_loss(cfg: LossConfig, kind: str = "single") -> nn.Module:
+    """The loss loss.name names for a task kind (auto: the kind's default; config.check_task refused a name of
+    another kind before any work)."""
+    return LOSSES[loss_name(cfg, kind)](cfg)

@@ -6,7 +6,8 @@
     package.json      what predicts: the classes, the metric, the predict settings (TTA views, batch size, value,
                       decision), the data settings a new test set is read with, the blend (method and member
                       weights; one member of weight 1 for an experiment), and each member's fold models: weights
-                      file, timm architecture and pretrained config, model config, channels, preprocessing
+                      file, timm architecture and pretrained config, model config, channels, preprocessing, and
+                      head (the task kind and the map from outputs to probabilities or the user's units)
     decision.json     the decision rule fitted on the OOF predictions (labels by rule), or absent
     ensemble.json     a blend's record as `foldvision ensemble` wrote it (for reading; package.json drives)
     models/<member>/fold<k>.safetensors   the fold models' weights
@@ -44,6 +45,7 @@ class FoldModel:
     timm: dict | None  # models.timm_source: architecture + pretrained config (None: a checkpoint of before it)
     channels: int
     data_config: dict  # transforms.Preprocessing.to_dict()
+    head: dict | None = None  # heads.Head.to_dict(): how outputs become predictions (None: single-label softmax)
 
     def checkpoint(self, classes: list[str]) -> dict:
         """What `stages.predict.fold_test_probs` takes: best.pt's keys, the weights read from the file."""
@@ -60,7 +62,7 @@ class FoldModel:
 
             weights = read_checkpoint(self.weights, ("model",))["model"]
         return {"model": weights, "classes": classes, "channels": self.channels, "model_config": self.model_config,
-                "data_config": self.data_config, "timm": self.timm}
+                "data_config": self.data_config, "timm": self.timm, "head": self.head}
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def load_package(root: Path) -> Package:
     try:
         members = [Member(m["name"], float(m["weight"]),
                           [FoldModel(m["name"], int(f["fold"]), root / f["weights"], f["model_config"], f["timm"],
-                                     int(f["channels"]), f["data_config"]) for f in m["folds"]])
+                                     int(f["channels"]), f["data_config"], f.get("head")) for f in m["folds"]])
                    for m in spec["members"]]
         rule = _json(root / DECISION_JSON) if (root / DECISION_JSON).is_file() else None
         ensemble = _json(root / ENSEMBLE_JSON) if (root / ENSEMBLE_JSON).is_file() else None
@@ -171,7 +173,7 @@ def _fold_model(run: Run, member: str, fold: int, classes: list[str]) -> FoldMod
     if list(ckpt["classes"]) != classes:
         raise retrain(CheckpointError(path, f"its classes are not those of {run.classes_json}"), fold)
     return FoldModel(member, fold, path, ckpt["model_config"], ckpt.get("timm"), int(ckpt["channels"]),
-                     ckpt["data_config"])
+                     ckpt["data_config"], ckpt.get("head"))
 
 
 def _experiment_rule(run: Run, metric: str, decision: str) -> dict | None:

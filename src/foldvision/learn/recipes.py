@@ -55,7 +55,8 @@ class WeightEma:
 
 class LossMix:
     """Mixup/CutMix drawn by timm's `Mixup` (one λ per batch, the batch mixed with its reverse), applied as loss
-    mixing: λ·L(logits, y) + (1−λ)·L(logits, y reversed), so CCE, focal and CE keep their hard labels.
+    mixing: λ·L(logits, y) + (1−λ)·L(logits, y reversed), so CCE, focal and CE keep their hard labels; the
+    other task kinds' targets (tags, values, cumulative grades: float rows) are mixed themselves (`mixed_loss`).
 
     An odd batch needs nothing special: its middle image is mixed with itself (unchanged) and both its labels
     are its own. λ and CutMix's box come from numpy's global generator, seeded per epoch by the loop, so a
@@ -77,9 +78,14 @@ class LossMix:
 
 
 def mixed_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor, lam: float) -> torch.Tensor:
-    """λ·L(y_a) + (1−λ)·L(y_b), with y_b the targets of the images mixed in (the batch reversed)."""
+    """Class indices: λ·L(y_a) + (1−λ)·L(y_b), with y_b the targets of the images mixed in (the batch reversed).
+    Float targets (tags, standardised values, cumulative grades): L(λ·y_a + (1−λ)·y_b), the mixed image's mixed
+    target (for BCE and MSE the two forms have the same gradient; for Huber and ASL the mixed target is the one
+    that means something)."""
     if lam == 1.0:
         return loss_fn(logits, targets)
+    if torch.is_floating_point(targets):
+        return loss_fn(logits, lam * targets + (1.0 - lam) * targets.flip(0))
     return lam * loss_fn(logits, targets) + (1.0 - lam) * loss_fn(logits, targets.flip(0))
 
 
@@ -187,6 +193,29 @@ def log_prior(y: np.ndarray, num_classes: int) -> torch.Tensor:
     equally often) took away from the model's logits."""
     counts = np.bincount(np.asarray(y), minlength=num_classes).astype(np.float64)
     return torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum())).float()
+
+
+def rarest_tags(y: np.ndarray) -> np.ndarray:
+    """Each multi-label row's rarest tag (by these rows' tag counts), or K for a row without tags: the label the
+    imbalanced sampler balances a multi-label split by, so rows holding a rare tag are drawn as often as the
+    rows whose rarest tag is common."""
+    y = np.asarray(y) > 0
+    ranked = np.where(y, y.sum(axis=0)[None, :], np.inf)
+    return np.where(y.any(axis=1), ranked.argmin(axis=1), y.shape[1]).astype(np.int64)
+
+
+def tag_prior_shift(y: np.ndarray, balance: np.ndarray) -> torch.Tensor:
+    """Per tag, logit(its rate in the training rows) − logit(its rate in the imbalanced draw, whose weights are
+    1 / count of each row's `balance` label): added to a multi-label model's logits it takes each tag's odds
+    back to the training set's, as `log_prior` does for classes (exact when the draw changed a tag's rate
+    alone; rates are kept 1/(2n) away from 0 and 1)."""
+    y = np.asarray(y, dtype=np.float64)
+    weights = 1.0 / np.bincount(balance)[balance]
+    margin = 0.5 / len(y)
+    true = np.clip(y.mean(axis=0), margin, 1 - margin)
+    drawn = np.clip((weights[:, None] * y).sum(axis=0) / weights.sum(), margin, 1 - margin)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    return torch.from_numpy(logit(true) - logit(drawn)).float()
 
 
 def classifier_bias_name(model: nn.Module) -> str | None:

@@ -4,7 +4,7 @@
     python -m foldvision.stages.predict runs/<exp> --out submissions/<exp>.csv   their mean: test.csv and the submission
 
 `--fold` always runs the model; `--out` never does: `average_folds` averages the existing `fold<k>/test.csv`
-files (id + one probability column per class) into `test.csv` and writes the submission in exactly the sample
+files (id + one probability column per class or tag, or one value in the user's units: `foldvision.targets`) into `test.csv` and writes the submission in exactly the sample
 submission's format, joined by id, through the one submission writer (`results.submission.write_submission`).
 Make decides what is stale (the `fold%/test.csv` rule), so re-ensembling or re-labelling needs no new inference.
 """
@@ -60,7 +60,8 @@ def read_fold_checkpoint(path: Path, fold: int) -> dict:
 def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[str], *, tta: list[str],
                     batch_size: int, runtime: dict, loader: dict, description: str = "test",
                     on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """One fold model's TTA probabilities of `paths` (relative to `image_dir`), one row per path, in order.
+    """One fold model's TTA probabilities of `paths` (relative to `image_dir`), one row per path, in order: per
+    class or tag, or one value in the user's units (the checkpoint's head maps the outputs as validation did).
 
     Args:
         ckpt: the fold's best.pt (`read_fold_checkpoint`); the model is rebuilt from it alone.
@@ -71,7 +72,8 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         loader: `loader.loader_kwargs(cfg, train=False)` (cache, workers).
         on_batch: called with the images predicted so far after each batch (`engine.predict`).
     """
-    from foldvision.learn.checkpoint import CheckpointError, read_preprocessing  # noqa: PLC0415 - the torch side
+    from foldvision.learn.checkpoint import (CheckpointError, read_head,  # noqa: PLC0415 - the torch side
+                                             read_preprocessing)
     from foldvision.learn.engine import build_model_for, predict, progress_bar  # noqa: PLC0415
     from foldvision.learn.loader import create_loader  # noqa: PLC0415
     from foldvision.learn.tta import tta_compose, tta_forward  # noqa: PLC0415
@@ -80,7 +82,8 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         model_cfg = ModelConfig(**ckpt["model_config"])
     except TypeError as e:  # model_config with keys this foldvision does not know
         raise CheckpointError(ckpt_path, f"not a foldvision checkpoint ({e})") from None
-    setup = build_model_for(model_cfg, len(ckpt["classes"]), ckpt["channels"], **{**runtime, "compile": False},
+    head = read_head(ckpt, ckpt_path)
+    setup = build_model_for(model_cfg, head.outputs, ckpt["channels"], **{**runtime, "compile": False},
                             pretrained=False, weights=ckpt["model"], weights_path=ckpt_path,
                             preprocessing=read_preprocessing(ckpt, ckpt_path), source=ckpt.get("timm"))
     views = len(tta_compose(tta))
@@ -88,8 +91,8 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
         batches = create_loader(image_dir, paths, None, setup.preprocessing, setup.device,
                                 **{**loader, "batch_size": max(1, batch_size // views)},
                                 progress=progress)
-        return predict(setup.net, batches, setup.amp, setup.device, forward=tta_forward(tta), progress=progress,
-                       description=description, on_batch=on_batch)
+        return predict(setup.net, batches, setup.amp, setup.device, forward=tta_forward(tta, head=head),
+                       progress=progress, description=description, on_batch=on_batch, head=head)
 
 
 def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Sample | None]:
@@ -106,13 +109,14 @@ def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> 
 def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     """fold<k>/test.csv: fold `fold`'s TTA probabilities of every test image (always computed: make decides
     whether it is stale)."""
-    from foldvision.learn.checkpoint import CheckpointError  # noqa: PLC0415 - the torch side
+    from foldvision.learn.checkpoint import CheckpointError, read_head  # noqa: PLC0415 - the torch side
     from foldvision.learn.engine import runtime_kwargs  # noqa: PLC0415
     from foldvision.learn.loader import loader_kwargs  # noqa: PLC0415
     from foldvision.learn.tta import tta_compose  # noqa: PLC0415
 
     cfg, run = load_run_config(run_dir), Run(run_dir)
-    classes = run.read_classes()
+    task = run.read_task()
+    classes = list(task.names)
     test, _ = test_set(cfg, run, classes)
     if test is None:
         return None
@@ -120,6 +124,9 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     ckpt = read_fold_checkpoint(files.best_pt, fold)
     if list(ckpt["classes"]) != classes:
         raise retrain(CheckpointError(files.best_pt, f"its classes are not those of {run.classes_json}"), fold)
+    if read_head(ckpt, files.best_pt).kind != task.kind:
+        raise retrain(CheckpointError(files.best_pt, f"it predicts another task kind than {run.classes_json}'s "
+                                                     f"{task.kind}"), fold)
     ids, paths = test.table["id"].to_list(), test.table["path"].to_list()
     console.print(f"fold {fold}: {len(ids)} test images × {len(tta_compose(cfg.predict.tta))} TTA views")
     try:
@@ -128,15 +135,16 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
                                 loader=loader_kwargs(cfg, train=False), description=f"fold {fold} test")
     except CheckpointError as e:
         raise retrain(e, fold) from None
-    out = Predictions(ids, classes, probs)
+    out = Predictions(ids, classes, probs, kind=task.kind)
     run.write_test(out, fold)
     console.print(f"fold {fold}: wrote {files.test_csv}")
     return out
 
 
 def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], where: Path) -> np.ndarray:
-    """The mean of the folds' test probabilities, row by row in `ids` order (joined by id, never by position)."""
-    total = np.zeros((len(ids), len(classes)))
+    """The mean of the folds' test probabilities (or values), row by row in `ids` order (joined by id, never by
+    position)."""
+    total = np.zeros((len(ids), len(run.read_task().columns)))
     for k in folds:
         part = run.read_test(classes, k)  # a missing one: one line naming it and `make predict`
         row_of = {i: n for n, i in enumerate(part.ids)}
@@ -168,7 +176,7 @@ def average_folds(run_dir: Path, out: Path) -> Predictions | None:
         return None
     ids = test.table["id"].to_list()
     probs = fold_mean(run, split.folds, split.classes, ids, test.sample_path or test.image_dir)
-    mean = Predictions(ids, split.classes, probs)
+    mean = Predictions(ids, split.classes, probs, kind=split.kind)
     run.write_test(mean)
     console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
     use_rule = sample is not None and sample.format.labels_by_rule(cfg.predict.decision)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from foldvision.campaign import torchrun
-from foldvision.config import Config, to_dict
+from foldvision.config import Config, check_task, to_dict
 from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.learn import distributed
@@ -47,6 +47,11 @@ from foldvision.learn.transforms import Preprocessing
 from foldvision.results.metrics import is_better, resolve_metric, score
 from foldvision.results.tracking import create_tracker
 from foldvision.run import Predictions, Run, load_run_config
+
+
+# history.csv's val_loss per task kind: the validation score on the training loss's scale where there is one
+# (regression and ordinal train on standardised values: their metrics are in the user's units, not a loss's)
+VAL_LOSS = {"single": "log_loss", "multilabel": "bce"}
 
 
 def seed_everything(seed: int) -> None:
@@ -64,7 +69,8 @@ def fit_fold(cfg: Config, run_dir: Path, fold: int) -> dict:
     files, world = run.fold(fold), distributed.current()
     if world.main:
         clear_leftovers(files, fold)
-    metric, seed = resolve_metric(cfg.train.metric), cfg.train.seed + 1000 * fold
+    check_task(cfg, split.kind, f"{run.classes_json}: data.task=auto read a {split.kind} target: ")
+    metric, seed = resolve_metric(cfg.train.metric, split.kind), cfg.train.seed + 1000 * fold
     seed_everything(seed)
     parts = build_fold(cfg, split, fold, files, seed, world)
     state = initial_state(parts)
@@ -107,12 +113,13 @@ def fit_epoch(parts: FoldParts, cfg: Config, state: dict, epoch: int, seed: int,
         stats = train_one_epoch(parts.train_net, parts.train_loader, parts.loss_fn, parts.optimizer,
                                 parts.scheduler if per_step(parts.scheduler) else None, setup.amp, setup.device,
                                 cfg.train.accumulate, progress, where, world.sum if world.distributed else None,
-                                mix=mix, clip_grad=cfg.train.clip_grad, ema=parts.ema)
+                                mix=mix, clip_grad=cfg.train.clip_grad, ema=parts.ema, head=parts.head)
     except NonFiniteLoss as e:
         raise diverged(e, cfg, setup.amp) from None
     scores, probs = validated(parts, cfg, where, progress)
     epoch_end(parts.scheduler, scores[metric])
-    row = {"epoch": epoch + 1, **stats, "val_loss": scores["log_loss"],
+    loss = VAL_LOSS.get(parts.head.kind)
+    row = {"epoch": epoch + 1, **stats, **({"val_loss": scores[loss]} if loss in scores else {}),
            **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - start}
     state["history"].append(row)
     improved = is_better(metric, scores[metric], state["best_score"])
@@ -125,7 +132,7 @@ def fit_epoch(parts: FoldParts, cfg: Config, state: dict, epoch: int, seed: int,
         keep_snapshot(parts, state, epoch + 1, scores[metric], metric, cfg.train.average_top_k)
     state["epoch"] = epoch + 1
     save_checkpoint(parts.files.last_pt, resume_checkpoint(parts, state))
-    return row, epoch_line(where, stats, scores, metric, improved)
+    return row, epoch_line(where, stats, scores, metric, improved, loss)
 
 
 def prepare_epoch(parts: FoldParts, cfg: Config, epoch: int) -> None:
@@ -158,16 +165,16 @@ def validated(parts: FoldParts, cfg: Config, where: str, progress, net: torch.nn
 
 
 def validate(parts: FoldParts, where: str, progress, net: torch.nn.Module | None = None) -> tuple[dict, np.ndarray]:
-    """The validation scores (log_loss, auc, accuracy...) and probabilities of the model as it is now (under DDP
-    each rank predicts its share and every rank gets all of them, in order, so all score alike): the EMA's
-    weights when on (or `net`), the prior correction added to the logits."""
-    net = parts.eval_net if net is None else net
-    prior = parts.prior
-    forward = None if prior is None else (lambda m, x: torch.softmax(m(x).float() + prior, dim=1))
+    """The validation scores (the task kind's: log_loss, auc, accuracy... for classes) and probabilities (or
+    values in the user's units: the fold's head) of the model as it is now (under DDP each rank predicts its
+    share and every rank gets all of them, in order, so all score alike): the EMA's weights when on (or `net`),
+    the prior correction added to the logits."""
+    net, head, prior = parts.eval_net if net is None else net, parts.head, parts.prior
+    forward = None if prior is None else (lambda m, x: head.values(m(x).float() + prior))
     probs = parts.world.gather_rows(lambda: predict(net, parts.val_loader, parts.setup.amp, parts.setup.device,
                                                     forward=forward, progress=progress,
-                                                    description=f"{where} validate"), len(parts.y_val))
-    return score(parts.y_val, probs), probs
+                                                    description=f"{where} validate", head=head), len(parts.y_val))
+    return score(parts.y_val, probs, head.kind), probs
 
 
 def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progress) -> None:
@@ -215,7 +222,7 @@ def finish_fold(run: Run, parts: FoldParts, state: dict, metric: str) -> dict:
     best = read_checkpoint(parts.files.best_pt, BEST_KEYS)
     probs = best["val_probs"].numpy()
     oof = Predictions(list(best["val_ids"]), parts.classes, probs, np.full(len(probs), parts.fold),
-                      parts.val_labels)
+                      parts.val_labels, parts.head.kind)
     run.write_history(parts.fold, state["history"])
     run.write_fold_oof(parts.fold, oof)
     parts.files.last_pt.unlink(missing_ok=True)
@@ -228,14 +235,18 @@ def diverged(error: NonFiniteLoss, cfg: Config, amp: Amp) -> UserError:
     tries = [f"a lower train.lr (train.lr={cfg.train.lr:g} now)"]
     if amp.mode != "off":
         tries.append(f"train.amp=off ({amp.mode} now)")
-    if cfg.loss.name == "focal":
-        tries.append("loss.name=ce")
+    if cfg.loss.name in ("focal", "focal_bce", "asl"):
+        tries.append("loss.name=" + ("ce" if cfg.loss.name == "focal" else "bce"))
     return UserError(f"{error.where}; try {', '.join(tries)}")
 
 
-def epoch_line(where: str, stats: dict, scores: dict, metric: str, improved: bool) -> str:
-    accuracy = "" if metric == "accuracy" else f"  acc {scores['accuracy']:.4f}"
-    return (f"{where}  loss {stats['train_loss']:.4f}  val_loss {scores['log_loss']:.4f}  {metric} "
+def epoch_line(where: str, stats: dict, scores: dict, metric: str, improved: bool, loss: str | None = "log_loss"
+               ) -> str:
+    """The epoch's line: the training loss, the validation loss (`loss`: the task kind's, when it has one), the
+    metric, and the accuracy beside it (for the kinds that score one)."""
+    val_loss = f"  val_loss {scores[loss]:.4f}" if loss in scores else ""
+    accuracy = "" if metric == "accuracy" or "accuracy" not in scores else f"  acc {scores['accuracy']:.4f}"
+    return (f"{where}  loss {stats['train_loss']:.4f}{val_loss}  {metric} "
             f"{scores[metric]:.4f}{' *' if improved else ''}{accuracy}  lr {stats['lr']:.2e}  "
             f"{stats['train_img_s']:.0f} img/s")
 
