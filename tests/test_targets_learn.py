@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 from pathlib import Path
 
 import numpy as np
@@ -365,9 +364,8 @@ def test_an_ordinal_run_with_cumulative_logits_predicts_the_expected_grade(tmp_p
 # ---- refusals of single-label-only switches --------------------------------------------------------------
 
 def with_task(cfg, task: str):
-    """The config with data.task set (task-read's key; a stand-in section until it is merged)."""
-    data = dataclasses.asdict(cfg.data) | {"task": task}
-    return dataclasses.replace(cfg, data=types.SimpleNamespace(**data))
+    """The config with data.task set."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
 
 
 @pytest.mark.parametrize("task,name,allowed", [

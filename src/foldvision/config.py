@@ -470,7 +470,7 @@ def validate(cfg: Config) -> None:
              "a probability margin from 0 up to (not including) 1 (e.g. 0.05)")
     _require(_finite(loss.huber_delta) and loss.huber_delta > 0, "loss.huber_delta", loss.huber_delta,
              "above 0 (in standard deviations of the target, e.g. 1.0)")
-    task = getattr(d, "task", "auto")  # data.task (the corpus reader's key): explicit kinds are checked now
+    task = d.task  # explicit kinds are checked now; auto ones by the train stage, which reads the split
     if task != "auto":
         check_task(cfg, task, "data.task=" + task + ": ")
     _check_recipes(cfg)
