@@ -212,7 +212,7 @@ def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = 
     wrong_rows = [[r["id"], str(r["fold"]), r["label"], r["pred"], f"{r['confidence']:.3f}", f"{r['p_true']:.3f}"]
                   for r in wrong.iter_rows(named=True)]
     solution = find_solution(exp.config["data"]["dir"])
-    lb_metric, lb = leaderboard_scores(submission, solution, exp.metric) if submission else ("", {})
+    lb_metric, lb = leaderboard_scores(submission, solution, exp.metric, exp.kind) if submission else ("", {})
     ablation = run.read_ablation()
     env = Environment(autoescape=True)
     return env.from_string(TEMPLATE).render(
