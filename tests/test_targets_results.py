@@ -300,3 +300,142 @@ def test_submissions_scored_per_kind_with_public_and_private_parts(tmp_path):
     pl.DataFrame({"id": ["a", "b", "c", "d"], "diagnosis": [0, 1, 2, 3]}).write_csv(sub)
     got = score_submission(sub, solution, "ordinal")["all"]  # solution grades 1..4 as numbers
     assert got["accuracy"] == 0.0 and got["mae"] == pytest.approx(1.0)
+
+
+# ---- blends -----------------------------------------------------------------------------------------------------
+N_BLEND, FOLDS = 120, 4
+
+
+class Members:
+    """Run folders of scored experiments of one task on a made-up split (as the stages write them), on a
+    corpus whose one-column sample submission takes tags, a value or a grade."""
+
+    def __init__(self, tmp_path: Path, kind: str, names: list[str], seed: int = 0):
+        from conftest import make_corpus
+
+        self.tmp, self.kind, self.names = tmp_path, kind, names
+        self.corpus = make_corpus(tmp_path / "corpus", {"a": 2, "b": 2}, n_test=6, sample="label")
+        self.rng = np.random.default_rng(seed)
+        self.ids = [f"img{i:04d}" for i in range(N_BLEND)]
+        self.folds = np.arange(N_BLEND) % FOLDS
+        self.test_ids = [f"t{i:03d}" for i in range(6)]
+        if kind == "multilabel":
+            self.y = (self.rng.random((N_BLEND, len(names))) < 0.4).astype(float)
+            self.labels = label_strings(self.y, names)
+        else:
+            self.y = self.rng.uniform(1, 5, N_BLEND)
+            self.labels = [str(float(v)) for v in self.y]
+
+    def preds(self, noise: float) -> np.ndarray:
+        if self.kind == "multilabel":
+            return np.clip(0.5 + 0.3 * (self.y - 0.5) + self.rng.normal(0, noise, self.y.shape), 0.01, 0.99)
+        return (self.y + self.rng.normal(0, noise, N_BLEND))[:, None]
+
+    def member(self, name: str, noise: float, kind: str | None = None, metric: str = "auto") -> Path:
+        from conftest import write_config
+
+        from foldvision.config import load_config
+        from foldvision.run import Run
+        from foldvision.targets import Task
+
+        kind = kind or self.kind
+        cfg = load_config(str(write_config(self.tmp / "configs", name, self.corpus, cv={"n_folds": FOLDS},
+                                           train={"metric": metric})))
+        run = Run(self.tmp / "runs" / name)
+        run.save_config(cfg)
+        names = self.names if kind == self.kind else ["0", "1"]
+        labels = self.labels if kind == self.kind else [str(i % 2) for i in range(N_BLEND)]
+        run.write_split(pl.DataFrame({"id": self.ids, "path": [f"train/{i}.png" for i in self.ids], "label": labels,
+                                      "fold": self.folds}), Task(kind, tuple(names)))
+        probs = self.preds(noise) if kind == self.kind else np.full((N_BLEND, 2), 0.5)
+        pred = Predictions(self.ids, names, probs, self.folds, labels, kind)
+        for k in range(FOLDS):
+            run.write_fold_oof(k, pred.take(self.folds == k))
+        run.write_oof(pred)
+        test = probs[:6] if kind == self.kind else np.full((6, 2), 0.5)
+        run.write_test(Predictions(self.test_ids, names, test, kind=kind))
+        run.write_scores(score_oof(pred, resolve_metric(metric, kind)))
+        return run.root
+
+    def blend(self, members: list[Path], method: str) -> dict:
+        from foldvision.commands.ensemble import blend
+
+        return blend(self.tmp / "runs" / "blend", members, method, out=self.tmp / "sub.csv")
+
+
+def test_a_regression_blend_stacks_by_ridge_writes_values_and_refuses_rank(tmp_path):
+    from foldvision.run import Run
+
+    toy = Members(tmp_path, "regression", ["score"])
+    good, bad = toy.member("good", 0.2), toy.member("bad", 1.5)
+    scores = toy.blend([good, bad], "stack")
+    assert scores["kind"] == "regression" and scores["ensemble"]["metric"] == "rmse"
+    record = Run(tmp_path / "runs" / "blend").read_ensemble()
+    assert record["stacker"]["model"] == "ridge" and record["weights"]["good"] > record["weights"]["bad"]
+    # the ridge blend beats the worse member and is in the target's units
+    assert scores["oof"]["rmse"] < Run(bad).read_scores()["oof"]["rmse"]
+    sub = pl.read_csv(tmp_path / "sub.csv")
+    assert sub.columns == ["image_id", "label"] and sub["label"].dtype == pl.Float64
+    with pytest.raises(UserError, match=r"^METHOD=rank blends ranks, which are not probabilities, and a regression "
+                                        r"blend must stay in the target's units; use METHOD=mean"):
+        toy.blend([good, bad], "rank")
+
+
+def test_a_multilabel_blend_climbs_the_tag_metric_and_writes_tags(tmp_path):
+    from foldvision.run import Run
+
+    toy = Members(tmp_path, "multilabel", TAGS)
+    members = [toy.member(f"m{i}", 0.15 + 0.1 * i, metric="samples_f2") for i in range(3)]
+    scores = toy.blend(members, "hill_climb")
+    info = scores["ensemble"]
+    assert info["metric"] == "samples_f2" and set(info["nested"]) == set(score(toy.y, toy.preds(0.1), "multilabel"))
+    assert "cooccurrence" in scores and scores["decision"]["kind"] == "tags"
+    blend_dir = Run(tmp_path / "runs" / "blend")
+    assert blend_dir.decision_json.is_file()
+    tags = pl.read_csv(tmp_path / "sub.csv")["label"].fill_null("").to_list()
+    assert all(set(t.split()) <= set(TAGS) for t in tags)
+    with pytest.raises(UserError, match="the submission holds tags, which would be decided on ranks"):
+        toy.blend(members, "rank")
+    stacked = toy.blend(members, "stack")
+    record = blend_dir.read_ensemble()
+    assert record["stacker"]["model"] == "per_tag_logistic" and np.array(record["stacker"]["coef"]).shape == (3, 3)
+    assert stacked["oof"]["map"] > 0.8
+
+
+def test_members_must_share_the_task(tmp_path):
+    toy = Members(tmp_path, "regression", ["score"])
+    reg, single = toy.member("reg", 0.3), toy.member("single", 0.3, kind="single")
+    with pytest.raises(UserError, match=r"^member .*single is a single task and .*reg a regression one: members "
+                                        r"must share the task \(data.task\)$"):
+        toy.blend([reg, single], "mean")
+
+
+def test_stackers_read_back_from_their_record_predict_the_same():
+    from foldvision.results.blending import stack, stacker_from_record
+
+    rng = np.random.default_rng(0)
+    y, _ = toy_multilabel(200)
+    inputs = [np.clip(y * 0.6 + rng.random(y.shape) * 0.4, 0.01, 0.99) for _ in range(2)]
+    tagged = stack(inputs, y, "multilabel")
+    values = [rng.normal(size=(50, 1)) for _ in range(3)]
+    target = values[0][:, 0] * 2 + 1
+    ridge = stack(values, target, "regression")
+    assert ridge.apply(values)[:, 0] == pytest.approx(target, abs=0.2)
+    for fitted, xs, model in ((tagged, inputs, "per_tag_logistic"), (ridge, values, "ridge")):
+        s = fitted.stacker
+        record = {"model": model, "coef": (s.coef if model != "ridge" else s.coef_).tolist(),
+                  "intercept": s.intercept.tolist() if model != "ridge" else float(s.intercept_)}
+        again = type(fitted)(fitted.method, fitted.weights, stacker=stacker_from_record(record, TAGS),
+                             kind=fitted.kind)
+        np.testing.assert_allclose(again.apply(xs), fitted.apply(xs))
+
+
+def test_single_label_rank_is_refused_for_a_label_submission_and_log_loss():
+    from foldvision.results.blending import check_rank
+
+    with pytest.raises(UserError, match="the submission holds labels, which would be decided on ranks"):
+        check_rank("single", "auc", "label")
+    with pytest.raises(UserError, match="train.metric=log_loss scores probabilities, not their order"):
+        check_rank("single", "log_loss", None)
+    check_rank("single", "auc", None)  # probabilities scored by AUC: ranks are what AUC reads
+    check_rank("multilabel", "map", None)

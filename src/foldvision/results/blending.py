@@ -42,7 +42,8 @@ from foldvision.results.metrics import accuracy, auc, is_better, macro_f1, score
 from foldvision.run import Predictions, Run, Split
 
 METHODS = ("hill_climb", "mean", "rank", "stack")
-RANK_METRICS = ("auc", "map", "macro_auc")  # metrics of the rows' order alone: what a rank blend may be scored by
+RANK_METRICS = ("auc", "map", "macro_auc")
+PLURAL = {"label": "labels", "tags": "tags", "grade": "grades", "value": "values"}  # submission formats decided  # metrics of the rows' order alone: what a rank blend may be scored by
 ROUNDS = 50  # hill climbing: at most this many additions after the first member (it stops earlier at no gain)
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before their log (stack)
 
@@ -326,7 +327,7 @@ def check_rank(kind: str, metric: str, decided: str | None) -> None:
     """Refuse METHOD=rank where its scores would be read as probabilities or values (see the module's note):
     `decided`, the submission's decided kind (labels, tags, grades, values) or None for probabilities."""
     why = (f"a {kind} blend must stay in the target's units" if kind in ("regression", "ordinal")
-           else f"the submission holds {decided}s, which would be decided on ranks" if decided
+           else f"the submission holds {PLURAL[decided]}, which would be decided on ranks" if decided
            else f"train.metric={metric} scores probabilities, not their order" if metric not in RANK_METRICS
            else None)
     if why:
