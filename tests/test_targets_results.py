@@ -439,3 +439,107 @@ def test_single_label_rank_is_refused_for_a_label_submission_and_log_loss():
         check_rank("single", "log_loss", None)
     check_rank("single", "auc", None)  # probabilities scored by AUC: ranks are what AUC reads
     check_rank("multilabel", "map", None)
+
+
+# ---- the results pages ------------------------------------------------------------------------------------------
+def scored(tmp_path: Path, kind: str, capsys=None, **train) -> tuple[Path, dict, str]:
+    """A run folder of `kind` with every fold's OOF table (no training), scored by the score stage: (run folder,
+    scores, what the stage printed)."""
+    from foldvision.stages.score import run as score_run
+
+    names = {"multilabel": TAGS, "regression": ["score"], "ordinal": ["0", "1", "2", "3"]}[kind]
+    toy = Members(tmp_path, "multilabel" if kind == "multilabel" else "regression", names)
+    if kind == "ordinal":
+        toy.kind, toy.y = "ordinal", toy.rng.integers(0, 4, N_BLEND)
+        toy.labels = [str(g) for g in toy.y]
+        toy.preds = lambda noise: (0.6 * toy.y + 0.3 + toy.rng.normal(0, noise, N_BLEND))[:, None]
+    root = toy.member("exp", 0.2, metric=train.get("metric", "auto"))
+    if capsys is not None:
+        capsys.readouterr()
+    scores = score_run(root)
+    printed = capsys.readouterr() if capsys is not None else None
+    return root, scores, printed.out + printed.err if printed else ""
+
+
+def test_the_score_stage_prints_each_kinds_view_and_the_decision_line(tmp_path, capsys):
+    root, scores, out = scored(tmp_path / "ml", "multilabel", capsys, metric="samples_f2")
+    assert "per tag" in out and "tag co-occurrence" in out and "threshold" in out
+    assert "tags by per-tag thresholds" in out and "nested" in out and "used" in out
+    assert scores["decision"]["kind"] == "tags" and len(scores["decision"]["values"]) == len(TAGS)
+
+    root, scores, out = scored(tmp_path / "reg", "regression", capsys)
+    assert "residuals" in out and "per class" not in out and "confusion" not in out
+    assert "values by clipping to the training range" in out and scores["metric"] == "rmse"
+
+    root, scores, out = scored(tmp_path / "ord", "ordinal", capsys)
+    assert "per grade" in out and "confusion matrix of the rounded grade" in out
+    # the compressed predictions (0.6 g + 0.3) round grade 3 down: fitted cut-points win, nested too
+    assert scores["decision"]["kind"] == "cuts" and scores["decision"]["used"] is True
+    assert "grades by cut-points" in out and "rule used" in out
+
+
+@pytest.mark.parametrize(("kind", "plots", "sections"), [
+    ("multilabel", {"learning_curves", "per_class", "cooccurrence"}, ["per tag", "tag co-occurrence"]),
+    ("regression", {"learning_curves", "scatter"}, ["residuals (prediction - truth)", "Predicted against true"]),
+    ("ordinal", {"learning_curves", "per_class", "confusion"}, ["per grade", "confusion matrix of the rounded"]),
+])
+def test_plots_and_the_report_page_per_kind(tmp_path, kind, plots, sections):
+    from foldvision.commands.report import build
+    from foldvision.results.figures import write_plots
+
+    root, scores, _ = scored(tmp_path, kind)
+    assert set(write_plots(root)) == plots
+    page = build(root)
+    for section in sections:
+        assert section in page
+    assert "Most confidently wrong" not in page
+
+
+def test_evaluate_scores_a_tag_submission_by_public_and_private_usage(tmp_path, capsys):
+    from conftest import stage
+
+    solution, sub = tmp_path / "solution.csv", tmp_path / "sub.csv"
+    pl.DataFrame({"image_name": ["a", "b"], "tags": ["sea sunset", "sea"], "Usage": ["Public", "Private"]}
+                 ).write_csv(solution)
+    pl.DataFrame({"image_name": ["a", "b"], "tags": ["sea", "sea"]}).write_csv(sub)
+    code, out = stage(capsys, "evaluate", str(sub), str(solution), "--task", "multilabel", stdout=True)
+    assert code == 0, out
+    assert "Public: n 1  samples_f1 0.6667" in out and "Private: n 1  samples_f1 1.0000" in out
+
+
+def test_f_scores_of_a_single_tag():
+    from foldvision.results.metrics import fbeta_tags
+
+    y, tags = np.array([[1], [0], [1], [0]]), np.array([[1], [0], [0], [1]])
+    assert fbeta_tags(y, tags, "samples") == 0.5  # right on 2 of 4 images
+    assert fbeta_tags(y, tags, "macro") == fbeta_tags(y, tags, "micro") == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
+def test_wandb_logs_each_kinds_view_offline(tmp_path, kind):
+    from test_tracking import logged_table, read_offline_run
+
+    from foldvision.results.tracking import create_tracker
+    from foldvision.run import Run
+
+    root, scores, _ = scored(tmp_path, kind)
+    tracker = create_tracker("wandb", root, f"{kind}-oof", "oof", {})
+    try:
+        tracker.log_oof(scores, Run(root).read_oof())
+    finally:
+        tracker.finish()
+    run = read_offline_run(next((root / "wandb").glob("offline-run-*")))
+    for name, value in scores["oof"].items():
+        assert run["summary"][f"oof_{name}"] == pytest.approx(value, nan_ok=True), name
+    if kind == "multilabel":
+        table = logged_table(run, "cooccurrence").set_index("tag")
+        assert table.loc[TAGS, TAGS].to_numpy().tolist() == scores["cooccurrence"]
+    elif kind == "regression":
+        table = logged_table(run, "predicted_vs_true_table")
+        assert table["predicted"].to_numpy() == pytest.approx(Run(root).read_oof().probs[:, 0])
+    else:
+        cells = logged_table(run, "confusion_matrix_table")
+        matrix = cells.pivot(index="Actual", columns="Predicted", values="nPredictions")
+        names = scores["classes"]
+        assert matrix.reindex(index=names, columns=names, fill_value=0).to_numpy().tolist() == \
+            scores["confusion_matrix"]

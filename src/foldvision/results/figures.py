@@ -31,7 +31,8 @@ from foldvision.corpus import open_image
 from foldvision.files import write_atomic
 from foldvision.run import Predictions, Run
 
-PLOTS = ("learning_curves", "confusion", "roc", "per_class", "cooccurrence", "scatter", "wrong")
+PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")  # a single-label experiment's plots
+KIND_PLOTS = ("cooccurrence", "scatter")  # multi-label's and regression's own (shown after per_class)
 MAX_LABELLED_CLASSES = 20  # beyond this, tick labels and cell values are unreadable: left out
 
 
@@ -294,6 +295,6 @@ def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
         figures["label_issues"] = label_issue_images(run, oof, files_of)
     clusters = near_duplicate_rows(cfg, split)
     figures["near_duplicates"] = image_rows(clusters) if clusters else None
-    order = [*PLOTS, "label_issues", "near_duplicates"]
+    order = [*PLOTS[:-1], *KIND_PLOTS, "wrong", "label_issues", "near_duplicates"]
     return {name: save(figures[name], run.plot_png(name)) for name in order
             if name in figures and figures[name] is not None}

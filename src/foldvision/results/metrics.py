@@ -119,6 +119,10 @@ def fbeta_tags(y: np.ndarray, tags: np.ndarray, average: str, beta: float = 1.0)
     """F-beta of multi-label decisions (N x K 0/1); an image or tag with no true and no predicted tag counts 1
     for samples-F (Kaggle's Planet scoring) and 0 for macro-F (sklearn's zero_division)."""
     zero = 1.0 if average == "samples" else 0.0
+    if y.shape[1] == 1:  # sklearn reads one column as a binary vector, where samples-F is undefined
+        if average == "samples":  # an image's F with one tag: 1 where the decision is right, else 0
+            return accuracy(y[:, 0], tags[:, 0])
+        return float(fbeta_score(y[:, 0].astype(int), tags[:, 0].astype(int), beta=beta, zero_division=zero))
     return float(fbeta_score(y.astype(int), tags.astype(int), beta=beta, average=average, zero_division=zero))
 
 
