@@ -113,6 +113,8 @@ def test_fast_scores_of_the_search_equal_scikit_learns():
     y, probs = toy_multilabel(seed=3)
     y[:5] = 0  # images without a tag: samples-F counts 1 where none is predicted
     tags = (probs >= 0.6).astype(int)
+    y, tags = np.hstack([y, np.zeros((len(y), 1))]), np.hstack([tags, np.zeros((len(y), 1), dtype=int)])  # a tag
+    # never true nor predicted: macro-F counts it 0
     for average, beta in (("samples", 1.0), ("samples", 2.0), ("micro", 1.0), ("macro", 1.0)):
         assert dec._fast_f(y, tags, average, beta) == pytest.approx(
             fbeta_score(y, tags, beta=beta, average=average, zero_division=1.0 if average == "samples" else 0.0))
@@ -466,6 +468,12 @@ def test_the_score_stage_prints_each_kinds_view_and_the_decision_line(tmp_path, 
     assert "per tag" in out and "tag co-occurrence" in out and "threshold" in out
     assert "tags by per-tag thresholds" in out and "nested" in out and "used" in out
     assert scores["decision"]["kind"] == "tags" and len(scores["decision"]["values"]) == len(TAGS)
+    from foldvision.results.compare import per_class
+
+    table = per_class(scores)  # each tag's threshold: the fitted one where the rule won nested, else 0.5
+    used = scores["decision"]["used"]
+    expected = [f"{t:.2f}" for t in scores["decision"]["values"]] if used else ["0.50"] * len(TAGS)
+    assert table.columns[-1].startswith("threshold") and table.column(table.columns[-1]) == expected
 
     root, scores, out = scored(tmp_path / "reg", "regression", capsys)
     assert "residuals" in out and "per class" not in out and "confusion" not in out

@@ -3,10 +3,13 @@
     python -m foldvision.stages.score runs/<exp>
 
 Joins every fold's OOF table into the run's OOF table (every training image once, in the split's order) and
-writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics (computed on the whole OOF set,
-not as a mean of folds), each fold's metrics, per-class precision/recall (OOF, and mean ± std over folds) and
-the confusion matrix. With data.exclude, scores.json's `excluded` says how many rows never trained and how
-many trained relabelled (each is still validated, and scored against its given label).
+writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics of the task kind (computed on the
+whole OOF set, not as a mean of folds), each fold's metrics, and the kind's view: per class (or grade, or tag:
+precision/recall/F1, OOF and mean ± std over folds), the confusion matrix (single, ordinal), the tags'
+co-occurrence (multilabel) or the residuals (regression). The decision rule (threshold, prior correction,
+per-tag thresholds, cut-points, clipping) is fitted on the OOF rows and scored nested; the printed line says
+whether it or the plain decision is used. With data.exclude, scores.json's `excluded` says how many rows never
+trained and how many trained relabelled (each is still validated, and scored against its given label).
 """
 
 from __future__ import annotations
