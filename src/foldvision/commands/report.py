@@ -136,7 +136,8 @@ the optimism, the nested score against the best member is the gain.</p>
 <h2 id="ablation">Ablation</h2>
 {{ table(ablation) }}
 {% endif %}
-{% for title, t in kind_tables %}<h2 id="kind-{{ loop.index }}">{{ title.split(" (")[0].capitalize() }}</h2>
+{% for title, t in kind_tables %}{% set head = title.split(" (")[0] %}
+<h2 id="{{ head.lower().replace(' ', '-') }}">{{ head.capitalize() }}</h2>
 <p>{{ title }}</p>
 {{ table(t) }}
 {% endfor %}
