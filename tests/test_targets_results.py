@@ -12,7 +12,6 @@ from sklearn.metrics import (
     cohen_kappa_score,
     f1_score,
     fbeta_score,
-    log_loss,
     roc_auc_score,
 )
 
@@ -551,3 +550,31 @@ def test_wandb_logs_each_kinds_view_offline(tmp_path, kind):
         names = scores["classes"]
         assert matrix.reindex(index=names, columns=names, fill_value=0).to_numpy().tolist() == \
             scores["confusion_matrix"]
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "ordinal", "regression"])
+def test_predict_averages_the_folds_and_writes_the_samples_format_by_the_judged_rule(tmp_path, kind):
+    import json
+
+    from foldvision.run import Run
+    from foldvision.stages.predict import main as predict_main
+
+    root, scores, _ = scored(tmp_path, kind)
+    run = Run(root)
+    test = run.read_test(run.read_classes())
+    for k in range(FOLDS):  # each fold model's test predictions: the mean is test.csv's
+        run.write_test(Predictions(test.ids, test.classes, test.probs + (k - 1.5) * 0.01, kind=kind), k)
+    out = tmp_path / "sub.csv"
+    predict_main([str(root), "--out", str(out)])
+    rule = dec.DecisionRule(**json.loads(run.decision_json.read_text()))
+    assert rule.to_dict() == scores["decision"]  # the score stage's rule, refitted alike
+    mean = run.read_test(run.read_classes())
+    np.testing.assert_allclose(mean.probs, test.probs)
+    decided = rule.apply(mean.probs)
+    got = pl.read_csv(out, infer_schema=False)["label"].fill_null("").to_list()
+    if kind == "multilabel":
+        assert got == [" ".join(t for t, v in zip(TAGS, row) if v) for row in decided]
+    elif kind == "ordinal":
+        assert got == [str(g) for g in decided]
+    else:
+        assert [float(v) for v in got] == pytest.approx(decided)
