@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from foldvision.targets import Task
 from foldvision.config import load_config
-from foldvision.results.decision import fit_rule, nested_rule_score
+from foldvision.results.decision import fit_nested, fit_rule, nested_rule_score
 from foldvision.commands import report
 from foldvision.results.blend import summary_tables
 from foldvision.commands.ensemble import blend
@@ -209,7 +209,7 @@ def test_the_blend_is_a_run_folder_like_any_experiment(toy):
     assert split.ids == toy.ids and split.classes == toy.classes
     assert split_digest(split) == split_digest(Run(a).read_split())
     oof = run.read_oof()
-    assert set(scores) - {"ensemble"} == set(score_oof(oof, "auc"))  # the score stage's schema
+    assert set(scores) - {"ensemble"} == set(score_oof(oof, "auc")) | {"decision"}  # the score stage's schema
     assert run.read_scores() == json.loads(json.dumps(scores))
     assert not [p for p in run.root.glob("fold*") if p.is_dir()]
 
@@ -287,10 +287,11 @@ def test_the_submission_has_the_samples_format(tmp_path, classes, sample):
     elif sample == "classes":
         for i, c in enumerate(classes):
             np.testing.assert_allclose(got[c].astype(float), test.probs[:, i])
-    else:  # labels by the rule refitted on the blended OOF, saved beside the blend
+    else:  # labels by the rule refitted on the blended OOF (where it beats argmax nested), saved beside the blend
         oof, _ = blended(toy.blend_dir)
-        rule = fit_rule(oof.y, oof.probs, "auc")
-        assert json.loads(decision.read_text())["value"] == pytest.approx(rule.value)
+        rule = fit_nested(oof.y, oof.probs, oof.fold, "auc")
+        saved = json.loads(decision.read_text())
+        assert saved["value"] == pytest.approx(rule.value) and saved["used"] == rule.used
         assert got["label"].tolist() == [classes[i] for i in rule.apply(test.probs)]
 
 

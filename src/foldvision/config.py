@@ -188,7 +188,9 @@ class TrainConfig:
     precise_bn: int = 50
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where supported, fp16 + scaler else
     patience: int = 3  # stop after this many epochs without a better validation metric
-    metric: Literal["auto", "auc", "accuracy", "macro_f1", "log_loss"] = "auto"  # auto: auc
+    # the task kind's metric (results.metrics.METRICS); auto: auc, map (multilabel), rmse, qwk (ordinal)
+    metric: Literal["auto", "auc", "accuracy", "macro_f1", "log_loss", "map", "samples_f1", "samples_f2", "micro_f1",
+                    "macro_auc", "bce", "rmse", "mae", "pearson", "r2", "qwk"] = "auto"
     num_workers: int | None = None  # data loader workers; null: one per core, at most 8, none on 1 core
     channels_last: bool = True  # NHWC memory format for the model and its batches (faster convolutions)
     compile: bool = False  # torch.compile the model: a slow first step (compiling), faster steps on long GPU runs
@@ -244,7 +246,11 @@ class PredictConfig:
     tta: list = field(default_factory=lambda: ["hflip", "vflip", "rot90"])  # TTA_VIEWS; [] for none
     batch_size: int = 64  # images per forward pass, TTA views included: a batch holds 64 / views test images
     value: Literal["auto", "probability", "label"] = "auto"  # what the submission holds; auto: from the sample
-    decision: Literal["oof", "argmax"] = "oof"  # labels: threshold/prior correction fitted on OOF, or plain argmax
+    # labels, tags, grades, values: the rule fitted on OOF (threshold, prior correction, per-tag thresholds,
+    # ordinal cut-points, clipping to the training range) where its nested score beats the plain decision, or
+    # the plain decision (argmax, tags at 0.5, the rounded grade, the value)
+    decision: Literal["oof", "argmax"] = "oof"
+    min_tags: int = 0  # multi-label: emit at least this many tags per image (the likeliest), plain or fitted
 
 
 @dataclass(frozen=True)
@@ -438,6 +444,8 @@ def validate(cfg: Config) -> None:
     for key in ("epochs", "batch_size", "accumulate", "patience"):
         _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "must be at least 1")
     _require(cfg.predict.batch_size >= 1, "predict.batch_size", cfg.predict.batch_size, "must be at least 1")
+    _require(0 <= cfg.predict.min_tags, "predict.min_tags", cfg.predict.min_tags,
+             "0 (tags by threshold alone) or more (at least this many tags per image)")
     _require(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "the learning rate must be a number above 0 (e.g. 1e-4)")
     _require(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
              "must be 0 or more")

@@ -16,10 +16,13 @@ labels and classes, the same test ids. The blend is a run folder of its own that
                               the correlation of the members' OOF predictions
     test.csv                  the members' test.csv blended with the weights fitted on all OOF rows
     ensemble.json             the method, the weights (fitted on all OOF, and per held-out fold) and the members
-    decision.json             the decision rule refitted on the blended OOF (when the submission holds labels)
+    decision.json             the decision rule refitted on the blended OOF (when the submission holds labels,
+                              tags, grades or values), used where its nested score beats the plain decision
 
 The methods (`mean`, `rank`, `hill_climb`, `stack`) and the plain and nested scores are
-`foldvision.results.blending`'s; this command checks the blend's folder and writes it.
+`foldvision.results.blending`'s; this command checks the blend's folder and writes it. The weights are fitted for
+the task's metric (`train.metric` of the first member, its kind's `auto` unless set). `rank` is refused where
+ranks would be read as probabilities (labels, tags, grades, log loss) or values (`blending.check_rank`).
 
 Seeds and sizes as members: `make ablate EXP=e GRID="train.seed=1,2,3"` (or `model.img_size=224,320`) makes the
 variants runs/e--train.seed-1 ...; `make ensemble NAME=e-seeds MEMBERS="e--train.seed-1 e--train.seed-2 ..."`
@@ -40,10 +43,18 @@ from foldvision.console import console, print_wide
 from foldvision.corpus import read_test
 from foldvision.errors import UserError
 from foldvision.results.blend import shown, tables, titles
-from foldvision.results.blending import METHODS, ROUNDS, blend_members, ensemble_record, ensemble_scores, load_members
-from foldvision.results.decision import fit_rule
+from foldvision.results.blending import (
+    METHODS,
+    ROUNDS,
+    blend_members,
+    check_rank,
+    ensemble_record,
+    ensemble_scores,
+    load_members,
+)
+from foldvision.results.decision import DECIDES, fit_nested
 from foldvision.results.metrics import resolve_metric, score_oof
-from foldvision.results.submission import build, sample_format, write_submission
+from foldvision.results.submission import DECIDED, build, sample_format, write_submission
 from foldvision.run import Predictions, Run, Split, check_name, submission_csv
 
 
@@ -69,21 +80,26 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     folder = _blend_folder(Path(run_dir), roots)
     group = load_members(roots)
     cfg = Run(roots[0]).load_config()
-    metric = resolve_metric(cfg.train.metric)
     split = group.split
+    metric = resolve_metric(cfg.train.metric, split.kind)
+    sample = sample_format(read_test(cfg.data, verify=False), split.classes, metric, cfg.predict.value, split.kind)
+    decides = sample is not None and sample.format.kind in DECIDED
+    if method == "rank":  # before any fitting: one line, nothing written
+        check_rank(split.kind, metric, sample.format.kind if decides else None)
     blended = blend_members(group, method, metric, rounds)
-    rule = fit_rule(split.y, blended.oof, metric)
-    oof = Predictions(split.ids, split.classes, blended.oof, split.fold, split.labels)
+    # the decision refitted on the blended OOF rows, used where its nested score beats the plain decision
+    rule = fit_nested(split.y, blended.oof, split.fold, metric, split.kind, cfg.predict.min_tags, len(split.classes))
+    oof = Predictions(split.ids, split.classes, blended.oof, split.fold, split.labels, split.kind)
     scores = score_oof(oof, metric)
     scores["ensemble"] = ensemble_scores(group, blended, scores["oof"], rule)
+    scores["decision"] = rule.to_dict()
     record = ensemble_record(group, blended)
 
     cfg = dataclasses.replace(cfg, name=folder.name)
     folder.check_owner(cfg)  # a blend folder keeps its corpus, as any run folder
     out = out or submission_csv("submissions", folder.name)
-    test = Predictions(group.test_ids, split.classes, blended.test)
-    sample = sample_format(read_test(cfg.data, verify=False), split.classes, metric, cfg.predict.value)
-    rule = rule if sample is not None and sample.format.labels_by_rule(cfg.predict.decision) else None
+    test = Predictions(group.test_ids, split.classes, blended.test, kind=split.kind)
+    rule = rule if decides and sample.format.labels_by_rule(cfg.predict.decision) else None
     if sample is not None:  # checked before anything is written
         build(sample.frame, sample.format, test.ids, test.probs, test.classes, rule)
 
@@ -95,7 +111,7 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     folder.write_test(test)
     if rule is not None:
         folder.write_decision(rule.to_dict())
-        console.print(f"ensemble: labels by {rule.describe()}")
+        console.print(f"ensemble: {DECIDES[split.kind]} by {rule.describe()}")
     console.print(f"ensemble: {escape(write_submission(out, test, sample, rule))}")
     folder.write_ensemble(record)
     folder.write_scores(scores)

@@ -1,11 +1,14 @@
 """Score a submission against known test labels, as a leaderboard would.
 
-    python -m foldvision.commands.evaluate submissions/<exp>.csv <solution.csv>
+    python -m foldvision.commands.evaluate submissions/<exp>.csv <solution.csv> [--task multilabel]
 
 The solution has the id, the true label and optionally a `Usage` column (Public/Private): each part is then
 scored on its own, as a competition's public and private leaderboards are. Rows are joined by id.
 Probability submissions are scored by ROC AUC (macro one-vs-rest for several columns) and log loss;
-label submissions by accuracy and macro-F1 (`foldvision.results.submission.score_submission`).
+label submissions by accuracy and macro-F1 (`foldvision.results.submission.score_submission`). With
+`--task multilabel` the solution's label holds each image's tags (space-separated) and a submission of tags is
+scored by samples-F1/F2 and micro/macro-F1 (one probability column per tag: mAP, macro AUC, BCE);
+`--task regression` by RMSE, MAE, Pearson r and R²; `--task ordinal` by QWK, accuracy and MAE.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ import json
 from pathlib import Path
 
 from foldvision.results.submission import score_submission
+from foldvision.targets import TASKS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="foldvision evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("submission", type=Path)
     parser.add_argument("solution", type=Path, help="id, label[, Usage]")
+    parser.add_argument("--task", choices=TASKS, default="single", help="the task kind (default single)")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
-    results = score_submission(args.submission, args.solution)
+    results = score_submission(args.submission, args.solution, args.task)
     for name, scores in results.items():
         print(f"{name:>8}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in scores.items()))

@@ -5,7 +5,8 @@
 
 Writes the plots (`foldvision.results.figures`, PNG files in the run's plots folder) and the run's page
 (`Run.report_html`): what was run, the OOF and per-fold scores, the submission's Public/Private scores when the
-corpus has a solution file, the ablation table when the experiment was ablated, per-class scores, the plots and
+corpus has a solution file, the ablation table when the experiment was ablated, the task kind's tables (per
+class; per tag and co-occurrence; per grade and the confusion matrix; the residuals), the plots and
 the most confidently wrong images. Images are embedded (base64) and the styles inline, so the one file opens
 offline in any browser and can be attached or mailed as it is.
 
@@ -42,19 +43,25 @@ from foldvision.results.compare import (
     format_seconds,
     leaderboard_scores,
     load,
-    per_class,
+    kind_tables,
     short_value,
 )
 from foldvision.results.figures import most_wrong, write_plots
 from foldvision.run import Run, input_digests
 
+NAMES = {"single": "classes", "multilabel": "tags", "ordinal": "grades", "regression": "target"}
 # what --stale names, and what the user runs to bring it up to date
 STALE = {"scores": ("the scores are older than their inputs", "train"),
          "submission": ("the submission is older than its inputs", "predict")}
 PLOT_TITLES = {
     "learning_curves": ("Learning curves", "Per epoch and fold: solid lines are training (the batches' own "
                         "predictions, as the weights changed), dashed lines validation."),
-    "confusion": ("Confusion matrix", "All out-of-fold predictions (argmax): counts, and each true class's row "
+    "cooccurrence": ("Tag co-occurrence", "How many training images hold both tags (the diagonal: each tag's "
+                     "images), and each row as the share of its tag's images that also hold the column's tag."),
+    "scatter": ("Predicted against true", "Out-of-fold predictions against the truth (the dashed line: a perfect "
+                "prediction), and the residuals: a drift from 0 is a bias over that range of the target."),
+    "confusion": ("Confusion matrix", "All out-of-fold predictions (argmax; ordinal: the rounded expected grade): "
+                  "counts, and each true class's row "
                   "as fractions."),
     "roc": ("ROC", "Out-of-fold probabilities; the binary curve is the positive class's, multi-class curves are "
             "one class against the rest."),
@@ -129,13 +136,16 @@ the optimism, the nested score against the best member is the gain.</p>
 <h2 id="ablation">Ablation</h2>
 {{ table(ablation) }}
 {% endif %}
-<h2 id="per-class">Per class</h2>
-{{ table(per_class_table) }}
+{% for title, t in kind_tables %}{% set head = title.split(" (")[0] %}
+<h2 id="{{ head.lower().replace(' ', '-') }}">{{ head.capitalize() }}</h2>
+<p>{{ title }}</p>
+{{ table(t) }}
+{% endfor %}
 {% for plot in plots %}
 <h2 id="{{ plot.name }}">{{ plot.title }}</h2>
 <figure><img alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.data }}">
 <figcaption>{{ plot.caption }}</figcaption></figure>
-{% if plot.name == "wrong" %}{{ table(wrong_table) }}{% endif %}
+{% if plot.name == "wrong" and wrong_table %}{{ table(wrong_table) }}{% endif %}
 {% endfor %}
 <h2 id="config">Config</h2>
 <p>Keys that differ from foldvision's defaults:</p>
@@ -159,7 +169,7 @@ def facts(exp: Experiment) -> list[tuple[str, str]]:
     weights = c["model"].get("pretrained_file") or ("timm pretrained" if c["model"].get("pretrained") else "none")
     return [
         ("corpus", str(c["data"]["dir"])),
-        ("classes", ", ".join(exp.scores["classes"])),
+        (NAMES[exp.kind], ", ".join(exp.scores["classes"])),
         ("model", f"{model} (weights: {weights})"),
         ("training", f"{c['train']['epochs']} epochs, batch {c['train']['batch_size']}, {c['train']['optimizer']} "
                      f"lr {c['train']['lr']}, loss {c['loss']['name']}, sampler {c['train']['sampler']}"),
@@ -208,11 +218,13 @@ def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = 
     if exp is None:
         raise _not_scored(run)
     plots = write_plots(run_dir)
-    wrong = most_wrong(run.read_oof())
-    wrong_rows = [[r["id"], str(r["fold"]), r["label"], r["pred"], f"{r['confidence']:.3f}", f"{r['p_true']:.3f}"]
-                  for r in wrong.iter_rows(named=True)]
+    oof = run.read_oof()
+    wrong = most_wrong(oof) if oof.kind == "single" else None
+    wrong_rows = [] if wrong is None else [
+        [r["id"], str(r["fold"]), r["label"], r["pred"], f"{r['confidence']:.3f}", f"{r['p_true']:.3f}"]
+        for r in wrong.iter_rows(named=True)]
     solution = find_solution(exp.config["data"]["dir"])
-    lb_metric, lb = leaderboard_scores(submission, solution, exp.metric) if submission else ("", {})
+    lb_metric, lb = leaderboard_scores(submission, solution, exp.metric, exp.kind) if submission else ("", {})
     ablation = run.read_ablation()
     env = Environment(autoescape=True)
     return env.from_string(TEMPLATE).render(
@@ -225,10 +237,11 @@ def build(run_dir: Path, submission: Path | None = None, stale: Sequence[str] = 
         if lb else None,
         submission=submission, solution=solution, lb_metric=lb_metric,
         ablation=comparison_shown(ablation) if ablation is not None else None,
-        per_class_table=per_class(exp.scores),
+        kind_tables=kind_tables(exp.scores),
         plots=[{"name": name, "title": PLOT_TITLES[name][0], "caption": PLOT_TITLES[name][1], "data": _png(path)}
                for name, path in plots.items()],
-        wrong_table=Shown(wrong.columns, wrong_rows), config_table=config_differences(exp.config),
+        wrong_table=Shown(wrong.columns, wrong_rows) if wrong is not None else None,
+        config_table=config_differences(exp.config),
         config_yaml=yaml.safe_dump(exp.config, sort_keys=False, allow_unicode=True),
     )
 

@@ -14,7 +14,6 @@ from foldvision.errors import UserError
 from foldvision.results.compare import Shown, fmt
 from foldvision.run import Run
 
-SCORE_NAMES = ("auc", "accuracy", "macro_f1", "log_loss")
 # the order both the terminal and the page show the parts in
 PARTS = ("members", "scores", "fold_weights", "decision", "correlation")
 
@@ -50,15 +49,19 @@ def summary_tables(run: Run | str | Path) -> dict[str, pl.DataFrame]:
 def tables(scores: dict, record: dict) -> dict[str, pl.DataFrame]:
     """summary_tables of a blend's scores and ensemble record."""
     info, best, decision = scores["ensemble"], scores["ensemble"]["best_member"], scores["ensemble"]["decision"]
-    members = pl.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in SCORE_NAMES}}
+    names = list(scores["oof"])  # the task kind's metrics
+    members = pl.DataFrame([{"member": m["name"], "weight": m["weight"], **{n: m["oof"][n] for n in names}}
                             for m in info["members"]])
     compared = pl.DataFrame([
-        {"": f"best member ({best['name']})", **{n: best["oof"][n] for n in SCORE_NAMES}},
-        {"": "blend OOF (weights fitted on all OOF)", **{n: scores["oof"][n] for n in SCORE_NAMES}},
-        {"": "blend nested OOF (weights fitted on the other folds)", **{n: info["nested"][n] for n in SCORE_NAMES}},
+        {"": f"best member ({best['name']})", **{n: best["oof"][n] for n in names}},
+        {"": "blend OOF (weights fitted on all OOF)", **{n: scores["oof"][n] for n in names}},
+        {"": "blend nested OOF (weights fitted on the other folds)", **{n: info["nested"][n] for n in names}},
     ])
-    rule = pl.DataFrame({"labels by": ["argmax", f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
-                                       "rule fitted on the other folds (nested)"],
+    used = decision.get("used")
+    verdict = "" if used is None else " (used)" if used else " (not used: lost to the plain decision nested)"
+    rule = pl.DataFrame({"decided by": [decision.get("plain", "argmax"),
+                                        f"rule fitted on all OOF: {decision['rule'].split(':')[0]}",
+                                        f"rule fitted on the other folds (nested){verdict}"],
                          decision["metric"]: [decision["argmax"], decision["fitted"], decision["nested"]]})
     names = info["correlation"]["members"]
     # a square matrix: row i is the member named by column i (see `shown`)
@@ -77,7 +80,7 @@ def titles(scores: dict, name: str) -> dict[str, str]:
         "scores": f"OOF {metric}: best member {best['oof'][metric]:.4f}, blend {info['oof']:.4f} (plain), "
                   f"{info['oof_nested']:.4f} (nested)",
         "fold_weights": "weights fitted without each fold",
-        "decision": "decision rule (labels)",
+        "decision": "decision rule (labels, tags, grades or values)",
         "correlation": "correlation of the members' OOF predictions",
     }
 

@@ -6,11 +6,21 @@ The members are scored experiments with test predictions on one corpus split: th
 folds (checked by a content hash of the (id, fold) pairs, not by file name), the same labels and classes, the
 same test ids (`load_members`).
 
-Methods: `mean` of probabilities; `rank`, the mean of each class column's ranks (for AUC; multi-class rows are
-rescaled to sum to 1); `hill_climb` (Caruana et al. 2004: start from the best member, then add with replacement
-the member that most improves the OOF metric, for at most `rounds` additions; weights = selection counts /
-total); `stack`, a logistic regression on the members' OOF log-probabilities (log-odds for binary; multinomial
-for multi-class). The metric is the experiment's `train.metric` (AUC unless set; log_loss is minimised).
+Methods: `mean` of probabilities (multi-label: of sigmoids; regression, ordinal: of values); `rank`, the mean of
+each class column's ranks (for AUC and mAP; multi-class rows are rescaled to sum to 1); `hill_climb` (Caruana et
+al. 2004: start from the best member, then add with replacement the member that most improves the OOF metric, for
+at most `rounds` additions; weights = selection counts / total); `stack`, a logistic regression on the members'
+OOF log-probabilities (log-odds for binary; multinomial for multi-class), a logistic regression per tag on the
+members' log-odds of it (multi-label), a ridge regression on the members' values (regression, ordinal). The
+metric is the experiment's `train.metric` (the task kind's `auto` unless set; log_loss, bce, rmse and mae are
+minimised). The members must share the task (kind and names).
+
+Rank averaging gives scores, not probabilities: a rank of 0.7 says "above 70% of these rows", whatever the
+class's prior. Its labels (tags, grades) and its log loss would read ranks as probabilities (a held-out 6-class
+corpus: test accuracy 0.705 for a rank blend argmaxed, 0.784 for the mean blend), and a rule fitted on OOF ranks
+carries over to the test rows only if the test set has the OOF set's class mix, since ranks are taken within
+each set. So `rank` is refused (`check_rank`, one line) unless the submission holds probabilities scored by
+ranking (auc, map, macro_auc); every other blend is decided by the nested-judged rule, as an experiment is.
 
 Weights fitted on the rows they are scored on flatter the blend. The nested score fits them on the other folds'
 OOF rows and applies them to each held-out fold; the gap between the plain and the nested score is the optimism.
@@ -27,11 +37,13 @@ import numpy as np
 from scipy.stats import rankdata
 
 from foldvision.errors import UserError
-from foldvision.results.decision import DecisionRule, nested_rule_score
+from foldvision.results.decision import PLAIN, DecisionRule
 from foldvision.results.metrics import accuracy, auc, is_better, macro_f1, score
 from foldvision.run import Predictions, Run, Split
 
 METHODS = ("hill_climb", "mean", "rank", "stack")
+RANK_METRICS = ("auc", "map", "macro_auc")
+PLURAL = {"label": "labels", "tags": "tags", "grade": "grades", "value": "values"}  # submission formats decided  # metrics of the rows' order alone: what a rank blend may be scored by
 ROUNDS = 50  # hill climbing: at most this many additions after the first member (it stops earlier at no gain)
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before their log (stack)
 
@@ -67,10 +79,12 @@ def split_digest(split: Split) -> str:
 
 
 def _aligned(pred: Predictions, ids: list[str], classes: list[str]) -> np.ndarray:
-    """pred's probabilities in the order of `ids` (all of them there) and of `classes`."""
+    """pred's probabilities in the order of `ids` (all of them there) and of `classes` (a value task's one
+    column as it is)."""
     row = {i: n for n, i in enumerate(pred.ids)}
     col = {c: n for n, c in enumerate(pred.classes)}
-    return pred.probs[np.ix_([row[i] for i in ids], [col[c] for c in classes])]
+    cols = [0] if pred.task.is_value else [col[c] for c in classes]
+    return pred.probs[np.ix_([row[i] for i in ids], cols)]
 
 
 def _member(root: Path) -> Run:
@@ -107,6 +121,12 @@ def load_members(roots: list[Path]) -> Members:
     members = []
     for run in runs:
         own = run.read_split() if run is not first else split
+        if own.kind != split.kind:
+            raise UserError(f"member {run.root} is a {own.kind} task and {first.root} a {split.kind} one: members "
+                            "must share the task (data.task)")
+        if split.task.is_value and own.classes != classes:
+            raise UserError(f"member {run.root} predicts {own.classes} and {first.root} {classes}: members must "
+                            "share the task's target")
         if set(own.classes) != set(classes):
             raise UserError(f"member {run.root} has classes {own.classes} and {first.root} has {classes}: "
                             "members must be experiments on one corpus")
@@ -135,8 +155,10 @@ def load_members(roots: list[Path]) -> Members:
 
 
 # ---- the metric the weights are fitted for -----------------------------------------------------------------
-def objective(metric: str):
+def objective(metric: str, kind: str = "single", num: int | None = None):
     """`(y, probs) -> float` for the metric (the same scikit-learn calls as the scores); see is_better."""
+    if kind != "single":
+        return lambda y, p: score(y, p, kind, num)[metric]
     if metric == "auc":
         return auc
     if metric == "accuracy":
@@ -154,14 +176,15 @@ class Blend:
     method: str
     weights: np.ndarray
     picks: list[int] = field(default_factory=list)  # hill_climb: the members picked, in order
-    stacker: object | None = None  # stack: the fitted LogisticRegression
+    stacker: object | None = None  # stack: the fitted LogisticRegression, TagStack or Ridge
+    kind: str = "single"  # the task kind
 
     def apply(self, inputs: list[np.ndarray]) -> np.ndarray:
         """The blended probabilities of rows of the members' inputs (see `method_inputs`)."""
         if self.stacker is not None:
             return _stack_proba(self.stacker, inputs)
         blended = sum(w * p for w, p in zip(self.weights, inputs))
-        if self.method == "rank":  # mean ranks are not probabilities: make each row sum to 1
+        if self.method == "rank" and self.kind == "single":  # mean ranks are not probabilities: rows sum to 1
             if blended.shape[1] == 2:
                 return np.column_stack([1 - blended[:, 1], blended[:, 1]])
             return blended / blended.sum(axis=1, keepdims=True)
@@ -179,10 +202,11 @@ def method_inputs(method: str, probs: list[np.ndarray]) -> list[np.ndarray]:
     return [rankdata(p, axis=0) / len(p) for p in probs]
 
 
-def hill_climb(inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS) -> Blend:
+def hill_climb(inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS, kind: str = "single",
+               num: int | None = None) -> Blend:
     """Caruana et al. (2004): from the best single member, add (with replacement) the member that most improves
     the metric of the running average, at most `rounds` times; stop when no addition improves it strictly."""
-    measure = objective(metric)
+    measure = objective(metric, kind, num)
     singles = [measure(y, p) for p in inputs]
     best = 0
     for i, s in enumerate(singles):
@@ -201,7 +225,7 @@ def hill_climb(inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int
         total += inputs[pick]
         current = trials[pick]
     counts = np.bincount(picks, minlength=len(inputs)).astype(np.float64)
-    return Blend("hill_climb", counts / counts.sum(), picks)
+    return Blend("hill_climb", counts / counts.sum(), picks, kind=kind)
 
 
 def _stack_features(inputs: list[np.ndarray]) -> np.ndarray:
@@ -212,44 +236,103 @@ def _stack_features(inputs: list[np.ndarray]) -> np.ndarray:
     return np.hstack(logs)
 
 
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass
+class TagStack:
+    """Multi-label stacking: per tag, a logistic regression on the members' log-odds of that tag (coef: tags x
+    members); a tag with one class in the fitted rows predicts its rate there."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    @classmethod
+    def fit(cls, inputs: list[np.ndarray], y: np.ndarray) -> TagStack:
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - only this method needs it
+
+        coef, intercept = np.zeros((y.shape[1], len(inputs))), np.zeros(y.shape[1])
+        for j in range(y.shape[1]):
+            if len(np.unique(y[:, j])) < 2:  # nothing to separate: the tag's rate, as a log-odds intercept
+                intercept[j] = _log_odds(np.array([y[:, j].mean()]))[0]
+                continue
+            model = LogisticRegression(C=1.0, max_iter=1000).fit(np.column_stack([_log_odds(p[:, j]) for p in inputs]),
+                                                                 y[:, j])
+            coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
+        return cls(coef, intercept)
+
+    def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
+        logits = np.stack([_log_odds(p) for p in inputs], axis=2)  # rows x tags x members
+        z = (logits * self.coef[None]).sum(axis=2) + self.intercept
+        return 1 / (1 + np.exp(-z))
+
+
 def _stack_proba(model, inputs: list[np.ndarray]) -> np.ndarray:
-    """The stacker's probabilities in class-index columns (a class absent where it was fitted gets 0)."""
+    """The stacker's predictions: probabilities in class-index columns (a class absent where it was fitted gets
+    0), per-tag probabilities (TagStack) or values (ridge)."""
+    if isinstance(model, TagStack):
+        return model.predict(inputs)
+    if not hasattr(model, "predict_proba"):  # ridge: the members' values in, a value out
+        return model.predict(np.hstack(inputs))[:, None]
     out = np.zeros((len(inputs[0]), inputs[0].shape[1]))
     out[:, model.classes_] = model.predict_proba(_stack_features(inputs))
     return out
 
 
-def stack(inputs: list[np.ndarray], y: np.ndarray) -> Blend:
-    """scikit-learn's logistic regression (multinomial for multi-class) on the members' OOF log-probabilities.
-    Its member weights are each member's share of the absolute coefficients (for show)."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - only this method needs it
+def stack(inputs: list[np.ndarray], y: np.ndarray, kind: str = "single") -> Blend:
+    """scikit-learn's logistic regression (multinomial for multi-class) on the members' OOF log-probabilities;
+    per tag on their log-odds (multilabel); a ridge regression on their values (regression, ordinal). Its member
+    weights are each member's share of the absolute coefficients (for show)."""
+    from sklearn.linear_model import LogisticRegression, Ridge  # noqa: PLC0415 - only this method needs them
 
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(_stack_features(inputs), y)
-    per_member = np.abs(model.coef_).reshape(len(model.coef_), len(inputs), -1).sum(axis=(0, 2))
+    if kind == "multilabel":
+        model = TagStack.fit(inputs, y)
+        per_member = np.abs(model.coef).sum(axis=0)
+    elif kind in ("regression", "ordinal"):
+        model = Ridge(alpha=1.0).fit(np.hstack(inputs), y.astype(np.float64))
+        per_member = np.abs(model.coef_)
+    else:
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(_stack_features(inputs), y)
+        per_member = np.abs(model.coef_).reshape(len(model.coef_), len(inputs), -1).sum(axis=(0, 2))
     total = per_member.sum()
     weights = per_member / total if total > 0 else np.full(len(inputs), 1 / len(inputs))
-    return Blend("stack", weights, stacker=model)
+    return Blend("stack", weights, stacker=model, kind=kind)
 
 
-def fit_blend(method: str, inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS) -> Blend:
+def fit_blend(method: str, inputs: list[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS,
+              kind: str = "single", num: int | None = None) -> Blend:
     if method == "hill_climb":
-        return hill_climb(inputs, y, metric, rounds)
+        return hill_climb(inputs, y, metric, rounds, kind, num)
     if method == "stack":
-        return stack(inputs, y)
-    return Blend(method, np.full(len(inputs), 1 / len(inputs)))  # mean, rank: nothing to fit
+        return stack(inputs, y, kind)
+    return Blend(method, np.full(len(inputs), 1 / len(inputs)), kind=kind)  # mean, rank: nothing to fit
 
 
 def nested_blend(method: str, inputs: list[np.ndarray], y: np.ndarray, folds: np.ndarray, metric: str,
-                 rounds: int = ROUNDS) -> tuple[np.ndarray, dict[int, Blend]]:
+                 rounds: int = ROUNDS, kind: str = "single", num: int | None = None) -> tuple[np.ndarray, dict]:
     """The honest OOF blend: each fold's rows blended by a blend fitted on the other folds' rows only."""
     out = np.empty_like(inputs[0], dtype=np.float64)
     fitted = {}
     for k in sorted(set(folds.tolist())):
         held = folds == k
-        blend = fit_blend(method, [p[~held] for p in inputs], y[~held], metric, rounds)
+        blend = fit_blend(method, [p[~held] for p in inputs], y[~held], metric, rounds, kind, num)
         out[held] = blend.apply([p[held] for p in inputs])
         fitted[int(k)] = blend
     return out, fitted
+
+
+def check_rank(kind: str, metric: str, decided: str | None) -> None:
+    """Refuse METHOD=rank where its scores would be read as probabilities or values (see the module's note):
+    `decided`, the submission's decided kind (labels, tags, grades, values) or None for probabilities."""
+    why = (f"a {kind} blend must stay in the target's units" if kind in ("regression", "ordinal")
+           else f"the submission holds {PLURAL[decided]}, which would be decided on ranks" if decided
+           else f"train.metric={metric} scores probabilities, not their order" if metric not in RANK_METRICS
+           else None)
+    if why:
+        raise UserError(f"METHOD=rank blends ranks, which are not probabilities, and {why}; use METHOD=mean or "
+                        f"hill_climb (rank suits probability submissions scored by {', '.join(RANK_METRICS)})")
 
 
 def correlation(members: list[np.ndarray]) -> np.ndarray:
@@ -281,26 +364,27 @@ class Blended:
 
 def blend_members(group: Members, method: str, metric: str, rounds: int = ROUNDS) -> Blended:
     """Fit `method` on the members' OOF predictions for `metric`; blend OOF (plainly and nested) and test."""
-    y, folds = group.split.y, group.split.fold
+    y, folds, kind, num = group.split.y, group.split.fold, group.split.kind, len(group.split.classes)
     oof_inputs = method_inputs(method, [m.oof for m in group.members])
-    fitted = fit_blend(method, oof_inputs, y, metric, rounds)
-    nested, per_fold = nested_blend(method, oof_inputs, y, folds, metric, rounds)
+    fitted = fit_blend(method, oof_inputs, y, metric, rounds, kind, num)
+    nested, per_fold = nested_blend(method, oof_inputs, y, folds, metric, rounds, kind, num)
     test = fitted.apply(method_inputs(method, [m.test for m in group.members]))
     return Blended(method, rounds, metric, fitted, per_fold, fitted.apply(oof_inputs), nested, test)
 
 
 def ensemble_scores(group: Members, blended: Blended, blend_oof: dict, rule: DecisionRule) -> dict:
     """scores.json's `ensemble` part: members, weights, each member's OOF scores, the best single member, the
-    plain (`blend_oof`: the blend's OOF scores) and the nested blended score, the decision rule's scores and
-    the correlation of the members' OOF predictions."""
+    plain (`blend_oof`: the blend's OOF scores) and the nested blended score, the decision rule's scores
+    (`rule`: fitted on the blended OOF and judged nested, `decision.fit_nested`) and the correlation of the
+    members' OOF predictions."""
     split, metric, names = group.split, blended.metric, group.names
-    y = split.y
-    member_scores = {m.name: score(y, m.oof) for m in group.members}
+    y, kind, num = split.y, split.kind, len(split.classes)
+    member_scores = {m.name: score(y, m.oof, kind, num) for m in group.members}
     best = names[0]
     for name in names:
         if is_better(metric, member_scores[name][metric], member_scores[best][metric]):
             best = name
-    nested_scores = score(y, blended.nested)
+    nested_scores = score(y, blended.nested, kind, num)
     return {
         "method": blended.method,
         "rounds": blended.rounds if blended.method == "hill_climb" else None,
@@ -311,8 +395,8 @@ def ensemble_scores(group: Members, blended: Blended, blend_oof: dict, rule: Dec
         "oof": blend_oof[metric],  # weights fitted on all OOF rows and scored on them: optimistic
         "oof_nested": nested_scores[metric],  # weights fitted on the other folds: what to expect of new data
         "nested": nested_scores,
-        "decision": {"metric": rule.metric, "rule": rule.describe(), "argmax": rule.oof_before,
-                     "fitted": rule.oof_after, "nested": nested_rule_score(y, blended.oof, split.fold, metric)},
+        "decision": {"metric": rule.metric, "rule": rule.describe(), "plain": PLAIN[kind], "argmax": rule.oof_before,
+                     "fitted": rule.oof_after, "nested": rule.oof_nested, "used": rule.used},
         "correlation": {"members": names, "matrix": correlation([m.oof for m in group.members]).tolist()},
     }
 
@@ -328,18 +412,32 @@ def ensemble_record(group: Members, blended: Blended) -> dict:
     }
     if blended.method == "hill_climb":
         record["picks"] = [names[i] for i in fitted.picks]
-    if fitted.stacker is not None:
+    model = fitted.stacker
+    if isinstance(model, TagStack):
+        record["stacker"] = {"model": "per_tag_logistic", "features": "log-odds per tag", "coef": model.coef.tolist(),
+                             "intercept": model.intercept.tolist(), "classes": list(split.classes)}
+    elif model is not None and not hasattr(model, "predict_proba"):
+        record["stacker"] = {"model": "ridge", "features": "values", "coef": model.coef_.tolist(),
+                             "intercept": float(model.intercept_), "classes": list(split.classes)}
+    elif model is not None:
         record["stacker"] = {"features": "log-odds" if len(split.classes) == 2 else "log-probabilities",
-                             "coef": fitted.stacker.coef_.tolist(), "intercept": fitted.stacker.intercept_.tolist(),
-                             "classes": [split.classes[c] for c in fitted.stacker.classes_]}
+                             "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+                             "classes": [split.classes[c] for c in model.classes_]}
     return record
 
 
 def stacker_from_record(record: dict, classes: list[str]):
-    """The stacker `ensemble_record` wrote (its coefficients, intercept and classes), as a fitted
-    LogisticRegression again: what a package's stack blend applies."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - as stack
+    """The stacker `ensemble_record` wrote (its coefficients, intercept and classes), as a fitted model again:
+    what a package's stack blend applies (a LogisticRegression, a TagStack or a Ridge)."""
+    from sklearn.linear_model import LogisticRegression, Ridge  # noqa: PLC0415 - as stack
 
+    if record.get("model") == "per_tag_logistic":
+        return TagStack(np.array(record["coef"]), np.array(record["intercept"]))
+    if record.get("model") == "ridge":
+        model = Ridge()
+        model.coef_, model.intercept_ = np.array(record["coef"]), float(record["intercept"])
+        model.n_features_in_ = len(record["coef"])
+        return model
     model = LogisticRegression()
     model.coef_, model.intercept_ = np.array(record["coef"]), np.array(record["intercept"])
     model.classes_ = np.array([classes.index(c) for c in record["classes"]])

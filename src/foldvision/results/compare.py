@@ -28,7 +28,6 @@ from foldvision.run import Run, submission_csv
 SOLUTION_NAMES = ("solution.csv", "test_labels.csv")
 # Config keys that differ between any two experiments by definition.
 IGNORED_KEYS = ("name",)
-METRICS = ("auc", "accuracy", "macro_f1", "log_loss")
 LEADERBOARD_PARTS = ("public_", "private_", "test_")  # column prefixes of a submission's scores
 
 
@@ -45,6 +44,11 @@ class Experiment:
     @property
     def metric(self) -> str:
         return self.scores["metric"]
+
+    @property
+    def kind(self) -> str:
+        """The task kind (runs scored before data.task existed are single-label)."""
+        return self.scores.get("kind", "single")
 
     def oof(self, metric: str | None = None) -> float:
         return self.scores["oof"][metric or self.metric]
@@ -129,20 +133,74 @@ def _spread(values: list[float]) -> str:
     return f"{fmt(float(np.mean(array)))} ± {fmt(std)}"
 
 
+def score_names(scores: dict) -> list[str]:
+    """The metrics a scores.json holds, in the task kind's order (`metrics.METRICS`)."""
+    return list(scores["oof"])
+
+
 def fold_scores(scores: dict) -> Shown:
     """Every fold's scores, their mean ± std, and (bold) the score of the whole OOF set."""
-    rows = [[f"fold {f['fold']}", str(f["n"]), *(fmt(f[m]) for m in METRICS)] for f in scores["folds"]]
-    rows.append(["mean ± std", "", *(_spread([f[m] for f in scores["folds"]]) for m in METRICS)])
-    rows.append(["OOF", str(scores["n"]), *(fmt(scores["oof"][m]) for m in METRICS)])
-    return Shown(["", "n", *METRICS], rows, strong=(len(rows) - 1,))
+    names = score_names(scores)
+    rows = [[f"fold {f['fold']}", str(f["n"]), *(fmt(f[m]) for m in names)] for f in scores["folds"]]
+    rows.append(["mean ± std", "", *(_spread([f[m] for f in scores["folds"]]) for m in names)])
+    rows.append(["OOF", str(scores["n"]), *(fmt(scores["oof"][m]) for m in names)])
+    return Shown(["", "n", *names], rows, strong=(len(rows) - 1,))
 
 
-def per_class(scores: dict) -> Shown:
-    """Precision and recall per class: the whole OOF set, and (in brackets) mean ± std over folds."""
+def per_class(scores: dict) -> Shown | None:
+    """Precision and recall per class, grade or tag: the whole OOF set, and (in brackets) mean ± std over folds;
+    for multi-label also F1 and the tag's threshold (the fitted rule's where it is used, else 0.5). None for
+    regression."""
+    if "per_class" not in scores:
+        return None
+    kind = scores.get("kind", "single")
+    stats = ("precision", "recall", "f1") if kind == "multilabel" else ("precision", "recall")
     rows = [[name, str(c["support"]),
-             *(f"{c[s]:.3f} ({c[f'{s}_mean']:.3f} ± {c[f'{s}_std']:.3f})" for s in ("precision", "recall"))]
+             *(f"{c[s]:.3f} ({c[f'{s}_mean']:.3f} ± {c[f'{s}_std']:.3f})" for s in stats if s in c)]
             for name, c in scores["per_class"].items()]
-    return Shown(["class", "n", "precision OOF (folds mean ± std)", "recall OOF (folds mean ± std)"], rows)
+    what = {"multilabel": "tag", "ordinal": "grade"}.get(kind, "class")
+    columns = [what, "n", *(f"{s} OOF (folds mean ± std)" for s in stats)]
+    decision = scores.get("decision") or {}
+    if kind == "multilabel" and decision.get("values"):
+        used = decision.get("used") is not False
+        thresholds = decision["values"] if used else [0.5] * len(rows)
+        rows = [[*row, f"{t:.2f}"] for row, t in zip(rows, thresholds)]
+        columns.append("threshold" + ("" if used else " (plain: the fitted ones lost nested)"))
+    return Shown(columns, rows)
+
+
+def square(matrix: list[list[int]], names: list[str], corner: str) -> Shown:
+    """A square count matrix (confusion, co-occurrence) as a table whose rows are named as its columns."""
+    return Shown([corner, *names], [[name, *(str(v) for v in row)] for name, row in zip(names, matrix)])
+
+
+def residual_table(scores: dict) -> Shown:
+    """Regression: the residuals (prediction minus truth) summarised, and the target's and predictions' range."""
+    r = scores["residuals"]
+    keys = ("mean", "std", "q05", "q25", "median", "q75", "q95", "max_abs")
+    return Shown(["", *keys], [["residual", *(fmt(r[k]) for k in keys)]]), \
+        Shown(["", "min", "max"], [["target", fmt(r["y_min"]), fmt(r["y_max"])],
+                                   ["prediction", fmt(r["pred_min"]), fmt(r["pred_max"])]])
+
+
+def kind_tables(scores: dict) -> list[tuple[str, Shown]]:
+    """The task kind's tables after the fold scores, (title, table) each: per class (single), per tag and the
+    tags' co-occurrence (multilabel), per grade and the confusion matrix of the rounded grade (ordinal), the
+    residuals (regression)."""
+    kind = scores.get("kind", "single")
+    if kind == "regression":
+        residual, ranges = residual_table(scores)
+        return [("residuals (prediction - truth), OOF", residual), ("ranges", ranges)]
+    title = {"multilabel": "per tag (OOF, tags at 0.5; mean ± std over folds)",
+             "ordinal": "per grade (OOF, the rounded expected grade; mean ± std over folds)"}
+    tables = [(title.get(kind, "per class (OOF; mean ± std over folds)"), per_class(scores))]
+    if kind == "multilabel":
+        tables.append(("tag co-occurrence (images with both tags; the diagonal: each tag's images)",
+                       square(scores["cooccurrence"], scores["classes"], "tag")))
+    elif kind == "ordinal":
+        tables.append(("confusion matrix of the rounded grade (rows: true grade)",
+                       square(scores["confusion_matrix"], scores["classes"], "true \\ pred")))
+    return tables
 
 
 def scores_title(scores: dict) -> str:
@@ -185,7 +243,8 @@ def find_solution(data_dir: str | Path | None) -> Path | None:
     return next((Path(data_dir) / n for n in SOLUTION_NAMES if (Path(data_dir) / n).is_file()), None)
 
 
-def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> tuple[str, dict[str, float]]:
+def leaderboard_scores(submission: Path, solution: Path | None, metric: str,
+                       kind: str = "single") -> tuple[str, dict[str, float]]:
     """The submission scored against the corpus's solution: ('auc', {'public': ., 'private': .}) when the
     solution has a Usage column, ('auc', {'test': .}) when not; ('', {}) without a submission or solution.
 
@@ -195,7 +254,7 @@ def leaderboard_scores(submission: Path, solution: Path | None, metric: str) -> 
     if solution is None or not submission.is_file():
         return "", {}
     try:
-        results = score_submission(submission, solution)
+        results = score_submission(submission, solution, kind)
     except UserError:  # a submission for another test set, or a solution we cannot read: no score, no crash
         return "", {}
     parts = {k.lower(): v for k, v in results.items() if k != "all"} or {"test": results["all"]}
@@ -210,7 +269,8 @@ def comparison_row(exp: Experiment, metric: str, submissions: Path) -> dict:
     """One experiment's raw numbers in a comparison: OOF score, fold scores and their spread, its submission's
     Public/Private scores (when the corpus has a solution file) and training time."""
     mean, std = exp.fold_spread(metric)
-    lb_metric, lb = leaderboard_scores(submission_csv(submissions, exp.name), find_solution(exp.corpus), metric)
+    lb_metric, lb = leaderboard_scores(submission_csv(submissions, exp.name), find_solution(exp.corpus), metric,
+                                       exp.kind)
     return {f"oof_{metric}": exp.oof(metric), "folds": " ".join(f"{s:.4f}" for s in exp.fold_scores(metric)),
             "folds_mean": mean, "folds_std": std, **{f"{part}_{lb_metric}": v for part, v in lb.items()},
             "train_seconds": exp.seconds}

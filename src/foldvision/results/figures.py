@@ -6,7 +6,10 @@ writes one PNG per plot into its plots folder (`Run.plot_png`): learning_curves 
 learning rate per epoch, train and validation, one colour per fold), confusion (OOF counts and
 row-normalised), roc (binary: the positive class; multi-class: one-vs-rest per class), per_class (OOF
 precision/recall, error bars the std over folds) and wrong (the most confidently wrong OOF images with true
-and predicted labels). `make report` puts them on one page.
+and predicted labels). Each task kind draws what reads it: single-label all of these; multi-label per_class
+(per tag, with F1) and cooccurrence (how often two tags are true together); ordinal confusion (of the rounded
+grade) and per_class (per grade); regression scatter (predicted against true, and the residuals). `make report`
+puts them on one page.
 
 Figures are built with matplotlib's object API on the Agg canvas: no display, no pyplot state, safe on a
 server and in CI.
@@ -28,7 +31,8 @@ from foldvision.corpus import open_image
 from foldvision.files import write_atomic
 from foldvision.run import Predictions, Run
 
-PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")
+PLOTS = ("learning_curves", "confusion", "roc", "per_class", "wrong")  # a single-label experiment's plots
+KIND_PLOTS = ("cooccurrence", "scatter")  # multi-label's and regression's own (shown after per_class)
 MAX_LABELLED_CLASSES = 20  # beyond this, tick labels and cell values are unreadable: left out
 
 
@@ -113,9 +117,10 @@ def per_class_bars(per_class: dict) -> Figure:
     x = np.arange(len(names))
     fig = _figure(max(6, 0.6 * len(names) + 2), 4.5)
     ax = fig.subplots()
-    width = 0.38
-    for offset, stat in ((-width / 2, "precision"), (width / 2, "recall")):
-        ax.bar(x + offset, [per_class[n][stat] for n in names], width, label=stat,
+    stats = [s for s in ("precision", "recall", "f1") if s in per_class[names[0]]] if names else []
+    width = 0.8 / max(1, len(stats))
+    for i, stat in enumerate(stats):
+        ax.bar(x + (i - (len(stats) - 1) / 2) * width, [per_class[n][stat] for n in names], width, label=stat,
                yerr=[per_class[n][f"{stat}_std"] for n in names], capsize=3)
     ax.set_xticks(x, [f"{n}\n(n={per_class[n]['support']})" for n in names] if len(names) <= MAX_LABELLED_CLASSES
                   else [""] * len(names))
@@ -123,6 +128,48 @@ def per_class_bars(per_class: dict) -> Figure:
     ax.set_title("per class, OOF (error bars: std over folds)")
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def cooccurrence(matrix: np.ndarray, tags: list[str]) -> Figure:
+    """Multi-label: how many images hold both tags (the diagonal: each tag's images), and each row as the share
+    of that tag's images that also hold the column's tag."""
+    matrix = np.asarray(matrix)
+    side = max(4.5, 0.45 * len(tags))
+    fig = _figure(2 * side + 1, side)
+    labelled = len(tags) <= MAX_LABELLED_CLASSES
+    diagonal = np.diag(matrix)[:, None]
+    shares = np.divide(matrix, diagonal, out=np.zeros(matrix.shape), where=diagonal > 0)
+    for ax, values, fmt, title in zip(fig.subplots(1, 2), (matrix, shares), ("d", ".2f"),
+                                      ("images with both tags", "share of the row tag's images")):
+        ConfusionMatrixDisplay(values, display_labels=tags if labelled else None).plot(
+            ax=ax, colorbar=False, cmap="Greens", values_format=fmt, include_values=labelled,
+            xticks_rotation=45 if len(tags) > 4 else "horizontal")
+        ax.set_title(f"tag co-occurrence (true tags): {title}")
+        ax.set_xlabel("tag")
+        ax.set_ylabel("tag")
+    return fig
+
+
+def predicted_vs_true(y: np.ndarray, pred: np.ndarray, name: str) -> Figure:
+    """Regression (and ordinal's expected grade): OOF predictions against the truth, with the diagonal, and the
+    residuals (prediction - truth) against the truth: bias where they drift from 0."""
+    fig = _figure(11, 4.8)
+    scatter_ax, residual_ax = fig.subplots(1, 2)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    scatter_ax.scatter(y, pred, s=8, alpha=0.5)
+    scatter_ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1, label="prediction = truth")
+    scatter_ax.set_xlabel(f"true {name}")
+    scatter_ax.set_ylabel(f"predicted {name} (OOF)")
+    scatter_ax.set_title("OOF predictions against the truth")
+    scatter_ax.legend(loc="upper left")
+    residual_ax.scatter(y, pred - y, s=8, alpha=0.5)
+    residual_ax.axhline(0, color="grey", ls="--", lw=1)
+    residual_ax.set_xlabel(f"true {name}")
+    residual_ax.set_ylabel("residual (prediction - truth)")
+    residual_ax.set_title("OOF residuals")
+    for ax in (scatter_ax, residual_ax):
+        ax.grid(alpha=0.3)
     return fig
 
 
@@ -215,25 +262,39 @@ def label_issue_images(run: Run, oof: Predictions, files_of, n: int = 12) -> Fig
     return wrong_images(frame, files_of(frame["id"].to_list()))
 
 
+def kind_figures(scores: dict, oof: Predictions) -> dict[str, Figure]:
+    """The figures of the task kind's view beside the learning curves (see the module's docstring)."""
+    kind = oof.kind
+    if kind == "regression":
+        return {"scatter": predicted_vs_true(oof.y, oof.probs[:, 0], oof.classes[0])}
+    figures = {"per_class": per_class_bars(scores["per_class"])}
+    if kind == "multilabel":
+        figures["cooccurrence"] = cooccurrence(np.array(scores["cooccurrence"]), oof.classes)
+    else:
+        figures["confusion"] = confusion(np.array(scores["confusion_matrix"]), oof.classes)
+    if kind == "single":
+        figures["roc"] = roc(oof.y, oof.probs, oof.classes)
+    return figures
+
+
 def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
     """Every plot of a scored experiment into the run's plots folder; returns name -> PNG path."""
     run = Run(run_dir)
     scores = run.read_scores()  # first: an unscored run is told to train and score it
     oof, split, cfg = run.read_oof(), run.read_split(), run.load_config()
-    wrong = most_wrong(oof, n_wrong)
     paths = dict(zip(split.ids, split.paths))
 
     def files_of(ids: list[str]) -> list[Path | None]:
         return [image_file(Path(cfg.data.dir), cfg.data.train_images, paths[i]) if i in paths else None for i in ids]
 
-    figures = {
-        "learning_curves": learning_curves(run.read_histories(), scores["metric"]),
-        "confusion": confusion(np.array(scores["confusion_matrix"]), oof.classes),
-        "roc": roc(oof.y, oof.probs, oof.classes),
-        "per_class": per_class_bars(scores["per_class"]),
-        "wrong": wrong_images(wrong, files_of(wrong["id"].to_list())),
-        "label_issues": label_issue_images(run, oof, files_of),
-    }
+    figures = {"learning_curves": learning_curves(run.read_histories(), scores["metric"]),
+               **kind_figures(scores, oof)}
+    if oof.kind == "single":  # argmax and the probability of the true class: single-label's
+        wrong = most_wrong(oof, n_wrong)
+        figures["wrong"] = wrong_images(wrong, files_of(wrong["id"].to_list()))
+        figures["label_issues"] = label_issue_images(run, oof, files_of)
     clusters = near_duplicate_rows(cfg, split)
     figures["near_duplicates"] = image_rows(clusters) if clusters else None
-    return {name: save(fig, run.plot_png(name)) for name, fig in figures.items() if fig is not None}
+    order = [*PLOTS[:-1], *KIND_PLOTS, "wrong", "label_issues", "near_duplicates"]
+    return {name: save(figures[name], run.plot_png(name)) for name in order
+            if name in figures and figures[name] is not None}

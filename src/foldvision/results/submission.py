@@ -7,6 +7,7 @@ Every table here is polars, every cell of a sample or solution a string as `fold
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from foldvision.console import console
 from foldvision.corpus import TestSet, read_table, sort_classes
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
-from foldvision.results.decision import DecisionRule
-from foldvision.results.metrics import accuracy, auc, macro_f1, score
+from foldvision.results.decision import DecisionRule, grades_of, tags_of
+from foldvision.results.metrics import accuracy, auc, fbeta_tags, macro_f1, score
 from foldvision.run import Predictions
 
 
@@ -27,15 +28,20 @@ class Format:
     """What a sample submission asks for."""
 
     id_col: str
-    kind: str  # "probability": P(one class) in one column; "classes": one column per class; "label": a class name
+    # "probability": P(one class) in one column; "classes": one column per class or tag; "label": a class name;
+    # "tags": a multi-label image's tags joined by `tag_sep`; "value": a number (regression); "grade": an integer
+    # grade (ordinal)
+    kind: str
     columns: list[str]  # value columns, in the sample's order
     classes: list[str]  # for "classes": the class of each column; for "probability": the class scored
     sep: str
     header: bool  # write a header row (SIGNATE samples often have none)
+    tag_sep: str = " "  # "tags": between an image's tags (Planet: a space)
 
     def labels_by_rule(self, decision: str) -> bool:
-        """Whether the labels come from the OOF-fitted decision rule (`predict.decision: oof`), not argmax."""
-        return self.kind == "label" and decision == "oof"
+        """Whether the decisions come from the OOF-fitted rule (`predict.decision: oof`, where its nested score
+        beats the plain decision), not the plain decision."""
+        return self.kind in DECIDED and decision == "oof"
 
     def describe(self) -> str:
         return f"{self.kind} in {', '.join(self.columns)}{'' if self.header else ', no header'}"
@@ -59,13 +65,18 @@ def _is_number(values: pl.Series) -> bool:
     return bool(len(values)) and not np.isnan(_numbers(values)).any()
 
 
+DECIDED = ("label", "tags", "value", "grade")  # formats written from decisions, not probabilities
+
+
 def infer_format(sample: pl.DataFrame, path: Path, classes: list[str], metric: str, value: str = "auto",
-                 header: bool = True) -> Format:
-    """Read the value kind off the sample: its column names and the values it holds."""
+                 header: bool = True, kind: str = "single") -> Format:
+    """Read the value kind off the sample: its column names and the values it holds, for the task kind."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     id_col, columns = sample.columns[0], list(sample.columns[1:])
     if not columns:
         raise UserError(f"{path}: the sample submission has only an id column; it should show the value columns")
+    if kind != "single":
+        return _task_format(sample, path, classes, value, header, kind)
     if len(columns) > 1 and not header:
         if len(columns) != len(classes) or value == "label":
             raise UserError(f"{path}: {len(columns)} value columns without a header for {len(classes)} classes; "
@@ -97,11 +108,37 @@ def infer_format(sample: pl.DataFrame, path: Path, classes: list[str], metric: s
     return Format(id_col, "label", [column], list(classes), sep, header)
 
 
-def sample_format(test: TestSet | None, classes: list[str], metric: str, value: str = "auto") -> Sample | None:
+def _task_format(sample: pl.DataFrame, path: Path, names: list[str], value: str, header: bool, kind: str) -> Format:
+    """The format of a multi-label, regression or ordinal sample: one probability column per tag, or one column
+    of tags, a number or a grade; a sample that fits the task in no way is one line saying how it differs."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    id_col, columns = sample.columns[0], list(sample.columns[1:])
+    what = {"multilabel": "tags", "regression": "value", "ordinal": "grade"}[kind]
+    if kind == "multilabel" and len(columns) > 1:
+        named = columns if header else list(names)
+        missing = [c for c in named if c not in names]
+        if missing or len(columns) != len(names) or value == "label":
+            raise UserError(f"{path}: {len(columns)} value columns ({', '.join(columns[:4])}...) for "
+                            f"{len(names)} tags ({', '.join(names[:4])}...); a multi-label sample has one column "
+                            "of tags or one probability column per tag, named by the tag")
+        return Format(id_col, "classes", columns, named, sep, header)
+    if len(columns) > 1:
+        raise UserError(f"{path}: {len(columns)} value columns; a {kind} submission has one (the predicted "
+                        f"{what}): is data.task={kind} right for this corpus?")
+    if value == "probability":
+        raise UserError(f"predict.value=probability: a {kind} submission with one column holds the {what}; "
+                        "set predict.value=auto")
+    cells = sample[columns[0]].cast(pl.String).drop_nulls().to_list()
+    tag_sep = next((s for s in (" ", "|", ";") if any(s in c.strip() for c in cells)), " ")
+    return Format(id_col, what, columns, list(names), sep, header, tag_sep)
+
+
+def sample_format(test: TestSet | None, classes: list[str], metric: str, value: str = "auto",
+                  kind: str = "single") -> Sample | None:
     """The test set's sample submission and its format (checked before minutes of inference); None without one."""
     if test is None or test.sample is None:
         return None
-    fmt = infer_format(test.sample, test.sample_path, classes, metric, value, test.sample_header)
+    fmt = infer_format(test.sample, test.sample_path, classes, metric, value, test.sample_header, kind)
     return Sample(test.sample, test.sample_path, fmt)
 
 
@@ -109,7 +146,8 @@ def build(sample: pl.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, 
           rule: DecisionRule | None = None) -> pl.DataFrame:
     """The submission rows, in the sample's id order, checked before anything is written.
 
-    Labels come from `rule` (fitted on the OOF predictions) when given, else from argmax.
+    Labels, tags, grades and values come from `rule` (fitted on the OOF predictions; its plain decision where
+    the rule lost nested) when given, else from the plain decision (argmax, tags at 0.5, rounding, the value).
     """
     order = {i: n for n, i in enumerate(ids)}
     sample_ids = sample[fmt.id_col].str.strip_chars().to_list()
@@ -117,8 +155,10 @@ def build(sample: pl.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, 
     if absent:
         raise UserError(f"no prediction for {len(absent)} sample submission ids (e.g. '{absent[0]}')")
     probs = probs[[order[i] for i in sample_ids]]
-    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1 + 1e-6).any():
-        raise UserError("predicted probabilities are not all finite and within [0, 1]; the models diverged")
+    if not np.isfinite(probs).all():
+        raise UserError("the predictions are not all finite numbers; the models diverged")
+    if fmt.kind not in ("value", "grade") and ((probs < 0).any() or (probs > 1 + 1e-6).any()):
+        raise UserError("predicted probabilities are not all within [0, 1]; the models diverged")
     col = {c: i for i, c in enumerate(classes)}
     values: dict[str, pl.Series | np.ndarray] = {fmt.id_col: sample[fmt.id_col]}  # the ids as the sample spells them
     if fmt.kind == "classes":  # a headerless sample's columns are named column1...: fmt.classes maps them
@@ -127,11 +167,25 @@ def build(sample: pl.DataFrame, fmt: Format, ids: list[str], probs: np.ndarray, 
     elif fmt.kind == "probability":
         values[fmt.columns[0]] = probs[:, col[fmt.classes[0]]]
     else:
-        picked = rule.apply(probs) if rule is not None else probs.argmax(axis=1)
-        values[fmt.columns[0]] = pl.Series([classes[i] for i in picked], dtype=pl.String)
+        values[fmt.columns[0]] = _decided(fmt, probs, classes, rule)
     out = pl.DataFrame(values)
     assert out.height == sample.height and out.columns == sample.columns
     return out
+
+
+def _decided(fmt: Format, probs: np.ndarray, classes: list[str], rule: DecisionRule | None) -> pl.Series:
+    """The one decided column: class names, joined tags, values or integer grades."""
+    if fmt.kind == "tags":
+        tags = rule.apply(probs) if rule is not None else tags_of(probs, 0.5)
+        return pl.Series([fmt.tag_sep.join(classes[j] for j in np.flatnonzero(row)) for row in tags], dtype=pl.String)
+    if fmt.kind == "value":
+        return pl.Series(rule.apply(probs) if rule is not None else probs[:, 0], dtype=pl.Float64)
+    if fmt.kind == "grade":
+        plain = grades_of(probs, np.arange(len(classes) - 1) + 0.5)
+        grades = rule.apply(probs) if rule is not None else plain
+        return pl.Series([classes[g] for g in grades], dtype=pl.String)
+    picked = rule.apply(probs) if rule is not None else probs.argmax(axis=1)
+    return pl.Series([classes[i] for i in picked], dtype=pl.String)
 
 
 def _shortest_floats(frame: pl.DataFrame) -> pl.DataFrame:
@@ -180,9 +234,49 @@ def _part_scores(truth: list[str], values: pl.DataFrame) -> dict[str, float]:
     return {name: scores[name] for name in ("auc", "accuracy", "log_loss")}
 
 
-def score_submission(submission_path: Path, solution_path: Path) -> dict[str, dict[str, float]]:
+def _split_tags(cells: list[str]) -> list[list[str]]:
+    """A column of multi-label cells as tag lists: tags split at spaces, '|', ';' or ','."""
+    return [[t for t in re.split(r"[\s|;,]+", c.strip()) if t] for c in cells]
+
+
+def _task_part_scores(kind: str, truth: list[str], values: pl.DataFrame) -> dict[str, float]:
+    """A multi-label, regression or ordinal part's scores, by `foldvision.results.metrics` as the OOF scores."""
+    if kind == "multilabel":
+        true_tags = _split_tags(truth)
+        if values.width == 1:  # tags: the F-scores of the decisions
+            pred_tags = _split_tags([str(v) for v in values[values.columns[0]].to_list()])
+            names = sorted({t for row in true_tags + pred_tags for t in row})
+            y, pred = _indicator(true_tags, names), _indicator(pred_tags, names)
+            return {m: fbeta_tags(y, pred, *avg) for m, avg in
+                    (("samples_f1", ("samples",)), ("samples_f2", ("samples", 2.0)), ("micro_f1", ("micro",)),
+                     ("macro_f1", ("macro",)))}
+        unknown = sorted({t for row in true_tags for t in row} - set(values.columns))
+        if unknown:
+            raise UserError(f"solution tags {unknown[:5]} are not submission columns")
+        probs = np.column_stack([_numbers(values[c]) for c in values.columns])
+        return score(_indicator(true_tags, list(values.columns)), probs, "multilabel")
+    numbers = _numbers(values[values.columns[0]])
+    if np.isnan(numbers).any() or values.width != 1:
+        raise UserError(f"a {kind} submission has one number per image; found {values.width} columns or a cell "
+                        "that is no number")
+    if kind == "regression":
+        return score(np.array([float(t) for t in truth]), numbers[:, None], "regression")
+    # the grade (or the expected grade) against the true grade
+    return score(np.array([int(float(t)) for t in truth]), numbers[:, None], "ordinal")
+
+
+def _indicator(rows: list[list[str]], names: list[str]) -> np.ndarray:
+    index = {n: j for j, n in enumerate(names)}
+    out = np.zeros((len(rows), len(names)))
+    for i, row in enumerate(rows):
+        out[i, [index[t] for t in row if t in index]] = 1
+    return out
+
+
+def score_submission(submission_path: Path, solution_path: Path, kind: str = "single") -> dict[str, dict[str, float]]:
     """A submission's scores against the solution (id, label[, Usage]), rows joined by id: {'all': {...}} and,
-    with a Usage column, one entry per part ('Private', 'Public'), each with its row count `n`."""
+    with a Usage column, one entry per part ('Private', 'Public'), each with its row count `n`. `kind`: the
+    task kind (foldvision.targets); a multi-label solution's label holds the image's tags (space-separated)."""
     sub = read_table(submission_path)
     solution = read_table(solution_path)
     if sub.width < 2 or solution.width < 2:
@@ -200,6 +294,10 @@ def score_submission(submission_path: Path, solution_path: Path) -> dict[str, di
         parts |= {usage: solution.filter(pl.col(SOLUTION_PARTS) == usage)
                   for usage in sorted(solution[SOLUTION_PARTS].unique().to_list())}
     values = sub.drop(sub.columns[0])
-    return {name: {"n": part.height, **_part_scores(part[label_col].to_list(),
-                                                     values[[row_of[i] for i in part[id_col].to_list()]])}
+
+    def part_scores(truth: list[str], rows: pl.DataFrame) -> dict[str, float]:
+        return _part_scores(truth, rows) if kind == "single" else _task_part_scores(kind, truth, rows)
+
+    return {name: {"n": part.height, **part_scores(part[label_col].to_list(),
+                                                    values[[row_of[i] for i in part[id_col].to_list()]])}
             for name, part in parts.items()}

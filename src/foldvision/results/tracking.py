@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from foldvision.errors import UserError
+from foldvision.results.metrics import decisions
 from foldvision.run import Predictions, Run
 
 
@@ -94,22 +95,40 @@ class WandbTracker:
         self.run.summary.update(values)
 
     def log_oof(self, scores: dict, oof: Predictions) -> None:
-        """The OOF metrics in the summary; per-fold and per-class tables, the confusion matrix and the ROC curve
-        (the positive class for binary, one-vs-rest for multi-class) as W&B plots."""
+        """The OOF metrics in the summary, the per-fold table, and the task kind's view as W&B tables and plots:
+        per class, the confusion matrix and the ROC curve (single-label: the positive class for binary,
+        one-vs-rest for multi-class); per tag and the tags' co-occurrence (multi-label); per grade and the
+        confusion matrix of the rounded grade (ordinal); predicted against true (regression)."""
         import pandas as pd  # noqa: PLC0415 - the edge where a library wants a DataFrame: wandb.Table's
         import wandb
 
-        classes, y, probs = oof.classes, oof.y, oof.probs
-        per_class = pd.DataFrame([{"class": name, **entry} for name, entry in scores["per_class"].items()])
         self.run.summary.update({f"oof_{k}": v for k, v in scores["oof"].items()})
-        self.run.log({
-            "folds": wandb.Table(dataframe=pd.DataFrame(scores["folds"])),
-            "per_class": wandb.Table(dataframe=per_class),
+        logged = {"folds": wandb.Table(dataframe=pd.DataFrame(scores["folds"]))}
+        if "per_class" in scores:
+            logged["per_class"] = wandb.Table(dataframe=pd.DataFrame(
+                [{"class": name, **entry} for name, entry in scores["per_class"].items()]))
+        logged |= self._kind_plots(wandb, pd, scores, oof)
+        self.run.log(logged)
+
+    @staticmethod
+    def _kind_plots(wandb, pd, scores: dict, oof: Predictions) -> dict:
+        classes, y, probs = oof.classes, oof.y, oof.probs
+        if oof.kind == "multilabel":
+            return {"cooccurrence": wandb.Table(dataframe=pd.DataFrame(scores["cooccurrence"], columns=classes,
+                                                                       index=classes).reset_index(names="tag"))}
+        if oof.kind == "regression":
+            table = wandb.Table(dataframe=pd.DataFrame({"true": y, "predicted": probs[:, 0]}))
+            return {"predicted_vs_true": wandb.plot.scatter(table, "true", "predicted", title="OOF predicted vs true")}
+        if oof.kind == "ordinal":
+            grades = decisions(probs, "ordinal", len(classes))
+            return {"confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=y.tolist(), preds=grades.tolist(), class_names=classes, title="OOF confusion (rounded grade)")}
+        return {
             "confusion_matrix": wandb.plot.confusion_matrix(y_true=y.tolist(), preds=probs.argmax(1).tolist(),
                                                             class_names=classes, title="OOF confusion matrix"),
             "roc": wandb.plot.roc_curve(y, probs, labels=classes, title="OOF ROC",
                                         classes_to_plot=[1] if len(classes) == 2 else None),
-        })
+        }
 
     def log_artifact(self, path: Path, name: str, kind: str) -> None:
         import wandb

@@ -23,7 +23,7 @@ from foldvision.config import Config, ModelConfig, to_dict
 from foldvision.console import console
 from foldvision.corpus import TestSet, read_test
 from foldvision.errors import UserError
-from foldvision.results.decision import DecisionRule, fit_nested
+from foldvision.results.decision import DECIDES, DecisionRule, fit_nested
 from foldvision.results.metrics import resolve_metric
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.results.tracking import create_tracker
@@ -95,7 +95,8 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
                        progress=progress, description=description, on_batch=on_batch, head=head)
 
 
-def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> tuple[TestSet | None, Sample | None]:
+def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True,
+             kind: str = "single") -> tuple[TestSet | None, Sample | None]:
     """The test images and the sample submission with its format, checked before minutes of inference;
     (None, None) and one printed line when the corpus has no test set."""
     test = read_test(cfg.data, verify=verify)
@@ -103,7 +104,7 @@ def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True) -> 
         console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
                       f"submission): nothing to predict; the OOF scores are in {run.scores_json}")
         return None, None
-    return test, sample_format(test, classes, resolve_metric(cfg.train.metric), cfg.predict.value)
+    return test, sample_format(test, classes, resolve_metric(cfg.train.metric, kind), cfg.predict.value, kind)
 
 
 def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
@@ -117,7 +118,7 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     cfg, run = load_run_config(run_dir), Run(run_dir)
     task = run.read_task()
     classes = list(task.names)
-    test, _ = test_set(cfg, run, classes)
+    test, _ = test_set(cfg, run, classes, kind=task.kind)
     if test is None:
         return None
     files = run.fold(fold)
@@ -144,7 +145,7 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
 def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], where: Path) -> np.ndarray:
     """The mean of the folds' test probabilities (or values), row by row in `ids` order (joined by id, never by
     position)."""
-    total = np.zeros((len(ids), len(run.read_task().columns)))
+    total = None
     for k in folds:
         part = run.read_test(classes, k)  # a missing one: one line naming it and `make predict`
         row_of = {i: n for n, i in enumerate(part.ids)}
@@ -153,16 +154,18 @@ def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], wh
             raise UserError(f"{run.fold(k).test_csv} predicts other test images than {where} lists "
                             f"({len(missing)} missing, e.g. '{missing[0] if missing else part.ids[0]}'); "
                             f"predict them again (make predict {run.make_args})")
-        total += part.probs[[row_of[i] for i in ids]]
+        rows = part.probs[[row_of[i] for i in ids]]
+        total = rows if total is None else total + rows
     return total / len(folds)
 
 
-def label_rule(run: Run, classes: list[str], metric: str) -> DecisionRule:
-    """The argmax-or-better decision rule, fitted on the OOF predictions and saved in decision.json."""
+def label_rule(run: Run, classes: list[str], metric: str, min_tags: int = 0) -> DecisionRule:
+    """The decision rule fitted on the OOF predictions, used where its nested score beats the plain decision
+    (argmax, tags at 0.5, rounding, no clipping), saved in decision.json."""
     oof = run.read_fold_oofs(run.read_split())
-    rule = fit_nested(oof.y, oof.probs, oof.fold, metric)
+    rule = fit_nested(oof.y, oof.probs, oof.fold, metric, oof.kind, min_tags, len(classes))
     run.write_decision(rule.to_dict())
-    console.print(f"predict: labels by {rule.describe()}")
+    console.print(f"predict: {DECIDES[oof.kind]} by {rule.describe()}")
     return rule
 
 
@@ -171,7 +174,7 @@ def average_folds(run_dir: Path, out: Path) -> Predictions | None:
     or None when the corpus has no test set."""
     cfg, run = load_run_config(run_dir), Run(run_dir)
     split = run.read_split()
-    test, sample = test_set(cfg, run, split.classes, verify=False)  # no image is opened: the fold files hold it all
+    test, sample = test_set(cfg, run, split.classes, verify=False, kind=split.kind)  # no image is opened
     if test is None:
         return None
     ids = test.table["id"].to_list()
@@ -180,7 +183,8 @@ def average_folds(run_dir: Path, out: Path) -> Predictions | None:
     run.write_test(mean)
     console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
     use_rule = sample is not None and sample.format.labels_by_rule(cfg.predict.decision)
-    rule = label_rule(run, split.classes, resolve_metric(cfg.train.metric)) if use_rule else None
+    metric = resolve_metric(cfg.train.metric, split.kind)
+    rule = label_rule(run, split.classes, metric, cfg.predict.min_tags) if use_rule else None
     console.print(f"predict: {escape(write_submission(out, mean, sample, rule))}")
     return mean
 

@@ -3,10 +3,13 @@
     python -m foldvision.stages.score runs/<exp>
 
 Joins every fold's OOF table into the run's OOF table (every training image once, in the split's order) and
-writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics (computed on the whole OOF set,
-not as a mean of folds), each fold's metrics, per-class precision/recall (OOF, and mean ± std over folds) and
-the confusion matrix. With data.exclude, scores.json's `excluded` says how many rows never trained and how
-many trained relabelled (each is still validated, and scored against its given label).
+writes the run's scores (`Run.oof_csv`, `Run.scores_json`): the OOF metrics of the task kind (computed on the
+whole OOF set, not as a mean of folds), each fold's metrics, and the kind's view: per class (or grade, or tag:
+precision/recall/F1, OOF and mean ± std over folds), the confusion matrix (single, ordinal), the tags'
+co-occurrence (multilabel) or the residuals (regression). The decision rule (threshold, prior correction,
+per-tag thresholds, cut-points, clipping) is fitted on the OOF rows and scored nested; the printed line says
+whether it or the plain decision is used. With data.exclude, scores.json's `excluded` says how many rows never
+trained and how many trained relabelled (each is still validated, and scored against its given label).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pathlib import Path
 
 from foldvision.config import to_dict
 from foldvision.console import console, print_wide
-from foldvision.results.decision import DecisionRule, fit_nested
+from foldvision.results.decision import DECIDES, DecisionRule, fit_nested
 from foldvision.results.metrics import resolve_metric, score_oof
-from foldvision.results.compare import fold_scores, per_class, scores_title
+from foldvision.results.compare import fold_scores, kind_tables, scores_title
 from foldvision.run import Run
 from foldvision.splits import read_exclude
 from foldvision.results.tracking import create_tracker
@@ -26,9 +29,10 @@ from foldvision.results.tracking import create_tracker
 
 def print_scores(scores: dict) -> None:
     print_wide(fold_scores(scores).rich(scores_title(scores)))
-    print_wide(per_class(scores).rich("per class (OOF; mean ± std over folds)"))
+    for title, table in kind_tables(scores):
+        print_wide(table.rich(title))
     rule = DecisionRule(**scores["decision"])
-    console.print(f"labels by {rule.describe()}")
+    console.print(f"{DECIDES[rule.task]} by {rule.describe()}")
     if "excluded" in scores:
         e = scores["excluded"]
         console.print(f"data.exclude ({e['file']}): {e['dropped']} rows never trained, {e['relabelled']} trained "
@@ -40,13 +44,15 @@ def run(run_dir: Path) -> dict:
     cfg = folder.load_config()
     split = folder.read_split()
     oof = folder.read_fold_oofs(split)  # in the split's order: the train table's order
-    metric = resolve_metric(cfg.train.metric)
+    metric = resolve_metric(cfg.train.metric, split.kind)
     scores = score_oof(oof, metric)
     exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)
     if exclusion.source:  # every row is scored against its given label; the file only changed what trained
         scores["excluded"] = exclusion.summary
-    # labels from probabilities: the OOF-fitted rule's score, fitted on the same rows and nested (honest)
-    scores["decision"] = fit_nested(oof.y, oof.probs, oof.fold, metric).to_dict()
+    # labels (tags, grades, values) from predictions: the OOF-fitted rule's score, fitted on the same rows and
+    # nested (honest), and whether it beats the plain decision
+    scores["decision"] = fit_nested(oof.y, oof.probs, oof.fold, metric, oof.kind, cfg.predict.min_tags,
+                                    len(oof.classes)).to_dict()
     folder.write_oof(oof)
     folder.write_scores(scores)
     print_scores(scores)
