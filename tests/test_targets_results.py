@@ -514,6 +514,20 @@ def test_evaluate_scores_a_tag_submission_by_public_and_private_usage(tmp_path, 
     assert "Public: n 1  samples_f1 0.6667" in out and "Private: n 1  samples_f1 1.0000" in out
 
 
+def test_evaluate_reads_the_task_from_the_solution_as_check_reads_a_label_table(tmp_path, capsys):
+    from conftest import stage
+
+    solution, sub = tmp_path / "solution.csv", tmp_path / "sub.csv"
+    pl.DataFrame({"image_name": ["a", "b", "c"], "tags": ["sea sunset", "sea", "sunset"]}).write_csv(solution)
+    pl.DataFrame({"image_name": ["a", "b", "c"], "tags": ["sea", "sea", "sunset"]}).write_csv(sub)
+    code, out = stage(capsys, "evaluate", str(sub), str(solution), stdout=True)
+    assert code == 0, out
+    assert "solution.csv: column 'tags' read as multilabel (--task to change)" in out
+    assert "all: n 3  samples_f1 0.8889" in out  # 2/3, 1, 1: not 'accuracy' of tag strings as classes
+    code, out = stage(capsys, "evaluate", str(sub), str(solution), "--task", "single", stdout=True)
+    assert code == 0 and "read as" not in out and "accuracy 0.6667" in out
+
+
 def test_f_scores_of_a_single_tag():
     from foldvision.results.metrics import fbeta_tags
 

@@ -62,7 +62,7 @@ def read_images(images: Path, sample: Path | None, ids: Path | None, pkg: Packag
                      test_csv=str(ids.resolve()) if ids else "none", sample_header=data["sample_header"],
                      encoding=data["encoding"], max_image_pixels=data["max_image_pixels"], cache=False)
     test = read_test(cfg)
-    return test, sample_format(test, pkg.classes, pkg.metric, pkg.predict["value"])
+    return test, sample_format(test, pkg.classes, pkg.metric, pkg.predict["value"], pkg.task)
 
 
 def _duration(seconds: float) -> str:
@@ -207,7 +207,7 @@ def infer(package: Path, images: Path, out: Path, *, sample: Path | None = None,
                 views = e.views
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    preds = Predictions(ids_, pkg.classes, probs)
+    preds = Predictions(ids_, pkg.classes, probs, kind=pkg.task)
     if rule is not None:
         console.print(f"infer: labels by {rule.describe()}")
     console.print(f"infer: {escape(write_submission(out, preds, fmt, rule))}")

@@ -250,7 +250,8 @@ class _Tally:
             self.progress.remove_task(self.task)
         elapsed = time.perf_counter() - self.start
         seen = self.seen
-        scores = (score(np.concatenate(self.batch_truth), np.concatenate(self.batch_probs), self.head.kind)
+        scores = (score(np.concatenate(self.batch_truth), np.concatenate(self.batch_probs), self.head.kind,
+                        len(self.head.names))
                   if seen else {})
         return {"train_loss": self.total_loss / max(seen, 1), **{f"train_{k}": v for k, v in scores.items()},
                 "lr": lr, "train_img_s": seen / elapsed}

@@ -93,6 +93,12 @@ class Package:
     def models(self) -> list[FoldModel]:
         return [f for m in self.members for f in m.folds]
 
+    @property
+    def task(self) -> str:
+        """The task kind (foldvision.targets), as the fold models' heads record it (none: single-label)."""
+        head = self.models[0].head if self.models else None
+        return head["kind"] if head else "single"
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -176,14 +182,12 @@ def _fold_model(run: Run, member: str, fold: int, classes: list[str]) -> FoldMod
                      ckpt["data_config"], ckpt.get("head"))
 
 
-def _experiment_rule(run: Run, metric: str, decision: str) -> dict | None:
-    """The decision rule `predict` fits on the fold OOF tables (`stages.predict.label_rule`), not written."""
-    if decision != "oof":
-        return None
+def _oof_rule(oof, metric: str, cfg) -> dict:
+    """The decision rule fitted on OOF predictions and judged nested, as `stages.predict.label_rule` and
+    `foldvision ensemble` fit it (used only where its nested score beats the plain decision), not written."""
     from foldvision.results.decision import fit_nested  # noqa: PLC0415
 
-    oof = run.read_fold_oofs(run.read_split())
-    return fit_nested(oof.y, oof.probs, oof.fold, metric).to_dict()
+    return fit_nested(oof.y, oof.probs, oof.fold, metric, oof.kind, cfg.predict.min_tags, len(oof.classes)).to_dict()
 
 
 def _members(run: Run, record: dict | None, classes: list[str]) -> list[Member]:
@@ -208,18 +212,15 @@ def from_run(run_dir: Path) -> Package:
     """A trained experiment (fold<k>/best.pt) or a blend (ensemble.json and its members' runs) as a Package whose
     weights are the best.pt files: nothing is read of the corpus but the OOF tables the decision rule is
     fitted on."""
-    from foldvision.results.decision import fit_rule  # noqa: PLC0415
     from foldvision.results.metrics import resolve_metric  # noqa: PLC0415
 
     run = Run(run_dir)
     cfg = run.load_config()
     classes, record = run.read_classes(), run.read_ensemble()
-    metric = resolve_metric(cfg.train.metric)
-    if record is None:
-        rule = _experiment_rule(run, metric, cfg.predict.decision)
-    else:  # the rule `foldvision ensemble` fits on the blended OOF rows
-        oof = run.read_oof()
-        rule = fit_rule(oof.y, oof.probs, metric).to_dict() if cfg.predict.decision == "oof" else None
+    metric = resolve_metric(cfg.train.metric, run.read_task().kind)
+    # the rule `predict` fits on the fold OOF tables, or `foldvision ensemble` on the blended OOF rows
+    oof = run.read_fold_oofs(run.read_split()) if record is None else run.read_oof()
+    rule = _oof_rule(oof, metric, cfg) if cfg.predict.decision == "oof" else None
     predict = {"tta": list(cfg.predict.tta), "batch_size": cfg.predict.batch_size, "value": cfg.predict.value,
                "decision": cfg.predict.decision, "amp": cfg.train.amp, "channels_last": cfg.train.channels_last}
     data = {"channels": cfg.data.channels, "sample_header": cfg.data.sample_header, "encoding": cfg.data.encoding,

@@ -174,7 +174,7 @@ def validate(parts: FoldParts, where: str, progress, net: torch.nn.Module | None
     probs = parts.world.gather_rows(lambda: predict(net, parts.val_loader, parts.setup.amp, parts.setup.device,
                                                     forward=forward, progress=progress,
                                                     description=f"{where} validate", head=head), len(parts.y_val))
-    return score(parts.y_val, probs, head.kind), probs
+    return score(parts.y_val, probs, head.kind, len(head.names)), probs
 
 
 def average_best(parts: FoldParts, cfg: Config, state: dict, metric: str, progress) -> None:
