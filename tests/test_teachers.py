@@ -177,6 +177,7 @@ def test_pseudo_labelled_images_never_reach_validation_or_the_oof_table(tmp_path
 @pytest.mark.parametrize("change", [{"seed": 7}, {"n_folds": 2}])
 def test_a_teacher_on_another_split_is_a_one_line_error(tmp_path, corpus, change):
     _, other = resolve(tmp_path, "other", corpus, cv={"n_folds": FOLDS, **change})
+    mark_teacher(other, test_ids=TEST_IDS)  # trained and predicted: only the split tells it apart
     cfg, run = student(tmp_path, corpus, other.root)
     with pytest.raises(UserError) as e:
         build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)
@@ -311,3 +312,11 @@ def test_make_retrains_a_student_whose_teacher_changed(tmp_path, corpus, teacher
     mark_teacher(teacher, [0.5] * FOLDS)  # the teacher is trained again
     save_run_config(cfg, run.root)  # what `make train` runs first
     assert run.stage_yaml("train").read_text() != stamp and not up_to_date()
+
+
+def test_the_teacher_module_imports_no_torch():
+    """run.py digests a teacher's files whenever a config is saved: that must not pay torch's imports."""
+    code = ("import sys, foldvision.learn.teacher, foldvision.run; "
+            "print(sorted(m for m in ('torch', 'timm', 'albumentations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
