@@ -297,7 +297,7 @@ $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
 # stage-train.yaml also digests train.teacher's files (its or its members' fold models and fold test files,
-# ensemble.json): a student whose teacher changed is stale here, each fold as a whole
+# ensemble.json): a change in any teacher fold makes every fold of the student stale
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
 	$(NPROC_ALONE) $(LAUNCH) $(SLOT) $(FV) train $(RUN) --fold $* $(NPROC_ARG)
 

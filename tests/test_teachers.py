@@ -302,8 +302,8 @@ def test_make_retrains_a_student_whose_teacher_changed(tmp_path, corpus, teacher
         os.utime(path, (now - 30, now - 30))
 
     def up_to_date() -> bool:
-        cmd = ["make", "-q", "--no-print-directory", "-C", str(ROOT), str(run.fold(0).oof_csv), f"RUNS={run.root.parent}",
-               "NAME=student", "EXP=student", f"PY={sys.executable}"]
+        cmd = ["make", "-q", "--no-print-directory", "-C", str(ROOT), str(run.fold(0).oof_csv),
+               f"RUNS={run.root.parent}", "NAME=student", "EXP=student", f"PY={sys.executable}"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
 
     assert up_to_date()

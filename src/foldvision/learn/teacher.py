@@ -6,7 +6,9 @@ Leak-free by construction: student fold k reads teacher fold k and nothing else.
 model (`best.pt`) and its `fold<k>/test.csv`; for a blend (`foldvision ensemble`), its members' fold-k models
 and test files, combined with the weights ensemble.json records as fitted without fold k (`fold_weights`).
 None of these ever saw fold k's validation rows: the teacher shares the student's split, checked by the split's
-content hash (`results.blending.split_digest`, as `make ensemble` checks its members).
+content hash (`results.blending.split_digest`, as `make ensemble` checks its members). (A blend's fold-k weights
+are fitted on the other folds' OOF rows, which models trained on fold k predicted: a few numbers, chosen
+without fold k's rows, as the issue asks; fully nested weights would need each member's inner folds.)
 
 - Pseudo-labels: the test images join fold k's training rows (never its validation rows, so never the OOF table),
   with teacher fold k's test probabilities as targets, chosen by confidence or by proportion.
