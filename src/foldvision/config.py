@@ -198,7 +198,8 @@ class TrainConfig:
     # A teacher (foldvision.learn.teacher): a trained run or a blend on the same split (runs/<exp or blend>);
     # student fold k learns only from teacher fold k, whose models never saw fold k's validation rows. null: none
     teacher: str | None = None
-    teacher_weight: float = 0.5  # w: a taught row's loss is (1 − w)·true label's + w·teacher's; a test image's w·teacher's
+    # w: a taught training row's loss is (1 − w)·the true label's + w·the teacher's; a test image's, w·the teacher's
+    teacher_weight: float = 0.5
     teacher_temperature: float = 1.0  # τ: soft targets p^(1/τ) renormalised, KL at τ scaled by τ² (soft only)
     teacher_targets: Literal["soft", "hard"] = "soft"  # the teacher's probabilities, or its argmax class
     distill: bool = False  # the teacher's predictions on fold k's training images join their true labels
