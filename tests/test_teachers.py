@@ -66,6 +66,11 @@ def mark_teacher(run: Run, train_mark=TRAIN_MARK, test_mark=TEST_MARK, test_ids=
         save_checkpoint(run.fold(j).best_pt, {
             "model": state, "classes": classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
             "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model)})
+        split = run.read_split()
+        val = split.fold == j
+        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], classes,
+                                          np.full((int(val.sum()), 2), 0.5), split.fold[val],
+                                          [label for label, v in zip(split.labels, val) if v]))
         if test_ids is not None:
             p = np.array([test_mark[j] + 0.01 * i for i in range(len(test_ids))])
             run.write_test(Predictions(test_ids, classes, np.column_stack([1 - p, p])), j)
@@ -184,6 +189,14 @@ def test_a_teacher_on_another_split_is_a_one_line_error(tmp_path, corpus, change
     message = str(e.value)
     assert "\n" not in message and "another split" in message
     assert str(other.root) in message and str(run.root) in message
+
+
+def test_a_teacher_fold_still_training_is_refused(tmp_path, corpus, teacher):
+    teacher.fold(1).oof_csv.unlink()  # best.pt there, oof.csv not yet: the fold is still training
+    cfg, run = student(tmp_path, corpus, teacher.root)
+    build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)  # fold 0 needs teacher fold 0 alone
+    with pytest.raises(UserError, match="fold 1 is still training or was cut short.*make train"):
+        build_fold(cfg, run.read_split(), 1, run.fold(1), seed=1)
 
 
 def test_a_student_cannot_teach_itself_and_an_untrained_teacher_says_what_to_do(tmp_path, corpus):
