@@ -250,6 +250,9 @@ def train_probs(cfg: Config, teacher: Teacher, fold: int, paths: list[str], clas
     parts = []
     for member in teacher.members:
         best = member.fold(fold).best_pt
+        if best.is_file() and not member.fold(fold).oof_csv.is_file():  # best.pt changes until the fold ends
+            raise UserError(f"{member.fold(fold).dir}: the teacher's fold {fold} is still training or was cut short "
+                            f"(no oof.csv yet); finish it first (make train {member.make_args})")
         ckpt = read_fold_checkpoint(best, fold)
         own = member.load_config()
         probs = fold_test_probs(ckpt, best, Path(cfg.data.dir), paths, tta=own.predict.tta,
