@@ -17,12 +17,12 @@ import polars as pl
 import pytest
 import torch
 
-from foldvision.config import ModelConfig, load_config
+from foldvision.config import ModelConfig, check_task, load_config
 from foldvision.errors import UserError
 from foldvision.learn.fold import build_fold
 from foldvision.learn.losses import CrossEntropy, TeacherLoss
-from foldvision.learn.teacher import pack, select_pseudo, targets
-from foldvision.run import Predictions, Run, save_run_config
+from foldvision.learn.teacher import load_teacher, pack, select_pseudo, targets
+from foldvision.run import Predictions, Run, Split, save_run_config
 from foldvision.stages.folds import run as make_folds
 
 from conftest import ROOT, make_corpus, write_config
@@ -333,3 +333,18 @@ def test_the_teacher_module_imports_no_torch():
             "print(sorted(m for m in ('torch', 'timm', 'albumentations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
+def test_teachers_teach_single_label_classes_only_so_far(tmp_path, kind):
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
+                                       train={"teacher": "runs/t", "distill": True})))
+    with pytest.raises(UserError, match=f"train.teacher=runs/t: teachers teach single-label classes so far; train "
+                                        f"this {kind} task"):
+        check_task(cfg, kind)
+    check_task(cfg, "single")
+    names, labels = {"multilabel": (["x", "y"], ["x|y", "y"]), "regression": (["score"], ["1.5", "2"]),
+                     "ordinal": (["0", "1"], ["0", "1"])}[kind]
+    split = Split(["a", "b"], ["a.png", "b.png"], labels, None, np.array([0, 1]), names, kind)
+    with pytest.raises(UserError, match=f"this split is {kind}"):
+        load_teacher("runs/t", tmp_path / "runs" / "student", split)

@@ -242,6 +242,9 @@ def check_task(cfg: Config, kind: str, where: str = "") -> None:
     """Settings that only make sense for another task kind, refused in one line naming the key and what to set
     (the config's data.task when it is explicit, the train stage's split when data.task is auto). The imbalanced
     sampler and prior correction are adapted instead (foldvision.learn.fold), so their defaults serve every kind."""
+    if cfg.train.teacher and kind != "single":  # soft tags and soft scores: foldvision.learn.teacher's docstring
+        raise UserError(f"{where}train.teacher={cfg.train.teacher}: teachers teach single-label classes so far; "
+                        f"train this {kind} task without one (train.teacher=null)")
     name = cfg.loss.name
     if name != "auto" and name not in LOSS_NAMES[kind]:
         raise UserError(f"{where}loss.name={name} is for {_kinds_of(name)} targets; a {kind} task trains with "
