@@ -296,6 +296,8 @@ inputs/digits_tags/train.csv inputs/digits_count/train.csv: inputs/digits_%/trai
 $(RUN)/folds.csv: $(RUN)/stage-folds.yaml
 	$(FV) folds $(RUN)
 
+# stage-train.yaml also digests train.teacher's files (its or its members' fold models and fold test files,
+# ensemble.json): a change in any teacher fold makes every fold of the student stale
 $(RUN)/fold%/oof.csv: $(RUN)/stage-train.yaml $(RUN)/folds.csv
 	$(NPROC_ALONE) $(LAUNCH) $(SLOT) $(FV) train $(RUN) --fold $* $(NPROC_ARG)
 

@@ -197,6 +197,19 @@ class TrainConfig:
     device_augment: bool = True  # the flips/rot90 that end augment.train run on each batch on the device
     device: str = "auto"  # auto: cuda if available, else cpu
     seed: int = 42  # model init, sampler and augmentation seed
+    # A teacher (foldvision.learn.teacher): a trained run or a blend on the same split (runs/<exp or blend>);
+    # student fold k learns only from teacher fold k, whose models never saw fold k's validation rows. null: none
+    teacher: str | None = None
+    # w: a taught training row's loss is (1 − w)·the true label's + w·the teacher's; a test image's, w·the teacher's
+    teacher_weight: float = 0.5
+    teacher_temperature: float = 1.0  # τ: soft targets p^(1/τ) renormalised, KL at τ scaled by τ² (soft only)
+    teacher_targets: Literal["soft", "hard"] = "soft"  # the teacher's probabilities, or its argmax class
+    distill: bool = False  # the teacher's predictions on fold k's training images join their true labels
+    # Test images join fold k's training (never its validation) with teacher fold k's test probabilities:
+    # confidence (top probability ≥ pseudo_threshold) or proportion (the most confident pseudo_proportion); off
+    pseudo_labels: Literal["off", "confidence", "proportion"] = "off"
+    pseudo_threshold: float = 0.9  # confidence: the teacher's top probability a test image needs
+    pseudo_proportion: float = 0.5  # proportion: the share of the test images taken, the most confident first
 
 
 # The losses each task kind (foldvision.targets) trains with; the first is what loss.name=auto means.
@@ -231,6 +244,9 @@ def check_task(cfg: Config, kind: str, where: str = "") -> None:
     """Settings that only make sense for another task kind, refused in one line naming the key and what to set
     (the config's data.task when it is explicit, the train stage's split when data.task is auto). The imbalanced
     sampler and prior correction are adapted instead (foldvision.learn.fold), so their defaults serve every kind."""
+    if cfg.train.teacher and kind != "single":  # soft tags and soft scores: foldvision.learn.teacher's docstring
+        raise UserError(f"{where}train.teacher={cfg.train.teacher}: teachers teach single-label classes so far; "
+                        f"train this {kind} task without one (train.teacher=null)")
     name = cfg.loss.name
     if name != "auto" and name not in LOSS_NAMES[kind]:
         raise UserError(f"{where}loss.name={name} is for {_kinds_of(name)} targets; a {kind} task trains with "
@@ -482,6 +498,7 @@ def validate(cfg: Config) -> None:
     if task != "auto":
         check_task(cfg, task, "data.task=" + task + ": ")
     _check_recipes(cfg)
+    _check_teacher(t)
     _check_compile(t)
     _check_ranger21(t)
     _check_lists(cfg)
@@ -559,6 +576,28 @@ def _check_compile(t: TrainConfig) -> None:
         raise UserError("train.compile=true: torch.compile builds its kernels with a C++ compiler and none is on "
                         "PATH here (g++, clang++, or $CXX); install one (e.g. apt install g++) or set "
                         "train.compile=false")
+
+
+def _check_teacher(t: TrainConfig) -> None:
+    """train.teacher and the keys that use it: ranges, and nothing asked of a teacher that is not there."""
+    _require(_finite(t.teacher_weight) and 0 < t.teacher_weight <= 1, "train.teacher_weight", t.teacher_weight,
+             "the teacher's share of the loss, above 0 and at most 1 (e.g. 0.5)")
+    _require(_finite(t.teacher_temperature) and t.teacher_temperature > 0, "train.teacher_temperature",
+             t.teacher_temperature, "a temperature above 0 (1: the teacher's probabilities as they are)")
+    _require(t.teacher_targets == "soft" or t.teacher_temperature == 1, "train.teacher_temperature",
+             t.teacher_temperature, "hard targets (the teacher's argmax) have no temperature; use 1 or soft targets")
+    _require(_finite(t.pseudo_threshold) and 0 < t.pseudo_threshold <= 1, "train.pseudo_threshold",
+             t.pseudo_threshold, "the top probability a test image needs, above 0 and at most 1 (e.g. 0.9)")
+    _require(_finite(t.pseudo_proportion) and 0 < t.pseudo_proportion <= 1, "train.pseudo_proportion",
+             t.pseudo_proportion, "the share of the test images taken, above 0 and at most 1 (e.g. 0.5)")
+    uses = [k for k, on in (("train.distill", t.distill), ("train.pseudo_labels", t.pseudo_labels != "off")) if on]
+    if t.teacher is None and uses:
+        raise UserError(f"{uses[0]} needs a teacher: set train.teacher=runs/<exp or blend> (a trained run on the "
+                        "same split)")
+    _require(t.teacher is None or bool(uses), "train.teacher", t.teacher,
+             "the teacher teaches nothing: set train.distill=true or train.pseudo_labels=confidence|proportion")
+    _require(t.teacher is None or bool(str(t.teacher).strip()), "train.teacher", t.teacher,
+             "a run folder (runs/<exp or blend>), or null for none")
 
 
 def _check_recipes(cfg: Config) -> None:

@@ -12,6 +12,7 @@ resolves the config and saves it into the run folder. The folder's files, and th
     folds.csv, classes.json  folds    the split (id, path, label, [group], fold) and the class order
     fold<k>/best.pt ...      train    best.pt, last.pt (while running), oof.csv, history.csv
     fold<k>/test.csv         predict  that fold model's TTA probabilities of the test images
+    fold<k>/teacher.csv      train    train.teacher: what the fold trained on, with teacher fold k's targets
     oof.csv, scores.json     score    every training image's OOF probabilities, and their scores
     test.csv, decision.json  predict  the fold-averaged test probabilities, the OOF-fitted decision rule
     ablation.csv/.md/.mk     ablate   the variants compared (numbers; as printed) and their run names for make
@@ -79,6 +80,11 @@ class FoldFiles:
     @property
     def test_csv(self) -> Path:
         return self.dir / "test.csv"
+
+    @property
+    def teacher_csv(self) -> Path:
+        """train.teacher: the targets teacher fold k gave this fold's training rows (foldvision.learn.teacher)."""
+        return self.dir / "teacher.csv"
 
     def epoch_pt(self, epoch: int) -> Path:
         """train.average_top_k: epoch `epoch`'s validated weights, kept while among the fold's k best."""
@@ -612,6 +618,10 @@ def input_digests(cfg: Config) -> dict[str, dict[str, str]]:
     train = folds | {"train_images": train_images}
     if cfg.data.exclude:  # the rows it drops or relabels decide every fold model
         train["exclude"] = _file_stamp(Path(cfg.data.exclude))
+    if cfg.train.teacher:  # its fold models and test files are the taught folds' targets
+        from foldvision.learn.teacher import teacher_digest  # noqa: PLC0415 - torch-free; as layout above
+
+        train["teacher"] = teacher_digest(cfg.train)
     return {"folds": folds, "train": train, "predict": train | test}
 
 

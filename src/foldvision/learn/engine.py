@@ -233,6 +233,9 @@ class _Tally:
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, n: int) -> None:
         self.total_loss += loss.item() * n
         self.seen += n
+        if targets.ndim == 2 and self.head.link == "softmax":  # a taught fold's rows (teacher.pack): single-label
+            labelled = targets[:, 0] >= 0  # targets are class indices otherwise; scored on the labelled images
+            logits, targets = logits[labelled], targets[labelled, 0].long()
         probs = self.head.values(logits.detach()).cpu().double().numpy()
         self.batch_probs.append(probs)
         self.batch_truth.append(self.head.truth(targets))

@@ -30,6 +30,7 @@ from foldvision.learn.losses import create_loss
 from foldvision.learn.optim import create_optimizer, create_scheduler, optimizer_steps
 from foldvision.learn.recipes import (LossMix, WeightEma, classifier_bias_name, create_mix, epoch_layers, log_prior,
                                       rarest_tags, set_trainable, tag_prior_shift)
+from foldvision.learn.teacher import TaughtRows, fold_rows, sampling_labels
 from foldvision.learn.transforms import Preprocessing
 from foldvision.results.metrics import resolve_metric
 from foldvision.run import FoldFiles, Split
@@ -109,6 +110,9 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
     val = split.fold == fold
     train = ~val & ~exclusion.dropped  # data.exclude drops training rows only: every row is still validated
     head = Head.fit(split.task, loss_name(cfg.loss, split.kind), exclusion.y_train[train])
+    taught = None
+    if t.teacher:  # teacher fold k's targets, and the pseudo-labelled test images, join the training rows only
+        taught = fold_rows(cfg, files.dir.parent, split, fold, train, exclusion.y_train, write=world.main)
     setup, model_cfg = fold_model(cfg, head.outputs, world)
     if exclusion.source:
         console.print(f"fold {fold}: data.exclude drops {int((exclusion.dropped & ~val).sum())} training images and "
@@ -116,7 +120,8 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
     if head.describe():
         console.print(f"fold {fold}: {head.describe()}")
     draw = fold_draw(cfg, split.kind, exclusion.y_train, train, fold)
-    loaders_at = fold_loaders(cfg, split, val, (train, exclusion.y_train), (head, draw), setup.device, seed, world)
+    loaders_at = fold_loaders(cfg, split, val, (train, exclusion.y_train), (head, draw), setup.device, seed, world,
+                              taught)
     train_loader, val_loader = loaders_at(setup.preprocessing)
     total_steps = optimizer_steps(len(train_loader), t)
     optimizer = create_optimizer(setup.model, world.scale_lr(t), total_steps)  # every layer's lr, frozen or not
@@ -125,7 +130,7 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
     return FoldParts(
         fold, files, setup, loaders_at, setup.preprocessing, train_loader, val_loader, optimizer,
         scheduler=create_scheduler(optimizer, t, total_steps, resolve_metric(t.metric, split.kind)),
-        loss_fn=create_loss(cfg.loss, split.kind), total_steps=total_steps, classes=split.classes,
+        loss_fn=create_loss(cfg.loss, split.kind, t), total_steps=total_steps, classes=split.classes,
         channels=cfg.data.channels, model_config=dataclasses.asdict(model_cfg), train_config=train_config(cfg, world),
         val_ids=[i for i, v in zip(split.ids, val) if v],
         val_labels=[label for label, v in zip(split.labels, val) if v],
@@ -168,25 +173,30 @@ def fold_model(cfg: Config, num_classes: int, world: World) -> tuple[ModelSetup,
 
 
 def fold_loaders(cfg: Config, split: Split, val: np.ndarray, training: tuple[np.ndarray, np.ndarray],
-                 how: tuple[Head, Draw], device: torch.device, seed: int, world: World) -> Loaders:
+                 how: tuple[Head, Draw], device: torch.device, seed: int, world: World,
+                 taught: TaughtRows | None = None) -> Loaders:
     """`loaders_at(spec)`: the train and validation loaders at input `spec`, each built once (the cache keeps
     each size); under DDP this rank's shares. `training` is (rows that train, the label each trains with);
-    `how` the head that makes the loss's targets of the labels and the draw of the training rows."""
+    `how` the head that makes the loss's targets of the labels and the draw of the training rows. `taught`
+    (train.teacher) replaces the training rows: fold k's and the pseudo-labelled test images, with their targets."""
     train, y_train = training
     head, draw = how
     paths = np.asarray(split.paths, dtype=object)
     root = Path(cfg.data.dir)  # folds.csv paths are relative to the corpus folder
     shard = (world.rank, world.size) if world.distributed else None
     targets, val_targets = head.targets(y_train[train]), head.targets(split.y[val])
+    train_paths, balance = paths[train], draw.balance
+    if taught is not None:  # the packed rows are the targets; the draw balances each row's class
+        train_paths, targets, balance = taught.paths, taught.rows, sampling_labels(taught.rows)
     loaders: dict[Preprocessing, tuple[DeviceLoader, DeviceLoader]] = {}
 
     def loaders_at(spec: Preprocessing) -> tuple[DeviceLoader, DeviceLoader]:
         if spec not in loaders:
             with progress_bar() as progress:  # images not cached yet are decoded now, once, on every core
                 loaders[spec] = (
-                    create_loader(root, paths[train], targets, spec, device,
+                    create_loader(root, train_paths, targets, spec, device,
                                   **loader_kwargs(cfg, train=True, sampler=draw.sampler), seed=seed, shard=shard,
-                                  progress=progress, balance=draw.balance),
+                                  progress=progress, balance=balance),
                     create_loader(root, paths[val], val_targets, spec, device,
                                   **loader_kwargs(cfg, train=False), shard=shard, progress=progress))
         return loaders[spec]

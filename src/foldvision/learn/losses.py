@@ -18,7 +18,7 @@ from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from foldvision.config import LossConfig, loss_name
+from foldvision.config import LossConfig, TrainConfig, loss_name
 
 
 class ComplementCrossEntropy(nn.Module):
@@ -113,6 +113,38 @@ class ValueLoss(nn.Module):
         return F.huber_loss(logits, target, delta=self.huber_delta)
 
 
+class TeacherLoss(nn.Module):
+    """The loss of a fold taught by a teacher (foldvision.learn.teacher), on packed rows [y, taught, q_1..q_K]:
+
+        labelled, untaught:  L(z, y)                      L: the configured loss (loss.name)
+        labelled, taught:    (1 − w)·L(z, y) + w·T(z, q)  (distillation)
+        test image (y = -1): w·T(z, q)                    (a pseudo label: no true label to mix with)
+
+    T(z, q) = τ²·KL(q ‖ softmax(z/τ)) (Hinton et al. 2015: τ² keeps the gradient's scale as τ grows); q is the
+    target already tempered (or one-hot), so a hard target at τ = 1 is plain cross-entropy. Averaged over the
+    batch's rows. torch's cross_entropy takes probability targets, but its value never reaches 0 for a soft one;
+    KL differs by q's entropy, a constant, so the gradients are the same.
+    """
+
+    def __init__(self, base: nn.Module, weight: float, temperature: float = 1.0):
+        super().__init__()
+        self.base, self.weight, self.temperature = base, weight, temperature
+
+    def forward(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        logits, rows = logits.float(), rows.float()
+        y, taught, q = rows[:, 0].long(), rows[:, 1] > 0, rows[:, 2:]
+        labelled, w, n = y >= 0, self.weight, len(logits)
+        total = logits.new_zeros(())
+        for rows_of, share in ((labelled & taught, 1 - w), (labelled & ~taught, 1.0)):
+            if rows_of.any() and share > 0:  # the base loss is a batch mean: weighted by its rows' count
+                total = total + share * rows_of.sum() * self.base(logits[rows_of], y[rows_of])
+        if taught.any():
+            tau = self.temperature
+            kl = F.kl_div(torch.log_softmax(logits[taught] / tau, dim=1), q[taught], reduction="none").sum(dim=1)
+            total = total + w * tau * tau * kl.sum()
+        return total / n
+
+
 LOSSES = {
     "cce": lambda cfg: ComplementCrossEntropy(gamma=cfg.cce_gamma),
     "ce": lambda cfg: CrossEntropy(),
@@ -128,7 +160,11 @@ LOSSES = {
 }
 
 
-def create_loss(cfg: LossConfig, kind: str = "single") -> nn.Module:
+def create_loss(cfg: LossConfig, kind: str = "single", teacher: TrainConfig | None = None) -> nn.Module:
     """The loss loss.name names for a task kind (auto: the kind's default; config.check_task refused a name of
-    another kind before any work)."""
-    return LOSSES[loss_name(cfg, kind)](cfg)
+    another kind before any work); wrapped in a TeacherLoss when `teacher` (the train section) names a teacher
+    (single-label only: foldvision.learn.teacher refuses the other kinds)."""
+    base = LOSSES[loss_name(cfg, kind)](cfg)
+    if teacher is None or not teacher.teacher:
+        return base
+    return TeacherLoss(base, teacher.teacher_weight, teacher.teacher_temperature)

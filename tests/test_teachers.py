@@ -1,0 +1,350 @@
+"""foldvision.learn.teacher: pseudo-labels and distillation, leak-free.
+
+The teachers here are MARKED: teacher fold j's model ignores its input and answers P(b) = TRAIN_MARK[j] for every
+image (a zeroed classifier whose bias holds the mark), and its fold<j>/test.csv answers P(b) = TEST_MARK[j] + a
+per-image offset. Whatever a fold-k student is fed from fold j ≠ k shows as another fold's mark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from foldvision.config import ModelConfig, check_task, load_config
+from foldvision.errors import UserError
+from foldvision.learn.fold import build_fold
+from foldvision.learn.losses import CrossEntropy, TeacherLoss
+from foldvision.learn.teacher import load_teacher, pack, select_pseudo, targets
+from foldvision.run import Predictions, Run, Split, save_run_config
+from foldvision.stages.folds import run as make_folds
+
+from conftest import ROOT, make_corpus, write_config
+
+FOLDS = 3
+TRAIN_MARK = [0.10, 0.35, 0.60]  # teacher fold j's P(b) on any image
+TEST_MARK = [0.20, 0.45, 0.70]  # teacher fold j's test.csv P(b), plus 0.01 per test row
+CPU = {"device": "cpu", "amp": "off", "sampler": "random", "precise_bn": 0}
+
+
+def resolve(tmp_path, name, corpus, **sections):
+    """configs/<name>.yaml on `corpus`, resolved into runs/<name> with its folds made: (config, Run)."""
+    sections = {"cv": {"n_folds": FOLDS}, "predict": {"tta": []}, **sections}
+    sections["train"] = {**CPU, **sections.get("train", {})}
+    cfg = load_config(str(write_config(tmp_path / "configs", name, corpus, **sections)))
+    run = Run(tmp_path / "runs" / name)
+    save_run_config(cfg, run.root)
+    make_folds(run.root)
+    return cfg, run
+
+
+def mark_teacher(run: Run, train_mark=TRAIN_MARK, test_mark=TEST_MARK, test_ids=None) -> None:
+    """Each fold j: a best.pt whose model answers P(b) = train_mark[j] for every image, and a test.csv that
+    answers test_mark[j] + 0.01·row."""
+    from foldvision.learn.engine import build_model_for
+    from foldvision.learn.models import timm_source
+    from foldvision.learn.optim import classifier_names
+    from foldvision.learn.checkpoint import save_checkpoint
+
+    model_cfg = ModelConfig(name="test_convnext", img_size=32)
+    classes = run.read_classes()
+    for j in range(FOLDS):
+        setup = build_model_for(model_cfg, 2, 3, device="cpu", amp="off", pretrained=False)
+        state = setup.model.state_dict()
+        for name in classifier_names(setup.model):
+            if name.endswith("weight"):
+                state[name] = torch.zeros_like(state[name])
+            else:
+                state[name] = torch.log(torch.tensor([1 - train_mark[j], train_mark[j]]))
+        run.fold(j).dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(run.fold(j).best_pt, {
+            "model": state, "classes": classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
+            "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model)})
+        split = run.read_split()
+        val = split.fold == j
+        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], classes,
+                                          np.full((int(val.sum()), 2), 0.5), split.fold[val],
+                                          [label for label, v in zip(split.labels, val) if v]))
+        if test_ids is not None:
+            p = np.array([test_mark[j] + 0.01 * i for i in range(len(test_ids))])
+            run.write_test(Predictions(test_ids, classes, np.column_stack([1 - p, p])), j)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_corpus(tmp_path / "c", {"a": 9, "b": 9}, n_test=6)
+
+
+TEST_IDS = [f"t{i:03d}" for i in range(6)]
+
+
+@pytest.fixture
+def teacher(tmp_path, corpus):
+    _, run = resolve(tmp_path, "teacher", corpus)
+    mark_teacher(run, test_ids=TEST_IDS)
+    return run
+
+
+def student(tmp_path, corpus, teacher_root, **train):
+    train = {"teacher": str(teacher_root), "distill": True, "pseudo_labels": "proportion",
+             "pseudo_proportion": 1.0, **train}
+    return resolve(tmp_path, "student", corpus, train=train)
+
+
+def fed(parts) -> np.ndarray:
+    """Every target row the fold's train loader yields in one epoch: what the student actually learns from."""
+    return torch.cat([t for _, t in parts.train_loader]).numpy()
+
+
+# ---- (a) the audit: a fold-k student is fed teacher fold k's outputs and nothing else -------------------------
+def test_a_fold_k_student_is_fed_teacher_fold_k_alone(tmp_path, corpus, teacher):
+    cfg, run = student(tmp_path, corpus, teacher.root, batch_size=4)
+    split = run.read_split()
+    for k in range(FOLDS):
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        rows = fed(parts)
+        labelled, pseudo = rows[rows[:, 0] >= 0], rows[rows[:, 0] < 0]
+        assert len(labelled) and len(pseudo) and (rows[:, 1] == 1).all()
+        # distillation targets: teacher fold k's model on the training images, never fold j's
+        np.testing.assert_allclose(labelled[:, 3], TRAIN_MARK[k], atol=1e-5)
+        # pseudo-label targets: teacher fold k's test.csv, row by row
+        own = {round(TEST_MARK[k] + 0.01 * i, 5) for i in range(len(TEST_IDS))}
+        assert {round(float(p), 5) for p in pseudo[:, 3]} <= own
+        others = {round(TEST_MARK[j] + 0.01 * i, 5) for j in range(FOLDS) if j != k for i in range(len(TEST_IDS))}
+        assert not {round(float(p), 5) for p in pseudo[:, 3]} & others
+        # the record the fold writes says the same, image by image
+        audit = pl.read_csv(run.fold(k).teacher_csv, schema_overrides={"id": pl.String, "label": pl.String})
+        train_ids = [i for i, f in zip(split.ids, split.fold) if f != k]
+        assert audit["id"].to_list() == train_ids + TEST_IDS
+        assert audit["path"].to_list() == parts.train_loader.dataset.paths
+        np.testing.assert_allclose(audit["target_b"][:len(train_ids)], TRAIN_MARK[k], atol=1e-5)
+        np.testing.assert_allclose(audit["target_b"][len(train_ids):],
+                                   [TEST_MARK[k] + 0.01 * i for i in range(len(TEST_IDS))], atol=1e-5)
+
+
+def test_targets_temper_or_harden_and_select_by_confidence_or_proportion(tmp_path):
+    t = load_config(str(write_config(tmp_path / "configs", "e", tmp_path))).train
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
+    np.testing.assert_allclose(targets(probs, t), probs)
+    warm = targets(probs, dataclasses.replace(t, teacher_temperature=2.0))
+    np.testing.assert_allclose(warm[0], np.sqrt([0.9, 0.1]) / np.sqrt([0.9, 0.1]).sum())
+    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard")),
+                                  [[1, 0], [1, 0], [0, 1], [0, 1]])
+    conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
+    np.testing.assert_array_equal(select_pseudo(probs, conf), [True, False, True, False])
+    share = dataclasses.replace(t, pseudo_labels="proportion", pseudo_proportion=0.5)
+    np.testing.assert_array_equal(select_pseudo(probs, share), [True, False, True, False])
+
+
+def test_the_teacher_loss_mixes_the_true_label_with_the_teachers_target():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0]])
+    q = torch.tensor([[0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
+    y = torch.tensor([0, 1, -1])
+    ce = CrossEntropy()
+    rows = torch.from_numpy(pack(y.numpy(), np.ones(3), q.numpy()))
+    tau, w = 2.0, 0.3
+    kl = (q * (q.log() - torch.log_softmax(logits / tau, dim=1))).sum(dim=1) * tau * tau
+    expected = ((1 - w) * (ce(logits[:1], y[:1]) + ce(logits[1:2], y[1:2])) + w * kl.sum()) / 3
+    torch.testing.assert_close(TeacherLoss(ce, w, tau)(logits, rows), expected)
+    untaught = torch.from_numpy(pack(np.array([0, 1]), np.zeros(2), np.zeros((2, 2))))
+    torch.testing.assert_close(TeacherLoss(ce, w)(logits[:2], untaught), ce(logits[:2], torch.tensor([0, 1])))
+    hard = torch.from_numpy(pack(np.array([-1]), np.ones(1), np.array([[0.0, 1.0]])))
+    torch.testing.assert_close(TeacherLoss(ce, 1.0)(logits[2:], hard), ce(logits[2:], torch.tensor([1])))
+
+
+# ---- (b) pseudo-labelled images train, and are never validated nor in the OOF table --------------------------
+def test_pseudo_labelled_images_never_reach_validation_or_the_oof_table(tmp_path, corpus, teacher):
+    from foldvision.stages.train import fit_fold
+
+    cfg, run = student(tmp_path, corpus, teacher.root, distill=False)
+    split = run.read_split()
+    for k in range(FOLDS):
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        test_paths = {p for p in parts.train_loader.dataset.paths if p.startswith("test")}
+        assert len(test_paths) == len(TEST_IDS)  # they train...
+        assert not test_paths & set(parts.val_loader.dataset.paths)  # ...and are never validated
+        assert parts.val_ids == [i for i, f in zip(split.ids, split.fold) if f == k]
+        fit_fold(cfg, run.root, k)
+    oof = run.read_fold_oofs(split)  # every training image once, nothing else
+    assert sorted(oof.ids) == sorted(split.ids) and not set(oof.ids) & set(TEST_IDS)
+    for k in range(FOLDS):
+        ids = run.read_fold_oof(k, split.classes).ids
+        assert ids == [i for i, f in zip(split.ids, split.fold) if f == k]
+
+
+# ---- (c) a teacher on another split is one line naming both runs ---------------------------------------------
+@pytest.mark.parametrize("change", [{"seed": 7}, {"n_folds": 2}])
+def test_a_teacher_on_another_split_is_a_one_line_error(tmp_path, corpus, change):
+    _, other = resolve(tmp_path, "other", corpus, cv={"n_folds": FOLDS, **change})
+    mark_teacher(other, test_ids=TEST_IDS)  # trained and predicted: only the split tells it apart
+    cfg, run = student(tmp_path, corpus, other.root)
+    with pytest.raises(UserError) as e:
+        build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)
+    message = str(e.value)
+    assert "\n" not in message and "another split" in message
+    assert str(other.root) in message and str(run.root) in message
+
+
+def test_a_teacher_fold_still_training_is_refused(tmp_path, corpus, teacher):
+    teacher.fold(1).oof_csv.unlink()  # best.pt there, oof.csv not yet: the fold is still training
+    cfg, run = student(tmp_path, corpus, teacher.root)
+    build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)  # fold 0 needs teacher fold 0 alone
+    with pytest.raises(UserError, match="fold 1 is still training or was cut short.*make train"):
+        build_fold(cfg, run.read_split(), 1, run.fold(1), seed=1)
+
+
+def test_a_student_cannot_teach_itself_and_an_untrained_teacher_says_what_to_do(tmp_path, corpus):
+    cfg, run = student(tmp_path, corpus, tmp_path / "runs" / "student")
+    with pytest.raises(UserError, match="student's own run folder"):
+        build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)
+    cfg, run = student(tmp_path, corpus, tmp_path / "runs" / "nothing")
+    with pytest.raises(UserError, match="not a run folder.*make train predict"):
+        build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)
+
+
+# ---- (d) a blend teaches fold k with its members' fold-k outputs and the weights fitted without fold k --------
+def blend_members(tmp_path, corpus, good_on: dict[str, list[int]]):
+    """Two marked members whose OOF predictions are right on the folds `good_on` names and wrong elsewhere."""
+    runs = []
+    for n, (name, folds) in enumerate(good_on.items()):
+        _, member = resolve(tmp_path, name, corpus)
+        mark_teacher(member, [m + 0.05 * n for m in TRAIN_MARK], [m + 0.05 * n for m in TEST_MARK], TEST_IDS)
+        split = member.read_split()
+        right = np.isin(split.fold, folds)
+        p = np.where(right, np.where(split.y == 1, 0.8, 0.2), np.where(split.y == 1, 0.3, 0.7))
+        p = p + 0.01 * np.arange(len(p)) / len(p)  # no ties
+        member.write_oof(Predictions(split.ids, split.classes, np.column_stack([1 - p, p]), split.fold, split.labels))
+        member.write_scores({"oof": {}})
+        member.write_test(Predictions(TEST_IDS, split.classes, np.full((len(TEST_IDS), 2), 0.5)))
+        runs.append(member)
+    return runs
+
+
+def test_a_blend_teaches_fold_k_with_weights_fitted_without_fold_k(tmp_path, corpus, monkeypatch):
+    from foldvision.commands.ensemble import blend
+    from foldvision.results.blending import fit_blend, load_members
+
+    monkeypatch.chdir(tmp_path)
+    members = blend_members(tmp_path, corpus, {"m1": [0], "m2": [1, 2]})
+    blend(tmp_path / "runs" / "blend", [m.root for m in members], "hill_climb", out=tmp_path / "blend.csv")
+    record = Run(tmp_path / "runs" / "blend").read_ensemble()
+    group = load_members([m.root for m in members])
+    y, folds = group.split.y, group.split.fold
+    for k in range(FOLDS):  # ensemble.json's fold-k weights are those fitted on the other folds' rows
+        without_k = fit_blend("hill_climb", [m.oof[folds != k] for m in group.members], y[folds != k], "auc")
+        assert list(record["fold_weights"][str(k)].values()) == pytest.approx(list(without_k.weights))
+    assert record["fold_weights"]["0"] != record["fold_weights"]["1"]  # the folds' weights differ here
+
+    cfg, run = student(tmp_path, corpus, tmp_path / "runs" / "blend", batch_size=4)
+    split = run.read_split()
+    for k in range(FOLDS):
+        w = np.array(list(record["fold_weights"][str(k)].values()))
+        rows = fed(build_fold(cfg, split, k, run.fold(k), seed=1))
+        taught_b = w[0] * TRAIN_MARK[k] + w[1] * (TRAIN_MARK[k] + 0.05)
+        np.testing.assert_allclose(rows[rows[:, 0] >= 0, 3], taught_b, atol=1e-5)
+        expected = {round(w[0] * (TEST_MARK[k] + 0.01 * i) + w[1] * (TEST_MARK[k] + 0.05 + 0.01 * i), 5)
+                    for i in range(len(TEST_IDS))}
+        assert {round(float(p), 5) for p in rows[rows[:, 0] < 0, 3]} <= expected
+
+
+def test_fold_k_weights_ignore_fold_k_rows(tmp_path, corpus, monkeypatch):
+    """Re-blend after making fold 0's OOF rows favour the other member: fold 0's weights stay as they were."""
+    from foldvision.commands.ensemble import blend
+
+    monkeypatch.chdir(tmp_path)
+    weights = []
+    for name, good_on in (("b1", {"m1": [0], "m2": [1, 2]}), ("b2", {"m1": [], "m2": [0, 1, 2]})):
+        members = blend_members(tmp_path / name, corpus, good_on)
+        blend(tmp_path / name / "runs" / "blend", [m.root for m in members], "hill_climb", out=tmp_path / f"{name}.csv")
+        weights.append(Run(tmp_path / name / "runs" / "blend").read_ensemble()["fold_weights"])
+    assert weights[0]["0"] == weights[1]["0"]
+    assert weights[0]["1"] != weights[1]["1"] or weights[0]["2"] != weights[1]["2"]
+
+
+def test_a_stack_blend_cannot_teach(tmp_path, corpus, monkeypatch):
+    from foldvision.commands.ensemble import blend
+
+    monkeypatch.chdir(tmp_path)
+    members = blend_members(tmp_path, corpus, {"m1": [0], "m2": [1, 2]})
+    blend(tmp_path / "runs" / "blend", [m.root for m in members], "stack", out=tmp_path / "blend.csv")
+    cfg, run = student(tmp_path, corpus, tmp_path / "runs" / "blend")
+    with pytest.raises(UserError, match="stack blend keeps no stacker"):
+        build_fold(cfg, run.read_split(), 0, run.fold(0), seed=1)
+
+
+# ---- (e) the config's ranges, each a one-line error naming the key -----------------------------------------
+@pytest.mark.parametrize("train, key", [
+    ({"teacher": "runs/t", "distill": True, "teacher_weight": 0}, "train.teacher_weight"),
+    ({"teacher": "runs/t", "distill": True, "teacher_weight": 1.5}, "train.teacher_weight"),
+    ({"teacher": "runs/t", "distill": True, "teacher_temperature": 0}, "train.teacher_temperature"),
+    ({"teacher": "runs/t", "distill": True, "teacher_temperature": float("nan")}, "train.teacher_temperature"),
+    ({"teacher": "runs/t", "distill": True, "teacher_targets": "hard", "teacher_temperature": 2},
+     "train.teacher_temperature"),
+    ({"teacher": "runs/t", "pseudo_labels": "confidence", "pseudo_threshold": 0}, "train.pseudo_threshold"),
+    ({"teacher": "runs/t", "pseudo_labels": "proportion", "pseudo_proportion": 1.2}, "train.pseudo_proportion"),
+    ({"teacher": "runs/t", "pseudo_labels": "sometimes"}, "train.pseudo_labels"),
+    ({"teacher": "runs/t", "teacher_targets": "medium", "distill": True}, "train.teacher_targets"),
+    ({"distill": True}, "train.distill"),
+    ({"pseudo_labels": "confidence"}, "train.pseudo_labels"),
+    ({"teacher": "runs/t"}, "train.teacher"),
+])
+def test_teacher_keys_out_of_range_are_one_line_errors(tmp_path, train, key):
+    path = write_config(tmp_path / "configs", "e", tmp_path, train=train)
+    with pytest.raises(UserError) as e:
+        load_config(str(path))
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- make: a student whose teacher changed is stale ---------------------------------------------------------
+def test_make_retrains_a_student_whose_teacher_changed(tmp_path, corpus, teacher):
+    cfg, run = student(tmp_path, corpus, teacher.root)
+    stamp = run.stage_yaml("train").read_text()
+    for k in range(FOLDS):  # the student's folds as if trained, after its stamp
+        run.fold(k).dir.mkdir(parents=True, exist_ok=True)
+        run.fold(k).oof_csv.write_text("id\n")
+    now = run.stage_yaml("train").stat().st_mtime
+    for path in run.root.glob("stage-*.yaml"):  # stamped a minute ago, trained since
+        os.utime(path, (now - 60, now - 60))
+    for path in [run.folds_csv] + [run.fold(k).oof_csv for k in range(FOLDS)]:
+        os.utime(path, (now - 30, now - 30))
+
+    def up_to_date() -> bool:
+        cmd = ["make", "-q", "--no-print-directory", "-C", str(ROOT), str(run.fold(0).oof_csv),
+               f"RUNS={run.root.parent}", "NAME=student", "EXP=student", f"PY={sys.executable}"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+
+    assert up_to_date()
+    save_run_config(cfg, run.root)  # nothing changed: the stamp stays, and so does make's verdict
+    assert run.stage_yaml("train").read_text() == stamp and up_to_date()
+    mark_teacher(teacher, [0.5] * FOLDS)  # the teacher is trained again
+    save_run_config(cfg, run.root)  # what `make train` runs first
+    assert run.stage_yaml("train").read_text() != stamp and not up_to_date()
+
+
+def test_the_teacher_module_imports_no_torch():
+    """run.py digests a teacher's files whenever a config is saved: that must not pay torch's imports."""
+    code = ("import sys, foldvision.learn.teacher, foldvision.run; "
+            "print(sorted(m for m in ('torch', 'timm', 'albumentations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
+def test_teachers_teach_single_label_classes_only_so_far(tmp_path, kind):
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
+                                       train={"teacher": "runs/t", "distill": True})))
+    with pytest.raises(UserError, match=f"train.teacher=runs/t: teachers teach single-label classes so far; train "
+                                        f"this {kind} task"):
+        check_task(cfg, kind)
+    check_task(cfg, "single")
+    names, labels = {"multilabel": (["x", "y"], ["x|y", "y"]), "regression": (["score"], ["1.5", "2"]),
+                     "ordinal": (["0", "1"], ["0", "1"])}[kind]
+    split = Split(["a", "b"], ["a.png", "b.png"], labels, None, np.array([0, 1]), names, kind)
+    with pytest.raises(UserError, match=f"this split is {kind}"):
+        load_teacher("runs/t", tmp_path / "runs" / "student", split)
