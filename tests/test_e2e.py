@@ -97,3 +97,52 @@ def test_make_chain_binary_probability_with_tta_and_groups(tmp_path):
                          axis=0)
     assert test["prob_1"].to_numpy() == pytest.approx(folds_mean)  # the fold ensemble is a plain mean
     assert sub["target"].to_numpy() == pytest.approx(test.set_index("id").loc[sub["image_id"], "prob_1"].to_numpy())
+
+
+@pytest.mark.parametrize("kind,task,metric", [
+    ("tags", "multilabel", "map"),
+    ("count", "ordinal", "qwk"),
+    ("count", "regression", "rmse"),
+])
+def test_make_chain_on_each_demo_target_kind(tmp_path, kind, task, metric):
+    """`make folds train predict` and `foldvision evaluate` on a tiny cut of each demo kind's corpus: the split,
+    OOF table, scores and submission in the task's shape, as a user runs it (the corpus as demo-data builds it,
+    the task read as `auto` reads it for tags, named for the count's integers)."""
+    corpus = tmp_path / kind
+    subprocess.run([sys.executable, "-m", "foldvision", "demo-data", str(corpus), "--kind", kind, "--limit", "48"],
+                   check=True, capture_output=True)
+    write_config(tmp_path / "configs", "tiny", corpus, data={"channels": 1, "task": "auto" if kind == "tags" else task},
+                 augment={"train": []}, predict={"tta": []})
+    result = make(tmp_path, "folds", "train", "predict", EXP="tiny")
+    if kind == "tags":
+        assert "column 'tags' holds 10 tags (space-separated), up to 3 per image: multi-label" in result.stdout + result.stderr
+    run = tmp_path / "runs" / "tiny"
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["kind"] == task and scores["metric"] == metric and np.isfinite(scores["oof"][metric])
+    decision = scores["decision"]  # fitted on all OOF rows, scored nested beside the plain decision
+    assert decision["oof_nested"] is not None and isinstance(decision["used"], bool)
+    oof = pd.read_csv(run / "oof.csv", dtype={"label": str}, keep_default_na=False)
+    train = pd.read_csv(corpus / "train.csv", dtype=str, keep_default_na=False)
+    assert sorted(oof["id"]) == sorted(train.iloc[:, 0])  # every training image once, validated once
+    value_columns = [c for c in oof.columns if c.startswith(("prob_", "pred"))]
+    assert value_columns == ([f"prob_{t}" for t in json.loads((run / "classes.json").read_text())["names"]]
+                             if task == "multilabel" else ["pred"])
+
+    sample = pd.read_csv(corpus / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sub = pd.read_csv(tmp_path / "subs" / "tiny.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+    values = sub.iloc[:, 1]
+    if task == "multilabel":
+        names = set(json.loads((run / "classes.json").read_text())["names"])
+        assert all(set(v.split()) <= names for v in values)  # space-joined tags, as the sample writes them
+    elif task == "ordinal":
+        assert set(values) <= {"0", "1", "2", "3", "4"}  # one integer grade
+    else:
+        assert all(float(v) == float(v) for v in values) and values.nunique() > 5  # one number, not a class
+
+    evaluate = subprocess.run([sys.executable, "-m", "foldvision", "evaluate", str(tmp_path / "subs" / "tiny.csv"),
+                               str(corpus / "test_labels.csv"), "--task", task],
+                              capture_output=True, text=True)
+    assert evaluate.returncode == 0, evaluate.stderr
+    expected = {"multilabel": "samples_f1", "ordinal": "qwk", "regression": "rmse"}[task]
+    assert f"all: n {len(sample)}  {expected} " in evaluate.stdout
