@@ -26,12 +26,13 @@ run takes ~4 min on this machine):
     digits_count             configs/digits_count, ordinal grades 0..4 (MSE on the grade)
     digits_count_regression  configs/digits_count_regression, the same folder read as a regression target
 
-    .venv/bin/python benchmarks/defaults_table.py --corpora digits_tags digits_count digits_count_regression \
+    .venv/bin/python benchmarks/defaults_table.py --corpora digits_tags digits_count digits_count_regression \\
         --variants now plain
 
-Their variants are `now` (the config's recipe: Ranger21 and its schedule, precise BN) and `plain`, the textbook
-loop at the same epochs and the config's lr: the kind's default loss (BCE or MSE), AdamW at a constant lr,
-shuffled batches, no precise BN, no EMA. The single-label variants name a single-label loss or sampler and are
+(name them: --corpora's default is the four single-label corpora, the table as it was). Their variants are
+`now` (the config's recipe: Ranger21 and its schedule, precise BN) and `plain`, the textbook loop at the same
+epochs and the config's lr: the kind's default loss (BCE or MSE), AdamW at a constant lr, shuffled batches, no
+precise BN, no EMA. The single-label variants name a single-label loss or sampler and are
 skipped for these corpora, as `plain` is for the single-label ones. After training, each run is predicted
 (`make predict`, its submission in <runs>/submissions/<corpus>--<variant>.csv) and the submission scored on the
 held-back test labels (`foldvision evaluate --task <kind> --json <run>/evaluate.json`). One table per kind holds
