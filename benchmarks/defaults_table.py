@@ -30,9 +30,9 @@ run takes ~4 min on this machine):
         --variants now plain
 
 (name them: --corpora's default is the four single-label corpora, the table as it was). Their variants are
-`now` (the config's recipe: Ranger21 and its schedule, precise BN) and `plain`, the textbook loop at the same
-epochs and the config's lr: the kind's default loss (BCE or MSE), AdamW at a constant lr, shuffled batches, no
-precise BN, no EMA. The single-label variants name a single-label loss or sampler and are
+`now` (the config's recipe: Ranger21 and its schedule, precise BN; for tags the rarest-tag sampler and its
+prior correction) and `plain`, the textbook loop at the same epochs and the config's lr: the kind's default loss
+(BCE or MSE), AdamW at a constant lr, shuffled batches, no precise BN, prior correction or EMA. The single-label variants name a single-label loss or sampler and are
 skipped for these corpora, as `plain` is for the single-label ones. After training, each run is predicted
 (`make predict`, its submission in <runs>/submissions/<corpus>--<variant>.csv) and the submission scored on the
 held-back test labels (`foldvision evaluate --task <kind> --json <run>/evaluate.json`). One table per kind holds
