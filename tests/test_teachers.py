@@ -20,6 +20,7 @@ import torch
 from foldvision.config import ModelConfig, check_task, load_config
 from foldvision.errors import UserError
 from foldvision.learn.fold import build_fold
+from foldvision.learn.heads import Head
 from foldvision.learn.losses import CrossEntropy, TeacherLoss
 from foldvision.learn.teacher import load_teacher, pack, select_pseudo, targets
 from foldvision.run import Predictions, Run, Split, save_run_config
@@ -44,36 +45,44 @@ def resolve(tmp_path, name, corpus, **sections):
     return cfg, run
 
 
+def marked(head: Head, m: float) -> np.ndarray:
+    """What a marked teacher answers for mark m: P(b) = m (single), P(tag i) = m + 0.05·i (tags), the value m."""
+    if head.link == "softmax":
+        return np.array([1 - m, m])
+    return m + 0.05 * np.arange(head.outputs) if head.link == "sigmoid" else np.array([m])
+
+
 def mark_teacher(run: Run, train_mark=TRAIN_MARK, test_mark=TEST_MARK, test_ids=None) -> None:
-    """Each fold j: a best.pt whose model answers P(b) = train_mark[j] for every image, and a test.csv that
-    answers test_mark[j] + 0.01·row."""
+    """Each fold j: a best.pt whose model answers `marked(train_mark[j])` for every image, and a test.csv that
+    answers `marked(test_mark[j] + 0.01·row)`; any task kind (the identity head of a value: shift 0, scale 1)."""
     from foldvision.learn.engine import build_model_for
     from foldvision.learn.models import timm_source
     from foldvision.learn.optim import classifier_names
     from foldvision.learn.checkpoint import save_checkpoint
 
     model_cfg = ModelConfig(name="test_convnext", img_size=32)
-    classes = run.read_classes()
-    for j in range(FOLDS):
-        setup = build_model_for(model_cfg, 2, 3, device="cpu", amp="off", pretrained=False)
+    split = run.read_split()
+    head = Head.fit(split.task, "mse", np.zeros(1))
+    head = dataclasses.replace(head, shift=0.0, scale=1.0)
+    for j in split.folds:
+        setup = build_model_for(model_cfg, head.outputs, 3, device="cpu", amp="off", pretrained=False)
         state = setup.model.state_dict()
+        out = marked(head, train_mark[j])
+        bias = {"softmax": np.log(out), "sigmoid": np.log(out / (1 - out))}.get(head.link, out)
         for name in classifier_names(setup.model):
-            if name.endswith("weight"):
-                state[name] = torch.zeros_like(state[name])
-            else:
-                state[name] = torch.log(torch.tensor([1 - train_mark[j], train_mark[j]]))
+            is_weight = name.endswith("weight")
+            state[name] = torch.zeros_like(state[name]) if is_weight else torch.tensor(bias, dtype=torch.float32)
         run.fold(j).dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(run.fold(j).best_pt, {
-            "model": state, "classes": classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
-            "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model)})
-        split = run.read_split()
+            "model": state, "classes": split.classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
+            "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model), "head": head.to_dict()})
         val = split.fold == j
-        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], classes,
-                                          np.full((int(val.sum()), 2), 0.5), split.fold[val],
-                                          [label for label, v in zip(split.labels, val) if v]))
+        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], split.classes,
+                                          np.full((int(val.sum()), len(out)), 0.5), split.fold[val],
+                                          [label for label, v in zip(split.labels, val) if v], split.kind))
         if test_ids is not None:
-            p = np.array([test_mark[j] + 0.01 * i for i in range(len(test_ids))])
-            run.write_test(Predictions(test_ids, classes, np.column_stack([1 - p, p])), j)
+            p = np.array([marked(head, test_mark[j] + 0.01 * i) for i in range(len(test_ids))])
+            run.write_test(Predictions(test_ids, split.classes, p, kind=split.kind), j)
 
 
 @pytest.fixture
@@ -131,10 +140,11 @@ def test_a_fold_k_student_is_fed_teacher_fold_k_alone(tmp_path, corpus, teacher)
 def test_targets_temper_or_harden_and_select_by_confidence_or_proportion(tmp_path):
     t = load_config(str(write_config(tmp_path / "configs", "e", tmp_path))).train
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
-    np.testing.assert_allclose(targets(probs, t), probs)
-    warm = targets(probs, dataclasses.replace(t, teacher_temperature=2.0))
+    head = Head("single", ("a", "b"))
+    np.testing.assert_allclose(targets(probs, t, head), probs)
+    warm = targets(probs, dataclasses.replace(t, teacher_temperature=2.0), head)
     np.testing.assert_allclose(warm[0], np.sqrt([0.9, 0.1]) / np.sqrt([0.9, 0.1]).sum())
-    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard")),
+    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard"), head),
                                   [[1, 0], [1, 0], [0, 1], [0, 1]])
     conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
     np.testing.assert_array_equal(select_pseudo(probs, conf), [True, False, True, False])
@@ -147,14 +157,15 @@ def test_the_teacher_loss_mixes_the_true_label_with_the_teachers_target():
     q = torch.tensor([[0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
     y = torch.tensor([0, 1, -1])
     ce = CrossEntropy()
-    rows = torch.from_numpy(pack(y.numpy(), np.ones(3), q.numpy()))
+    head = Head("single", ("a", "b"))
+    rows = torch.from_numpy(pack(head, np.ones(3), q.numpy(), y.numpy()))
     tau, w = 2.0, 0.3
     kl = (q * (q.log() - torch.log_softmax(logits / tau, dim=1))).sum(dim=1) * tau * tau
     expected = ((1 - w) * (ce(logits[:1], y[:1]) + ce(logits[1:2], y[1:2])) + w * kl.sum()) / 3
     torch.testing.assert_close(TeacherLoss(ce, w, tau)(logits, rows), expected)
-    untaught = torch.from_numpy(pack(np.array([0, 1]), np.zeros(2), np.zeros((2, 2))))
+    untaught = torch.from_numpy(pack(head, np.zeros(2), np.zeros((2, 2)), np.array([0, 1])))
     torch.testing.assert_close(TeacherLoss(ce, w)(logits[:2], untaught), ce(logits[:2], torch.tensor([0, 1])))
-    hard = torch.from_numpy(pack(np.array([-1]), np.ones(1), np.array([[0.0, 1.0]])))
+    hard = torch.from_numpy(pack(head, np.ones(1), np.array([[0.0, 1.0]])))
     torch.testing.assert_close(TeacherLoss(ce, 1.0)(logits[2:], hard), ce(logits[2:], torch.tensor([1])))
 
 
@@ -335,16 +346,3 @@ def test_the_teacher_module_imports_no_torch():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
-def test_teachers_teach_single_label_classes_only_so_far(tmp_path, kind):
-    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
-                                       train={"teacher": "runs/t", "distill": True})))
-    with pytest.raises(UserError, match=f"train.teacher=runs/t: teachers teach single-label classes so far; train "
-                                        f"this {kind} task"):
-        check_task(cfg, kind)
-    check_task(cfg, "single")
-    names, labels = {"multilabel": (["x", "y"], ["x|y", "y"]), "regression": (["score"], ["1.5", "2"]),
-                     "ordinal": (["0", "1"], ["0", "1"])}[kind]
-    split = Split(["a", "b"], ["a.png", "b.png"], labels, None, np.array([0, 1]), names, kind)
-    with pytest.raises(UserError, match=f"this split is {kind}"):
-        load_teacher("runs/t", tmp_path / "runs" / "student", split)
