@@ -8,6 +8,7 @@ per-image offset. Whatever a fold-k student is fed from fold j ≠ k shows as an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -346,3 +347,201 @@ def test_the_teacher_module_imports_no_torch():
     assert out.strip() == "[]"
 
 
+
+
+# ---- every task kind: soft tags (multilabel) and soft scores (regression, ordinal) -----------------------------
+def kind_runs(tmp_path, kind: str, **train):
+    """A marked teacher and its student on a tiny `kind` corpus (test_targets_learn's): the same 2-fold split
+    written into both run folders. Returns (student config, student Run, teacher Run, test ids)."""
+    from foldvision.run import load_run_config
+    from foldvision.targets import Task
+    from test_targets_learn import multilabel_labels, tiny_corpus, tiny_run
+
+    corpus, level = tiny_corpus(tmp_path / "corpus")
+    if kind == "multilabel":
+        task, labels = multilabel_labels(level)
+    else:
+        task, labels = Task("regression", ("score",)), [f"{100 + 100 * v:.3f}" for v in level]
+    teacher = Run(tiny_run(tmp_path / "t", task, labels, corpus, train=CPU))
+    test_ids = [f"t{i:03d}" for i in range(4)]
+    mark_teacher(teacher, test_ids=test_ids)
+    train = {**CPU, "teacher": str(teacher.root), "distill": True, "pseudo_labels": "all", "batch_size": 4, **train}
+    student_dir = tiny_run(tmp_path / "s", task, labels, corpus, train=train)
+    return load_run_config(student_dir), Run(student_dir), teacher, test_ids
+
+
+def in_users_units(parts, q: np.ndarray) -> np.ndarray:
+    """The fed targets q back to what the teacher said: probabilities as they are, values through the head."""
+    return q if parts.head.link == "sigmoid" else q * parts.head.scale + parts.head.shift
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_a_fold_k_student_of_any_kind_is_fed_teacher_fold_k_alone(tmp_path, kind):
+    cfg, run, teacher, test_ids = kind_runs(tmp_path, kind)
+    split = run.read_split()
+    head = Head.fit(split.task, "mse", np.zeros(1))
+    for k in split.folds:
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        rows, m = fed(parts), parts.head.outputs
+        assert rows.shape[1] == 2 + 2 * m and (rows[:, 1] == 1).all()
+        labelled, pseudo = rows[rows[:, 0] > 0], rows[rows[:, 0] < 0]
+        assert len(labelled) == int((split.fold != k).sum()) and len(pseudo) == len(test_ids)
+        got = in_users_units(parts, labelled[:, 2:2 + m])
+        np.testing.assert_allclose(got, np.tile(marked(head, TRAIN_MARK[k]), (len(labelled), 1)), atol=1e-4)
+        # the true labels ride along, as the head makes them
+        np.testing.assert_allclose(np.sort(labelled[:, 2 + m:], axis=0),
+                                   np.sort(parts.head.targets(split.y[split.fold != k]), axis=0), atol=1e-5)
+        own = {round(float(v), 4) for i in range(len(test_ids)) for v in marked(head, TEST_MARK[k] + 0.01 * i)}
+        others = {round(float(v), 4) for j in range(FOLDS) if j != k for i in range(len(test_ids))
+                  for v in marked(head, TEST_MARK[j] + 0.01 * i)}
+        fed_test = {round(float(v), 4) for v in in_users_units(parts, pseudo[:, 2:2 + m]).ravel()}
+        assert fed_test <= own and not fed_test & others
+        audit = pl.read_csv(run.fold(k).teacher_csv, schema_overrides={"id": pl.String, "label": pl.String})
+        targets_csv = audit.select(pl.col("^target.*$")).to_numpy()
+        assert audit["id"].to_list() == [i for i, f in zip(split.ids, split.fold) if f != k] + test_ids
+        np.testing.assert_allclose(in_users_units(parts, targets_csv[-len(test_ids):]),
+                                   [marked(head, TEST_MARK[k] + 0.01 * i) for i in range(len(test_ids))], atol=1e-4)
+        assert audit["label"].to_list()[-1] == "" and audit["path"].to_list() == parts.train_loader.dataset.paths
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_pseudo_labelled_images_of_any_kind_never_reach_validation_or_the_oof_table(tmp_path, kind, monkeypatch):
+    from foldvision.stages.train import fit_fold
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    cfg, run, _, test_ids = kind_runs(tmp_path, kind, distill=False)
+    split = run.read_split()
+    for k in split.folds:
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        test_paths = {p for p in parts.train_loader.dataset.paths if p.startswith("test")}
+        assert len(test_paths) == len(test_ids) and not test_paths & set(parts.val_loader.dataset.paths)
+        fit_fold(cfg, run.root, k)
+        assert run.read_fold_oof(k, split.classes).ids == [i for i, f in zip(split.ids, split.fold) if f == k]
+    oof = run.read_fold_oofs(split)
+    assert sorted(oof.ids) == sorted(split.ids) and not set(oof.ids) & set(test_ids)
+
+
+def test_a_teacher_of_another_task_is_a_one_line_error_naming_both_runs(tmp_path):
+    _, run, teacher, _ = kind_runs(tmp_path, "regression")
+    tags, _, _, _ = kind_runs(tmp_path / "tags", "multilabel", teacher=str(teacher.root))
+    student = Run(tmp_path / "tags" / "s" / "runs" / "exp")
+    with pytest.raises(UserError) as e:
+        build_fold(tags, student.read_split(), 0, student.fold(0), seed=1)
+    message = str(e.value)
+    assert "\n" not in message and "a regression task of ['score']" in message and "multilabel task" in message
+    assert str(teacher.root) in message and str(student.root) in message
+    renamed = Split(*[getattr(run.read_split(), f) for f in ("ids", "paths", "labels", "groups", "fold")],
+                    ["pawpularity"], "regression")  # the same kind, another target: refused too
+    with pytest.raises(UserError, match="a regression task of \\['score'\\].*regression task of \\['pawpularity'\\]"):
+        load_teacher(str(teacher.root), run.root, renamed)
+
+
+def test_soft_tags_and_soft_scores_by_hand(tmp_path):
+    t = load_config(str(write_config(tmp_path / "configs", "e", tmp_path))).train
+    tags = Head("multilabel", ("x", "y"), "sigmoid")
+    probs = np.array([[0.9, 0.2], [0.5, 0.7]])
+    np.testing.assert_allclose(targets(probs, t, tags), probs)
+    logit = np.log(probs / (1 - probs))
+    np.testing.assert_allclose(targets(probs, dataclasses.replace(t, teacher_temperature=2.0), tags),
+                               1 / (1 + np.exp(-logit / 2)))
+    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard"), tags),
+                                  [[1, 0], [1, 1]])
+    # confidence of tags: the mean over tags of max(p, 1 − p): 0.85, 0.6
+    conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
+    np.testing.assert_array_equal(select_pseudo(probs, conf, "multilabel"), [True, False])
+    share = dataclasses.replace(t, pseudo_labels="proportion", pseudo_proportion=0.5)
+    np.testing.assert_array_equal(select_pseudo(probs[::-1], share, "multilabel"), [False, True])
+    np.testing.assert_array_equal(select_pseudo(probs, dataclasses.replace(t, pseudo_labels="all"), "regression"),
+                                  [True, True])
+    values = np.array([[150.0], [90.0]])  # a regression teacher's values, user units
+    standard = Head("regression", ("score",), "identity", 100.0, 20.0)
+    np.testing.assert_allclose(targets(values, t, standard)[:, 0], [2.5, -0.5])
+    scaled = Head("regression", ("score",), "scaled", 100.0, 40.0)  # 100..140: clipped to 0..1 for BCE
+    np.testing.assert_allclose(targets(values, t, scaled)[:, 0], [1.0, 0.0])
+    grades = Head("ordinal", ("0", "1", "2", "3"), "cumulative")
+    expected = np.array([[1.6], [0.3]])
+    np.testing.assert_allclose(targets(expected, t, grades), [[1, 0.6, 0], [0.3, 0, 0]], atol=1e-6)
+    assert targets(expected, t, grades).sum(axis=1) == pytest.approx([1.6, 0.3])  # E[grade] is the teacher's
+    np.testing.assert_allclose(targets(expected, dataclasses.replace(t, teacher_targets="hard"), grades),
+                               [[1, 1, 0], [0, 0, 0]])  # rounded: grade 2, grade 0
+
+
+def test_the_teacher_loss_for_tags_and_values_by_hand():
+    from foldvision.config import LossConfig
+    from foldvision.learn.losses import create_loss
+
+    def bce(z, y):
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    def kl(z, q, tau):  # binary KL(q ‖ sigmoid(z/τ))
+        p = 1 / (1 + math.exp(-z / tau))
+        return sum(a * math.log(a / b) for a, b in ((q, p), (1 - q, 1 - p)) if a > 0)
+
+    tags = Head("multilabel", ("x", "y"), "sigmoid")
+    z = [[1.0, -0.5], [0.2, 0.8], [-1.0, 2.0]]
+    q = np.array([[0.7, 0.4], [0.9, 0.1], [0.3, 0.6]])
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    rows = np.concatenate([pack(tags, np.array([1, 0]), np.vstack([q[:1], np.zeros((1, 2))]), y),
+                           pack(tags, np.ones(1), q[2:])])  # taught, untaught, a test image
+    tau, w = 2.0, 0.3
+    fn = TeacherLoss(create_loss(LossConfig(name="bce"), "multilabel"), w, tau, "multilabel")
+    by_hand = ((1 - w) * (bce(1.0, 1) + bce(-0.5, 0)) / 2 + w * tau ** 2 * (kl(1.0, 0.7, tau) + kl(-0.5, 0.4, tau)) / 2
+               + (bce(0.2, 0) + bce(0.8, 1)) / 2 + w * tau ** 2 * (kl(-1.0, 0.3, tau) + kl(2.0, 0.6, tau)) / 2) / 3
+    assert fn(torch.tensor(z), torch.from_numpy(rows)).item() == pytest.approx(by_hand, abs=1e-5)
+
+    value = Head("regression", ("score",), "identity", 100.0, 20.0)
+    out, q_value = [[0.5], [-1.0]], np.array([[2.5], [0.0]])
+    rows = np.concatenate([pack(value, np.ones(1), q_value[:1], np.array([110.0])), pack(value, np.ones(1), q_value[1:])])
+    fn = TeacherLoss(create_loss(LossConfig(name="huber", huber_delta=1.0), "regression"), w, 1.0, "regression")
+    huber = lambda e: 0.5 * e * e if abs(e) <= 1 else abs(e) - 0.5  # noqa: E731
+    by_hand = ((1 - w) * huber(0.5 - 0.5) + w * huber(0.5 - 2.5) + w * huber(-1.0 - 0.0)) / 2
+    assert fn(torch.tensor(out), torch.from_numpy(rows)).item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_mixup_mixes_the_losses_of_packed_rows_not_the_rows():
+    """A mixed packed row would mix a class index (0.7·1 + 0.3·0 → class 0) or a test image's −1 flag with a
+    label: a taught fold under Mixup/CutMix mixes the two rows' losses instead."""
+    from foldvision.learn.recipes import mixed_loss
+
+    head = Head("single", ("a", "b"))
+    rows = torch.from_numpy(pack(head, np.ones(2), np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0])))
+    logits = torch.tensor([[0.3, 1.0], [1.5, -0.2]])
+    fn = TeacherLoss(CrossEntropy(), 0.4, 1.0)
+    expected = 0.7 * fn(logits, rows) + 0.3 * fn(logits, rows.flip(0))
+    torch.testing.assert_close(mixed_loss(fn, logits, rows, 0.7), expected)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"pseudo_labels": "confidence"}, "train.pseudo_labels=confidence: a {kind} teacher predicts one value"),
+    ({"pseudo_labels": "proportion"}, "no confidence to rank test images by; use train.pseudo_labels=all"),
+    ({"teacher_temperature": 2.0}, "train.teacher_temperature=2.0: a temperature softens probabilities"),
+])
+@pytest.mark.parametrize("kind", ["regression", "ordinal"])
+def test_what_a_value_teacher_cannot_give_is_a_one_line_error(tmp_path, kind, train, message):
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
+                                       train={"teacher": "runs/t", "distill": True, **train})))
+    with pytest.raises(UserError) as e:
+        check_task(cfg, kind, "data.task=x: ")
+    assert message.format(kind=kind) in str(e.value) and "\n" not in str(e.value)
+    check_task(cfg, "single")
+
+
+def test_hard_targets_are_refused_for_a_regression_value_only(tmp_path):
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
+                                       train={"teacher": "runs/t", "distill": True, "teacher_targets": "hard"})))
+    with pytest.raises(UserError, match="train.teacher_targets=hard: a regression value has no hard form"):
+        check_task(cfg, "regression")
+    for kind in ("single", "multilabel", "ordinal"):
+        check_task(cfg, kind)
+
+
+def test_a_blend_of_values_combines_value_columns_and_a_rank_blend_cannot_teach_them(tmp_path):
+    from foldvision.learn.teacher import Teacher
+
+    values = [np.array([[100.0], [120.0]]), np.array([[140.0], [80.0]])]
+    teacher = Teacher(tmp_path, [], "hill_climb", {0: np.array([0.25, 0.75])}, "regression")
+    np.testing.assert_allclose(teacher.combine(0, values), [[130.0], [90.0]])
+    tags = Teacher(tmp_path, [], "mean", {0: np.array([0.5, 0.5])}, "multilabel")
+    np.testing.assert_allclose(tags.combine(0, [np.array([[0.2, 0.9]]), np.array([[0.4, 0.3]])]), [[0.3, 0.6]])
