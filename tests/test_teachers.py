@@ -350,7 +350,7 @@ def test_the_teacher_module_imports_no_torch():
 
 
 # ---- every task kind: soft tags (multilabel) and soft scores (regression, ordinal) -----------------------------
-def kind_runs(tmp_path, kind: str, **train):
+def kind_runs(tmp_path, kind: str, name: str = "exp", **train):
     """A marked teacher and its student on a tiny `kind` corpus (test_targets_learn's): the same 2-fold split
     written into both run folders. Returns (student config, student Run, teacher Run, test ids)."""
     from foldvision.run import load_run_config
@@ -362,7 +362,7 @@ def kind_runs(tmp_path, kind: str, **train):
         task, labels = multilabel_labels(level)
     else:
         task, labels = Task("regression", ("score",)), [f"{100 + 100 * v:.3f}" for v in level]
-    teacher = Run(tiny_run(tmp_path / "t", task, labels, corpus, train=CPU))
+    teacher = Run(tiny_run(tmp_path / "t", task, labels, corpus, name, train=CPU))
     test_ids = [f"t{i:03d}" for i in range(4)]
     mark_teacher(teacher, test_ids=test_ids)
     train = {**CPU, "teacher": str(teacher.root), "distill": True, "pseudo_labels": "all", "batch_size": 4, **train}
@@ -493,7 +493,8 @@ def test_the_teacher_loss_for_tags_and_values_by_hand():
 
     value = Head("regression", ("score",), "identity", 100.0, 20.0)
     out, q_value = [[0.5], [-1.0]], np.array([[2.5], [0.0]])
-    rows = np.concatenate([pack(value, np.ones(1), q_value[:1], np.array([110.0])), pack(value, np.ones(1), q_value[1:])])
+    rows = np.concatenate([pack(value, np.ones(1), q_value[:1], np.array([110.0])),  # labelled: target 0.5
+                           pack(value, np.ones(1), q_value[1:])])
     fn = TeacherLoss(create_loss(LossConfig(name="huber", huber_delta=1.0), "regression"), w, 1.0, "regression")
     huber = lambda e: 0.5 * e * e if abs(e) <= 1 else abs(e) - 0.5  # noqa: E731
     by_hand = ((1 - w) * huber(0.5 - 0.5) + w * huber(0.5 - 2.5) + w * huber(-1.0 - 0.0)) / 2
@@ -537,7 +538,7 @@ def test_hard_targets_are_refused_for_a_regression_value_only(tmp_path):
         check_task(cfg, kind)
 
 
-def test_a_blend_of_values_combines_value_columns_and_a_rank_blend_cannot_teach_them(tmp_path):
+def test_a_blend_combines_value_and_tag_columns_with_fold_k_weights(tmp_path):
     from foldvision.learn.teacher import Teacher
 
     values = [np.array([[100.0], [120.0]]), np.array([[140.0], [80.0]])]
@@ -545,3 +546,35 @@ def test_a_blend_of_values_combines_value_columns_and_a_rank_blend_cannot_teach_
     np.testing.assert_allclose(teacher.combine(0, values), [[130.0], [90.0]])
     tags = Teacher(tmp_path, [], "mean", {0: np.array([0.5, 0.5])}, "multilabel")
     np.testing.assert_allclose(tags.combine(0, [np.array([[0.2, 0.9]]), np.array([[0.4, 0.3]])]), [[0.3, 0.6]])
+
+
+def test_a_regression_blend_teaches_fold_k_with_its_fold_k_weights(tmp_path, monkeypatch):
+    """Two marked regression members, each right on one fold's OOF rows: the blend's fold-k weights (fitted on
+    the other fold) differ per fold, and student fold k is fed the members' fold-k values combined with them.
+    (A rank blend of values is refused by make ensemble itself: ranks are not in the target's units.)"""
+    from foldvision.commands.ensemble import blend
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    members = []
+    for n in range(2):
+        _, _, member, test_ids = kind_runs(tmp_path / f"m{n}", "regression", f"m{n}")
+        mark_teacher(member, [m + 0.05 * n for m in TRAIN_MARK], [m + 0.05 * n for m in TEST_MARK], test_ids)
+        split = member.read_split()
+        pred = np.where(split.fold == n, split.y, split.y + 30 + np.arange(len(split.y)))
+        member.write_oof(Predictions(split.ids, split.classes, pred[:, None], split.fold, split.labels, "regression"))
+        member.write_scores({"oof": {}})
+        member.write_test(Predictions(test_ids, split.classes, np.full((len(test_ids), 1), 150.0), kind="regression"))
+        members.append(member)
+    blend(tmp_path / "runs" / "blend", [m.root for m in members], "hill_climb", out=tmp_path / "blend.csv")
+    weights = Run(tmp_path / "runs" / "blend").read_ensemble()["fold_weights"]
+    assert weights["0"] != weights["1"]
+    cfg, run, _, _ = kind_runs(tmp_path / "s", "regression", teacher=str(tmp_path / "runs" / "blend"))
+    split = run.read_split()
+    for k in split.folds:
+        w = list(weights[str(k)].values())
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        rows = fed(parts)
+        got = in_users_units(parts, rows[rows[:, 0] > 0, 2])
+        np.testing.assert_allclose(got, w[0] * TRAIN_MARK[k] + w[1] * (TRAIN_MARK[k] + 0.05), atol=1e-4)

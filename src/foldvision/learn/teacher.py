@@ -113,9 +113,6 @@ def load_teacher(path: str, student: Path, split: Split) -> Teacher:
     if record["method"] not in BLEND_METHODS:
         raise UserError(f"{where}: a {record['method']} blend keeps no stacker fitted without each fold; "
                         f"teach with a {', '.join(BLEND_METHODS)} blend (make ensemble METHOD=hill_climb)")
-    if record["method"] == "rank" and split.task.is_value:  # ranks in (0, 1] are no values in the user's units
-        raise UserError(f"{where}: a rank blend gives ranks, not {split.kind} values a student can learn; teach "
-                        "with a mean or hill_climb blend (make ensemble METHOD=hill_climb)")
     names = record["members"]
     weights = {int(k): np.array([w[n] for n in names], dtype=np.float64) for k, w in record["fold_weights"].items()}
     return Teacher(root, members, record["method"], weights, split.kind)
