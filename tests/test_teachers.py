@@ -447,11 +447,12 @@ def test_soft_tags_and_soft_scores_by_hand(tmp_path):
                                1 / (1 + np.exp(-logit / 2)))
     np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard"), tags),
                                   [[1, 0], [1, 1]])
-    # confidence of tags: the mean over tags of max(p, 1 − p): 0.85, 0.6
+    # confidence of tags: the mean over tags of max(p, 1 − p): 0.725, 0.85 (the top probability would say 0.95, 0.85)
+    sure = np.array([[0.95, 0.5], [0.85, 0.15]])
     conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
-    np.testing.assert_array_equal(select_pseudo(probs, conf, "multilabel"), [True, False])
+    np.testing.assert_array_equal(select_pseudo(sure, conf, "multilabel"), [False, True])
     share = dataclasses.replace(t, pseudo_labels="proportion", pseudo_proportion=0.5)
-    np.testing.assert_array_equal(select_pseudo(probs[::-1], share, "multilabel"), [False, True])
+    np.testing.assert_array_equal(select_pseudo(sure, share, "multilabel"), [False, True])
     np.testing.assert_array_equal(select_pseudo(probs, dataclasses.replace(t, pseudo_labels="all"), "regression"),
                                   [True, True])
     values = np.array([[150.0], [90.0]])  # a regression teacher's values, user units
@@ -578,3 +579,31 @@ def test_a_regression_blend_teaches_fold_k_with_its_fold_k_weights(tmp_path, mon
         rows = fed(parts)
         got = in_users_units(parts, rows[rows[:, 0] > 0, 2])
         np.testing.assert_allclose(got, w[0] * TRAIN_MARK[k] + w[1] * (TRAIN_MARK[k] + 0.05), atol=1e-4)
+
+
+def test_the_train_scores_of_a_taught_value_fold_count_its_labelled_rows_only(monkeypatch):
+    """The epoch's train_<score> reads the true labels out of the packed rows ([±1, taught, q, t]), never the flags
+    nor a test image's teacher target."""
+    from foldvision.learn.engine import _Tally
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    head = Head("regression", ("score",), "identity", 100.0, 20.0)
+    rows = np.concatenate([pack(head, np.ones(1), np.array([[2.0]]), np.array([110.0])),
+                           pack(head, np.ones(1), np.array([[1.0]]))])
+    tally = _Tally(None, "train", 1, head)
+    tally.add(torch.tensor(0.0), torch.tensor([[0.5], [1.0]]), torch.from_numpy(rows), 2)
+    scores = tally.close(0.1)
+    assert scores["train_rmse"] == pytest.approx(0.0, abs=1e-6)  # 0.5·20 + 100 = 110, the labelled row's label
+
+
+def test_the_imbalanced_draw_balances_a_taught_rows_rarest_tag_and_leaves_values_alone():
+    from foldvision.learn.teacher import sampling_labels
+
+    tags = Head("multilabel", ("x", "y", "z"), "sigmoid")
+    y = np.array([[1.0, 0, 0], [1.0, 0, 0]])
+    rows = np.concatenate([pack(tags, np.ones(2), np.full((2, 3), 0.9), y),  # its true tags, not the teacher's
+                           pack(tags, np.ones(1), np.array([[0.2, 0.9, 0.1]]))])  # a test image: targets ≥ 0.5
+    assert sampling_labels(rows, tags).tolist() == [0, 0, 1]  # tag counts 2, 1, 0: each row's rarest
+    value = Head("regression", ("score",), "identity")
+    assert sampling_labels(pack(value, np.ones(1), np.array([[0.3]])), value) is None
