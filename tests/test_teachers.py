@@ -602,7 +602,7 @@ def test_the_imbalanced_draw_balances_a_taught_rows_rarest_tag_and_leaves_values
 
     tags = Head("multilabel", ("x", "y", "z"), "sigmoid")
     y = np.array([[1.0, 0, 0], [1.0, 0, 0]])
-    rows = np.concatenate([pack(tags, np.ones(2), np.full((2, 3), 0.9), y),  # its true tags, not the teacher's
+    rows = np.concatenate([pack(tags, np.ones(2), np.tile([0.1, 0.9, 0.9], (2, 1)), y),  # its true tags, not q
                            pack(tags, np.ones(1), np.array([[0.2, 0.9, 0.1]]))])  # a test image: targets ≥ 0.5
     assert sampling_labels(rows, tags).tolist() == [0, 0, 1]  # tag counts 2, 1, 0: each row's rarest
     value = Head("regression", ("score",), "identity")
