@@ -27,7 +27,7 @@ from foldvision.learn.teacher import load_teacher, pack, select_pseudo, targets
 from foldvision.run import Predictions, Run, Split, save_run_config
 from foldvision.stages.folds import run as make_folds
 
-from conftest import ROOT, make_corpus, write_config
+from conftest import ROOT, make_corpus, stage, write_config
 
 FOLDS = 3
 TRAIN_MARK = [0.10, 0.35, 0.60]  # teacher fold j's P(b) on any image
@@ -607,3 +607,37 @@ def test_the_imbalanced_draw_balances_a_taught_rows_rarest_tag_and_leaves_values
     assert sampling_labels(rows, tags).tolist() == [0, 0, 1]  # tag counts 2, 1, 0: each row's rarest
     value = Head("regression", ("score",), "identity")
     assert sampling_labels(pack(value, np.ones(1), np.array([[0.3]])), value) is None
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "ordinal"])
+def test_a_trained_teacher_teaches_a_student_through_the_train_stage(tmp_path, capsys, monkeypatch, kind):
+    """End to end, as `make train` runs it: a teacher trained and predicted by the stages, then a student with
+    distillation, all test images pseudo-labelled and Mixup (an ordinal student on cumulative logits, with hard
+    targets: the teacher's rounded grade)."""
+    from foldvision.targets import Task
+    from test_targets_learn import fallback_metrics, multilabel_labels, tiny_corpus, tiny_run, train_and_predict
+
+    fallback_metrics(monkeypatch)
+    corpus, level = tiny_corpus(tmp_path / "corpus")
+    if kind == "multilabel":
+        (task, labels), student_loss, targets_kind = multilabel_labels(level), {}, "soft"
+    else:
+        task, labels = Task("ordinal", ("0", "1", "2", "3")), [str(int(v * 3.99)) for v in level]
+        student_loss, targets_kind = {"name": "cumulative"}, "hard"
+    teacher = tiny_run(tmp_path / "t", task, labels, corpus, "teacher", train=CPU)
+    train_and_predict(capsys, teacher)
+    train = {**CPU, "teacher": str(teacher), "distill": True, "pseudo_labels": "all", "teacher_targets": targets_kind}
+    student = tiny_run(tmp_path / "s", task, labels, corpus, "student", train=train, loss=student_loss,
+                       augment={"mixup": 0.4})
+    code, err = stage(capsys, "train", str(student), "--fold", "0", "1")
+    assert code == 0, err
+    assert "4 of 4 test images join training" in err
+    run = Run(student)
+    oof = run.read_fold_oofs(run.read_split())
+    assert sorted(oof.ids) == sorted(run.read_split().ids)
+    audit = pl.read_csv(run.fold(0).teacher_csv)
+    targets_csv = [c for c in audit.columns if c.startswith("target")]  # 3 tags, or K − 1 = 3 cumulative targets
+    assert targets_csv == (["target_dark", "target_light", "target_mid"] if kind == "multilabel"
+                           else ["target_gt0", "target_gt1", "target_gt2"]) and len(audit) == 12 + 4
+    if kind == "ordinal":  # hard: whole grades, P(grade > k) in {0, 1}
+        assert set(audit.select(pl.col("^target.*$")).to_numpy().ravel().tolist()) <= {0.0, 1.0}
