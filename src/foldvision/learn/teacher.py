@@ -11,9 +11,9 @@ are fitted on the other folds' OOF rows, which models trained on fold k predicte
 without fold k's rows, as the issue asks; fully nested weights would need each member's inner folds.)
 
 - Pseudo-labels: the test images join fold k's training rows (never its validation rows, so never the OOF table),
-  with teacher fold k's test probabilities as targets, chosen by confidence or by proportion.
+  with teacher fold k's test predictions as targets: all of them, or chosen by confidence or by proportion.
 - Distillation: teacher fold k predicts the student's fold-k training images once, when the fold starts, and its
-  probabilities join their true labels in the loss (`losses.TeacherLoss`). Precomputed, not run beside the
+  predictions join their true labels in the loss (`losses.TeacherLoss`). Precomputed, not run beside the
   student on each batch (timm's --kd-model-name way): a 5-fold × N-model blend would cost N teacher forward passes
   per student step for every epoch; once per fold it costs one inference pass, the teacher predicts at its own
   input (a smaller or lower-resolution student needs nothing special), and the targets are data that the
