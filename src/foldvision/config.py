@@ -583,12 +583,13 @@ def _check_compile(t: TrainConfig) -> None:
 def _check_value_teacher(t: TrainConfig, kind: str, where: str) -> None:
     """A regression or ordinal teacher gives one value per image (foldvision.learn.teacher): what needs a
     probability is refused in one line."""
+    teacher = f"{'an' if kind == 'ordinal' else 'a'} {kind} teacher"
     if t.pseudo_labels in ("confidence", "proportion"):  # agreement across folds would read folds other than k
-        raise UserError(f"{where}train.pseudo_labels={t.pseudo_labels}: a {kind} teacher predicts one value per "
+        raise UserError(f"{where}train.pseudo_labels={t.pseudo_labels}: {teacher} predicts one value per "
                         "image, with no confidence to rank test images by; use train.pseudo_labels=all")
     if t.teacher_temperature != 1:
         raise UserError(f"{where}train.teacher_temperature={t.teacher_temperature}: a temperature softens "
-                        f"probabilities and a {kind} teacher gives values; use 1")
+                        f"probabilities and {teacher} gives values; use 1")
     if t.teacher_targets == "hard" and kind == "regression":
         raise UserError(f"{where}train.teacher_targets=hard: a regression value has no hard form (ordinal rounds "
                         "to a grade); use soft")
