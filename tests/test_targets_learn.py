@@ -198,10 +198,10 @@ def tiny_corpus(root: Path, n: int = 24, n_test: int = 4, seed: int = 0) -> tupl
     return root, level[:n]
 
 
-def tiny_run(tmp_path: Path, task: Task, labels: list[str], corpus: Path, **sections) -> Path:
-    """runs/exp: config.yaml (TINY + `sections`) and a 2-fold split of `labels` over the corpus's train/."""
-    cfg = load_config(str(write_config(tmp_path / "configs", "exp", corpus, **sections)))
-    run_dir = tmp_path / "runs" / "exp"
+def tiny_run(tmp_path: Path, task: Task, labels: list[str], corpus: Path, name: str = "exp", **sections) -> Path:
+    """runs/<name>: config.yaml (TINY + `sections`) and a 2-fold split of `labels` over the corpus's train/."""
+    cfg = load_config(str(write_config(tmp_path / "configs", name, corpus, **sections)))
+    run_dir = tmp_path / "runs" / name
     save_run_config(cfg, run_dir)
     n = len(labels)
     table = pl.DataFrame({"id": [f"im{i:03d}" for i in range(n)], "path": [f"train/im{i:03d}.png" for i in range(n)],

@@ -8,6 +8,7 @@ per-image offset. Whatever a fold-k student is fed from fold j ≠ k shows as an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -20,12 +21,13 @@ import torch
 from foldvision.config import ModelConfig, check_task, load_config
 from foldvision.errors import UserError
 from foldvision.learn.fold import build_fold
+from foldvision.learn.heads import Head
 from foldvision.learn.losses import CrossEntropy, TeacherLoss
 from foldvision.learn.teacher import load_teacher, pack, select_pseudo, targets
 from foldvision.run import Predictions, Run, Split, save_run_config
 from foldvision.stages.folds import run as make_folds
 
-from conftest import ROOT, make_corpus, write_config
+from conftest import ROOT, make_corpus, stage, write_config
 
 FOLDS = 3
 TRAIN_MARK = [0.10, 0.35, 0.60]  # teacher fold j's P(b) on any image
@@ -44,36 +46,44 @@ def resolve(tmp_path, name, corpus, **sections):
     return cfg, run
 
 
+def marked(head: Head, m: float) -> np.ndarray:
+    """What a marked teacher answers for mark m: P(b) = m (single), P(tag i) = m + 0.05·i (tags), the value m."""
+    if head.link == "softmax":
+        return np.array([1 - m, m])
+    return m + 0.05 * np.arange(head.outputs) if head.link == "sigmoid" else np.array([m])
+
+
 def mark_teacher(run: Run, train_mark=TRAIN_MARK, test_mark=TEST_MARK, test_ids=None) -> None:
-    """Each fold j: a best.pt whose model answers P(b) = train_mark[j] for every image, and a test.csv that
-    answers test_mark[j] + 0.01·row."""
+    """Each fold j: a best.pt whose model answers `marked(train_mark[j])` for every image, and a test.csv that
+    answers `marked(test_mark[j] + 0.01·row)`; any task kind (the identity head of a value: shift 0, scale 1)."""
     from foldvision.learn.engine import build_model_for
     from foldvision.learn.models import timm_source
     from foldvision.learn.optim import classifier_names
     from foldvision.learn.checkpoint import save_checkpoint
 
     model_cfg = ModelConfig(name="test_convnext", img_size=32)
-    classes = run.read_classes()
-    for j in range(FOLDS):
-        setup = build_model_for(model_cfg, 2, 3, device="cpu", amp="off", pretrained=False)
+    split = run.read_split()
+    head = Head.fit(split.task, "mse", np.zeros(1))
+    head = dataclasses.replace(head, shift=0.0, scale=1.0)
+    for j in split.folds:
+        setup = build_model_for(model_cfg, head.outputs, 3, device="cpu", amp="off", pretrained=False)
         state = setup.model.state_dict()
+        out = marked(head, train_mark[j])
+        bias = {"softmax": np.log(out), "sigmoid": np.log(out / (1 - out))}.get(head.link, out)
         for name in classifier_names(setup.model):
-            if name.endswith("weight"):
-                state[name] = torch.zeros_like(state[name])
-            else:
-                state[name] = torch.log(torch.tensor([1 - train_mark[j], train_mark[j]]))
+            is_weight = name.endswith("weight")
+            state[name] = torch.zeros_like(state[name]) if is_weight else torch.tensor(bias, dtype=torch.float32)
         run.fold(j).dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(run.fold(j).best_pt, {
-            "model": state, "classes": classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
-            "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model)})
-        split = run.read_split()
+            "model": state, "classes": split.classes, "channels": 3, "model_config": dataclasses.asdict(model_cfg),
+            "data_config": setup.preprocessing.to_dict(), "timm": timm_source(setup.model), "head": head.to_dict()})
         val = split.fold == j
-        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], classes,
-                                          np.full((int(val.sum()), 2), 0.5), split.fold[val],
-                                          [label for label, v in zip(split.labels, val) if v]))
+        run.write_fold_oof(j, Predictions([i for i, v in zip(split.ids, val) if v], split.classes,
+                                          np.full((int(val.sum()), len(out)), 0.5), split.fold[val],
+                                          [label for label, v in zip(split.labels, val) if v], split.kind))
         if test_ids is not None:
-            p = np.array([test_mark[j] + 0.01 * i for i in range(len(test_ids))])
-            run.write_test(Predictions(test_ids, classes, np.column_stack([1 - p, p])), j)
+            p = np.array([marked(head, test_mark[j] + 0.01 * i) for i in range(len(test_ids))])
+            run.write_test(Predictions(test_ids, split.classes, p, kind=split.kind), j)
 
 
 @pytest.fixture
@@ -131,10 +141,11 @@ def test_a_fold_k_student_is_fed_teacher_fold_k_alone(tmp_path, corpus, teacher)
 def test_targets_temper_or_harden_and_select_by_confidence_or_proportion(tmp_path):
     t = load_config(str(write_config(tmp_path / "configs", "e", tmp_path))).train
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
-    np.testing.assert_allclose(targets(probs, t), probs)
-    warm = targets(probs, dataclasses.replace(t, teacher_temperature=2.0))
+    head = Head("single", ("a", "b"))
+    np.testing.assert_allclose(targets(probs, t, head), probs)
+    warm = targets(probs, dataclasses.replace(t, teacher_temperature=2.0), head)
     np.testing.assert_allclose(warm[0], np.sqrt([0.9, 0.1]) / np.sqrt([0.9, 0.1]).sum())
-    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard")),
+    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard"), head),
                                   [[1, 0], [1, 0], [0, 1], [0, 1]])
     conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
     np.testing.assert_array_equal(select_pseudo(probs, conf), [True, False, True, False])
@@ -147,14 +158,15 @@ def test_the_teacher_loss_mixes_the_true_label_with_the_teachers_target():
     q = torch.tensor([[0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
     y = torch.tensor([0, 1, -1])
     ce = CrossEntropy()
-    rows = torch.from_numpy(pack(y.numpy(), np.ones(3), q.numpy()))
+    head = Head("single", ("a", "b"))
+    rows = torch.from_numpy(pack(head, np.ones(3), q.numpy(), y.numpy()))
     tau, w = 2.0, 0.3
     kl = (q * (q.log() - torch.log_softmax(logits / tau, dim=1))).sum(dim=1) * tau * tau
     expected = ((1 - w) * (ce(logits[:1], y[:1]) + ce(logits[1:2], y[1:2])) + w * kl.sum()) / 3
     torch.testing.assert_close(TeacherLoss(ce, w, tau)(logits, rows), expected)
-    untaught = torch.from_numpy(pack(np.array([0, 1]), np.zeros(2), np.zeros((2, 2))))
+    untaught = torch.from_numpy(pack(head, np.zeros(2), np.zeros((2, 2)), np.array([0, 1])))
     torch.testing.assert_close(TeacherLoss(ce, w)(logits[:2], untaught), ce(logits[:2], torch.tensor([0, 1])))
-    hard = torch.from_numpy(pack(np.array([-1]), np.ones(1), np.array([[0.0, 1.0]])))
+    hard = torch.from_numpy(pack(head, np.ones(1), np.array([[0.0, 1.0]])))
     torch.testing.assert_close(TeacherLoss(ce, 1.0)(logits[2:], hard), ce(logits[2:], torch.tensor([1])))
 
 
@@ -335,16 +347,298 @@ def test_the_teacher_module_imports_no_torch():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
-def test_teachers_teach_single_label_classes_only_so_far(tmp_path, kind):
+
+
+# ---- every task kind: soft tags (multilabel) and soft scores (regression, ordinal) -----------------------------
+def kind_runs(tmp_path, kind: str, name: str = "exp", **train):
+    """A marked teacher and its student on a tiny `kind` corpus (test_targets_learn's): the same 2-fold split
+    written into both run folders. Returns (student config, student Run, teacher Run, test ids)."""
+    from foldvision.run import load_run_config
+    from foldvision.targets import Task
+    from test_targets_learn import multilabel_labels, tiny_corpus, tiny_run
+
+    corpus, level = tiny_corpus(tmp_path / "corpus")
+    if kind == "multilabel":
+        task, labels = multilabel_labels(level)
+    else:
+        task, labels = Task("regression", ("score",)), [f"{100 + 100 * v:.3f}" for v in level]
+    teacher = Run(tiny_run(tmp_path / "t", task, labels, corpus, name, train=CPU))
+    test_ids = [f"t{i:03d}" for i in range(4)]
+    mark_teacher(teacher, test_ids=test_ids)
+    train = {**CPU, "teacher": str(teacher.root), "distill": True, "pseudo_labels": "all", "batch_size": 4, **train}
+    student_dir = tiny_run(tmp_path / "s", task, labels, corpus, train=train)
+    return load_run_config(student_dir), Run(student_dir), teacher, test_ids
+
+
+def in_users_units(parts, q: np.ndarray) -> np.ndarray:
+    """The fed targets q back to what the teacher said: probabilities as they are, values through the head."""
+    return q if parts.head.link == "sigmoid" else q * parts.head.scale + parts.head.shift
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_a_fold_k_student_of_any_kind_is_fed_teacher_fold_k_alone(tmp_path, kind):
+    cfg, run, teacher, test_ids = kind_runs(tmp_path, kind)
+    split = run.read_split()
+    head = Head.fit(split.task, "mse", np.zeros(1))
+    for k in split.folds:
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        rows, m = fed(parts), parts.head.outputs
+        assert rows.shape[1] == 2 + 2 * m and (rows[:, 1] == 1).all()
+        labelled, pseudo = rows[rows[:, 0] > 0], rows[rows[:, 0] < 0]
+        assert len(labelled) == int((split.fold != k).sum()) and len(pseudo) == len(test_ids)
+        got = in_users_units(parts, labelled[:, 2:2 + m])
+        np.testing.assert_allclose(got, np.tile(marked(head, TRAIN_MARK[k]), (len(labelled), 1)), atol=1e-4)
+        # the true labels ride along, as the head makes them
+        np.testing.assert_allclose(np.sort(labelled[:, 2 + m:], axis=0),
+                                   np.sort(parts.head.targets(split.y[split.fold != k]), axis=0), atol=1e-5)
+        own = {round(float(v), 4) for i in range(len(test_ids)) for v in marked(head, TEST_MARK[k] + 0.01 * i)}
+        others = {round(float(v), 4) for j in range(FOLDS) if j != k for i in range(len(test_ids))
+                  for v in marked(head, TEST_MARK[j] + 0.01 * i)}
+        fed_test = {round(float(v), 4) for v in in_users_units(parts, pseudo[:, 2:2 + m]).ravel()}
+        assert fed_test <= own and not fed_test & others
+        audit = pl.read_csv(run.fold(k).teacher_csv, schema_overrides={"id": pl.String, "label": pl.String})
+        targets_csv = audit.select(pl.col("^target.*$")).to_numpy()
+        assert audit["id"].to_list() == [i for i, f in zip(split.ids, split.fold) if f != k] + test_ids
+        np.testing.assert_allclose(in_users_units(parts, targets_csv[-len(test_ids):]),
+                                   [marked(head, TEST_MARK[k] + 0.01 * i) for i in range(len(test_ids))], atol=1e-4)
+        assert audit["label"].to_list()[-1] == "" and audit["path"].to_list() == parts.train_loader.dataset.paths
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_pseudo_labelled_images_of_any_kind_never_reach_validation_or_the_oof_table(tmp_path, kind, monkeypatch):
+    from foldvision.stages.train import fit_fold
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    cfg, run, _, test_ids = kind_runs(tmp_path, kind, distill=False)
+    split = run.read_split()
+    for k in split.folds:
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        test_paths = {p for p in parts.train_loader.dataset.paths if p.startswith("test")}
+        assert len(test_paths) == len(test_ids) and not test_paths & set(parts.val_loader.dataset.paths)
+        fit_fold(cfg, run.root, k)
+        assert run.read_fold_oof(k, split.classes).ids == [i for i, f in zip(split.ids, split.fold) if f == k]
+    oof = run.read_fold_oofs(split)
+    assert sorted(oof.ids) == sorted(split.ids) and not set(oof.ids) & set(test_ids)
+
+
+def test_a_teacher_of_another_task_is_a_one_line_error_naming_both_runs(tmp_path):
+    _, run, teacher, _ = kind_runs(tmp_path, "regression")
+    tags, _, _, _ = kind_runs(tmp_path / "tags", "multilabel", teacher=str(teacher.root))
+    student = Run(tmp_path / "tags" / "s" / "runs" / "exp")
+    with pytest.raises(UserError) as e:
+        build_fold(tags, student.read_split(), 0, student.fold(0), seed=1)
+    message = str(e.value)
+    assert "\n" not in message and "a regression task of ['score']" in message and "multilabel task" in message
+    assert str(teacher.root) in message and str(student.root) in message
+    renamed = Split(*[getattr(run.read_split(), f) for f in ("ids", "paths", "labels", "groups", "fold")],
+                    ["pawpularity"], "regression")  # the same kind, another target: refused too
+    with pytest.raises(UserError, match="a regression task of \\['score'\\].*regression task of \\['pawpularity'\\]"):
+        load_teacher(str(teacher.root), run.root, renamed)
+
+
+def test_soft_tags_and_soft_scores_by_hand(tmp_path):
+    t = load_config(str(write_config(tmp_path / "configs", "e", tmp_path))).train
+    tags = Head("multilabel", ("x", "y"), "sigmoid")
+    probs = np.array([[0.9, 0.2], [0.5, 0.7]])
+    np.testing.assert_allclose(targets(probs, t, tags), probs)
+    logit = np.log(probs / (1 - probs))
+    np.testing.assert_allclose(targets(probs, dataclasses.replace(t, teacher_temperature=2.0), tags),
+                               1 / (1 + np.exp(-logit / 2)))
+    np.testing.assert_array_equal(targets(probs, dataclasses.replace(t, teacher_targets="hard"), tags),
+                                  [[1, 0], [1, 1]])
+    # confidence of tags: the mean over tags of max(p, 1 − p): 0.725, 0.85 (the top probability would say 0.95, 0.85)
+    sure = np.array([[0.95, 0.5], [0.85, 0.15]])
+    conf = dataclasses.replace(t, pseudo_labels="confidence", pseudo_threshold=0.8)
+    np.testing.assert_array_equal(select_pseudo(sure, conf, "multilabel"), [False, True])
+    share = dataclasses.replace(t, pseudo_labels="proportion", pseudo_proportion=0.5)
+    np.testing.assert_array_equal(select_pseudo(sure, share, "multilabel"), [False, True])
+    np.testing.assert_array_equal(select_pseudo(probs, dataclasses.replace(t, pseudo_labels="all"), "regression"),
+                                  [True, True])
+    values = np.array([[150.0], [90.0]])  # a regression teacher's values, user units
+    standard = Head("regression", ("score",), "identity", 100.0, 20.0)
+    np.testing.assert_allclose(targets(values, t, standard)[:, 0], [2.5, -0.5])
+    scaled = Head("regression", ("score",), "scaled", 100.0, 40.0)  # 100..140: clipped to 0..1 for BCE
+    np.testing.assert_allclose(targets(values, t, scaled)[:, 0], [1.0, 0.0])
+    grades = Head("ordinal", ("0", "1", "2", "3"), "cumulative")
+    expected = np.array([[1.6], [0.3]])
+    np.testing.assert_allclose(targets(expected, t, grades), [[1, 0.6, 0], [0.3, 0, 0]], atol=1e-6)
+    assert targets(expected, t, grades).sum(axis=1) == pytest.approx([1.6, 0.3])  # E[grade] is the teacher's
+    np.testing.assert_allclose(targets(expected, dataclasses.replace(t, teacher_targets="hard"), grades),
+                               [[1, 1, 0], [0, 0, 0]])  # rounded: grade 2, grade 0
+
+
+def test_the_teacher_loss_for_tags_and_values_by_hand():
+    from foldvision.config import LossConfig
+    from foldvision.learn.losses import create_loss
+
+    def bce(z, y):
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    def kl(z, q, tau):  # binary KL(q ‖ sigmoid(z/τ))
+        p = 1 / (1 + math.exp(-z / tau))
+        return sum(a * math.log(a / b) for a, b in ((q, p), (1 - q, 1 - p)) if a > 0)
+
+    tags = Head("multilabel", ("x", "y"), "sigmoid")
+    z = [[1.0, -0.5], [0.2, 0.8], [-1.0, 2.0]]
+    q = np.array([[0.7, 0.4], [0.9, 0.1], [0.3, 0.6]])
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    rows = np.concatenate([pack(tags, np.array([1, 0]), np.vstack([q[:1], np.zeros((1, 2))]), y),
+                           pack(tags, np.ones(1), q[2:])])  # taught, untaught, a test image
+    tau, w = 2.0, 0.3
+    fn = TeacherLoss(create_loss(LossConfig(name="bce"), "multilabel"), w, tau, "multilabel")
+    by_hand = ((1 - w) * (bce(1.0, 1) + bce(-0.5, 0)) / 2 + w * tau ** 2 * (kl(1.0, 0.7, tau) + kl(-0.5, 0.4, tau)) / 2
+               + (bce(0.2, 0) + bce(0.8, 1)) / 2 + w * tau ** 2 * (kl(-1.0, 0.3, tau) + kl(2.0, 0.6, tau)) / 2) / 3
+    assert fn(torch.tensor(z), torch.from_numpy(rows)).item() == pytest.approx(by_hand, abs=1e-5)
+
+    value = Head("regression", ("score",), "identity", 100.0, 20.0)
+    out, q_value = [[0.5], [-1.0]], np.array([[2.5], [0.0]])
+    rows = np.concatenate([pack(value, np.ones(1), q_value[:1], np.array([110.0])),  # labelled: target 0.5
+                           pack(value, np.ones(1), q_value[1:])])
+    fn = TeacherLoss(create_loss(LossConfig(name="huber", huber_delta=1.0), "regression"), w, 1.0, "regression")
+    huber = lambda e: 0.5 * e * e if abs(e) <= 1 else abs(e) - 0.5  # noqa: E731
+    by_hand = ((1 - w) * huber(0.5 - 0.5) + w * huber(0.5 - 2.5) + w * huber(-1.0 - 0.0)) / 2
+    assert fn(torch.tensor(out), torch.from_numpy(rows)).item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_mixup_mixes_the_losses_of_packed_rows_not_the_rows():
+    """A mixed packed row would mix a class index (0.7·1 + 0.3·0 → class 0) or a test image's −1 flag with a
+    label: a taught fold under Mixup/CutMix mixes the two rows' losses instead."""
+    from foldvision.learn.recipes import mixed_loss
+
+    head = Head("single", ("a", "b"))
+    rows = torch.from_numpy(pack(head, np.ones(2), np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0])))
+    logits = torch.tensor([[0.3, 1.0], [1.5, -0.2]])
+    fn = TeacherLoss(CrossEntropy(), 0.4, 1.0)
+    expected = 0.7 * fn(logits, rows) + 0.3 * fn(logits, rows.flip(0))
+    torch.testing.assert_close(mixed_loss(fn, logits, rows, 0.7), expected)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"pseudo_labels": "confidence"}, "train.pseudo_labels=confidence: {a} {kind} teacher predicts one value"),
+    ({"pseudo_labels": "proportion"}, "no confidence to rank test images by; use train.pseudo_labels=all"),
+    ({"teacher_temperature": 2.0}, "train.teacher_temperature=2.0: a temperature softens probabilities"),
+])
+@pytest.mark.parametrize("kind", ["regression", "ordinal"])
+def test_what_a_value_teacher_cannot_give_is_a_one_line_error(tmp_path, kind, train, message):
     cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
-                                       train={"teacher": "runs/t", "distill": True})))
-    with pytest.raises(UserError, match=f"train.teacher=runs/t: teachers teach single-label classes so far; train "
-                                        f"this {kind} task"):
-        check_task(cfg, kind)
+                                       train={"teacher": "runs/t", "distill": True, **train})))
+    with pytest.raises(UserError) as e:
+        check_task(cfg, kind, "data.task=x: ")
+    assert message.format(a="an" if kind == "ordinal" else "a", kind=kind) in str(e.value)
+    assert "\n" not in str(e.value)
     check_task(cfg, "single")
-    names, labels = {"multilabel": (["x", "y"], ["x|y", "y"]), "regression": (["score"], ["1.5", "2"]),
-                     "ordinal": (["0", "1"], ["0", "1"])}[kind]
-    split = Split(["a", "b"], ["a.png", "b.png"], labels, None, np.array([0, 1]), names, kind)
-    with pytest.raises(UserError, match=f"this split is {kind}"):
-        load_teacher("runs/t", tmp_path / "runs" / "student", split)
+
+
+def test_hard_targets_are_refused_for_a_regression_value_only(tmp_path):
+    cfg = load_config(str(write_config(tmp_path / "configs", "e", tmp_path,
+                                       train={"teacher": "runs/t", "distill": True, "teacher_targets": "hard"})))
+    with pytest.raises(UserError, match="train.teacher_targets=hard: a regression value has no hard form"):
+        check_task(cfg, "regression")
+    for kind in ("single", "multilabel", "ordinal"):
+        check_task(cfg, kind)
+
+
+def test_a_blend_combines_value_and_tag_columns_with_fold_k_weights(tmp_path):
+    from foldvision.learn.teacher import Teacher
+
+    values = [np.array([[100.0], [120.0]]), np.array([[140.0], [80.0]])]
+    teacher = Teacher(tmp_path, [], "hill_climb", {0: np.array([0.25, 0.75])}, "regression")
+    np.testing.assert_allclose(teacher.combine(0, values), [[130.0], [90.0]])
+    tags = Teacher(tmp_path, [], "mean", {0: np.array([0.5, 0.5])}, "multilabel")
+    np.testing.assert_allclose(tags.combine(0, [np.array([[0.2, 0.9]]), np.array([[0.4, 0.3]])]), [[0.3, 0.6]])
+
+
+def test_a_regression_blend_teaches_fold_k_with_its_fold_k_weights(tmp_path, monkeypatch):
+    """Two marked regression members, each right on one fold's OOF rows: the blend's fold-k weights (fitted on
+    the other fold) differ per fold, and student fold k is fed the members' fold-k values combined with them.
+    (A rank blend of values is refused by make ensemble itself: ranks are not in the target's units.)"""
+    from foldvision.commands.ensemble import blend
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    members = []
+    for n in range(2):
+        _, _, member, test_ids = kind_runs(tmp_path / f"m{n}", "regression", f"m{n}")
+        mark_teacher(member, [m + 0.05 * n for m in TRAIN_MARK], [m + 0.05 * n for m in TEST_MARK], test_ids)
+        split = member.read_split()
+        pred = np.where(split.fold == n, split.y, split.y + 30 + np.arange(len(split.y)))
+        member.write_oof(Predictions(split.ids, split.classes, pred[:, None], split.fold, split.labels, "regression"))
+        member.write_scores({"oof": {}})
+        member.write_test(Predictions(test_ids, split.classes, np.full((len(test_ids), 1), 150.0), kind="regression"))
+        members.append(member)
+    blend(tmp_path / "runs" / "blend", [m.root for m in members], "hill_climb", out=tmp_path / "blend.csv")
+    weights = Run(tmp_path / "runs" / "blend").read_ensemble()["fold_weights"]
+    assert weights["0"] != weights["1"]
+    cfg, run, _, _ = kind_runs(tmp_path / "s", "regression", teacher=str(tmp_path / "runs" / "blend"))
+    split = run.read_split()
+    for k in split.folds:
+        w = list(weights[str(k)].values())
+        parts = build_fold(cfg, split, k, run.fold(k), seed=1)
+        rows = fed(parts)
+        got = in_users_units(parts, rows[rows[:, 0] > 0, 2])
+        np.testing.assert_allclose(got, w[0] * TRAIN_MARK[k] + w[1] * (TRAIN_MARK[k] + 0.05), atol=1e-4)
+
+
+def test_the_train_scores_of_a_taught_value_fold_count_its_labelled_rows_only(monkeypatch):
+    """The epoch's train_<score> reads the true labels out of the packed rows ([±1, taught, q, t]), never the flags
+    nor a test image's teacher target."""
+    from foldvision.learn.engine import _Tally
+    from test_targets_learn import fallback_metrics
+
+    fallback_metrics(monkeypatch)
+    head = Head("regression", ("score",), "identity", 100.0, 20.0)
+    rows = np.concatenate([pack(head, np.ones(1), np.array([[2.0]]), np.array([110.0])),
+                           pack(head, np.ones(1), np.array([[1.0]]))])
+    tally = _Tally(None, "train", 1, head)
+    tally.add(torch.tensor(0.0), torch.tensor([[0.5], [1.0]]), torch.from_numpy(rows), 2)
+    scores = tally.close(0.1)
+    assert scores["train_rmse"] == pytest.approx(0.0, abs=1e-6)  # 0.5·20 + 100 = 110, the labelled row's label
+
+
+def test_the_imbalanced_draw_balances_a_taught_rows_rarest_tag_and_leaves_values_alone():
+    from foldvision.learn.teacher import sampling_labels
+
+    tags = Head("multilabel", ("x", "y", "z"), "sigmoid")
+    y = np.array([[1.0, 0, 0], [1.0, 0, 0]])
+    rows = np.concatenate([pack(tags, np.ones(2), np.tile([0.1, 0.9, 0.9], (2, 1)), y),  # its true tags, not q
+                           pack(tags, np.ones(1), np.array([[0.2, 0.9, 0.1]]))])  # a test image: targets ≥ 0.5
+    assert sampling_labels(rows, tags).tolist() == [0, 0, 1]  # tag counts 2, 1, 0: each row's rarest
+    value = Head("regression", ("score",), "identity")
+    assert sampling_labels(pack(value, np.ones(1), np.array([[0.3]])), value) is None
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "ordinal"])
+def test_a_trained_teacher_teaches_a_student_through_the_train_stage(tmp_path, capsys, monkeypatch, kind):
+    """End to end, as `make train` runs it: a teacher trained and predicted by the stages, then a student with
+    distillation, all test images pseudo-labelled and Mixup (an ordinal student on cumulative logits, with hard
+    targets: the teacher's rounded grade)."""
+    from foldvision.targets import Task
+    from test_targets_learn import fallback_metrics, multilabel_labels, tiny_corpus, tiny_run, train_and_predict
+
+    fallback_metrics(monkeypatch)
+    corpus, level = tiny_corpus(tmp_path / "corpus")
+    if kind == "multilabel":
+        (task, labels), student_loss, targets_kind = multilabel_labels(level), {}, "soft"
+    else:
+        task, labels = Task("ordinal", ("0", "1", "2", "3")), [str(int(v * 3.99)) for v in level]
+        student_loss, targets_kind = {"name": "cumulative"}, "hard"
+    teacher = tiny_run(tmp_path / "t", task, labels, corpus, "teacher", train=CPU)
+    train_and_predict(capsys, teacher)
+    train = {**CPU, "teacher": str(teacher), "distill": True, "pseudo_labels": "all", "teacher_targets": targets_kind}
+    student = tiny_run(tmp_path / "s", task, labels, corpus, "student", train=train, loss=student_loss,
+                       augment={"mixup": 0.4})
+    code, err = stage(capsys, "train", str(student), "--fold", "0", "1")
+    assert code == 0, err
+    assert "4 of 4 test images join training" in err
+    run = Run(student)
+    oof = run.read_fold_oofs(run.read_split())
+    assert sorted(oof.ids) == sorted(run.read_split().ids)
+    audit = pl.read_csv(run.fold(0).teacher_csv)
+    targets_csv = [c for c in audit.columns if c.startswith("target")]  # 3 tags, or K − 1 = 3 cumulative targets
+    assert targets_csv == (["target_dark", "target_light", "target_mid"] if kind == "multilabel"
+                           else ["target_gt0", "target_gt1", "target_gt2"]) and len(audit) == 12 + 4
+    if kind == "ordinal":  # hard: whole grades, P(grade > k) in {0, 1}
+        assert set(audit.select(pl.col("^target.*$")).to_numpy().ravel().tolist()) <= {0.0, 1.0}

@@ -202,13 +202,16 @@ class TrainConfig:
     teacher: str | None = None
     # w: a taught training row's loss is (1 − w)·the true label's + w·the teacher's; a test image's, w·the teacher's
     teacher_weight: float = 0.5
-    teacher_temperature: float = 1.0  # τ: soft targets p^(1/τ) renormalised, KL at τ scaled by τ² (soft only)
-    teacher_targets: Literal["soft", "hard"] = "soft"  # the teacher's probabilities, or its argmax class
+    # τ: soft targets p^(1/τ) renormalised (tags: sigmoid(logit(p)/τ)), KL at τ scaled by τ² (soft; classes, tags)
+    teacher_temperature: float = 1.0
+    # the teacher's probabilities or value, or its argmax class (tags: p ≥ 0.5; ordinal: the rounded grade)
+    teacher_targets: Literal["soft", "hard"] = "soft"
     distill: bool = False  # the teacher's predictions on fold k's training images join their true labels
-    # Test images join fold k's training (never its validation) with teacher fold k's test probabilities:
-    # confidence (top probability ≥ pseudo_threshold) or proportion (the most confident pseudo_proportion); off
-    pseudo_labels: Literal["off", "confidence", "proportion"] = "off"
-    pseudo_threshold: float = 0.9  # confidence: the teacher's top probability a test image needs
+    # Test images join fold k's training (never its validation) with teacher fold k's test predictions: all,
+    # confidence (≥ pseudo_threshold) or proportion (the most confident pseudo_proportion); off. Confidence: the top
+    # probability, for tags the mean of max(p, 1 − p); a regression or ordinal teacher has none (all only)
+    pseudo_labels: Literal["off", "all", "confidence", "proportion"] = "off"
+    pseudo_threshold: float = 0.9  # confidence: the teacher's confidence a test image needs
     pseudo_proportion: float = 0.5  # proportion: the share of the test images taken, the most confident first
 
 
@@ -244,9 +247,8 @@ def check_task(cfg: Config, kind: str, where: str = "") -> None:
     """Settings that only make sense for another task kind, refused in one line naming the key and what to set
     (the config's data.task when it is explicit, the train stage's split when data.task is auto). The imbalanced
     sampler and prior correction are adapted instead (foldvision.learn.fold), so their defaults serve every kind."""
-    if cfg.train.teacher and kind != "single":  # soft tags and soft scores: foldvision.learn.teacher's docstring
-        raise UserError(f"{where}train.teacher={cfg.train.teacher}: teachers teach single-label classes so far; "
-                        f"train this {kind} task without one (train.teacher=null)")
+    if cfg.train.teacher and kind in ("regression", "ordinal"):
+        _check_value_teacher(cfg.train, kind, where)
     name = cfg.loss.name
     if name != "auto" and name not in LOSS_NAMES[kind]:
         raise UserError(f"{where}loss.name={name} is for {_kinds_of(name)} targets; a {kind} task trains with "
@@ -578,6 +580,21 @@ def _check_compile(t: TrainConfig) -> None:
                         "train.compile=false")
 
 
+def _check_value_teacher(t: TrainConfig, kind: str, where: str) -> None:
+    """A regression or ordinal teacher gives one value per image (foldvision.learn.teacher): what needs a
+    probability is refused in one line."""
+    teacher = f"{'an' if kind == 'ordinal' else 'a'} {kind} teacher"
+    if t.pseudo_labels in ("confidence", "proportion"):  # agreement across folds would read folds other than k
+        raise UserError(f"{where}train.pseudo_labels={t.pseudo_labels}: {teacher} predicts one value per "
+                        "image, with no confidence to rank test images by; use train.pseudo_labels=all")
+    if t.teacher_temperature != 1:
+        raise UserError(f"{where}train.teacher_temperature={t.teacher_temperature}: a temperature softens "
+                        f"probabilities and {teacher} gives values; use 1")
+    if t.teacher_targets == "hard" and kind == "regression":
+        raise UserError(f"{where}train.teacher_targets=hard: a regression value has no hard form (ordinal rounds "
+                        "to a grade); use soft")
+
+
 def _check_teacher(t: TrainConfig) -> None:
     """train.teacher and the keys that use it: ranges, and nothing asked of a teacher that is not there."""
     _require(_finite(t.teacher_weight) and 0 < t.teacher_weight <= 1, "train.teacher_weight", t.teacher_weight,
@@ -595,7 +612,7 @@ def _check_teacher(t: TrainConfig) -> None:
         raise UserError(f"{uses[0]} needs a teacher: set train.teacher=runs/<exp or blend> (a trained run on the "
                         "same split)")
     _require(t.teacher is None or bool(uses), "train.teacher", t.teacher,
-             "the teacher teaches nothing: set train.distill=true or train.pseudo_labels=confidence|proportion")
+             "the teacher teaches nothing: set train.distill=true or train.pseudo_labels=all|confidence|proportion")
     _require(t.teacher is None or bool(str(t.teacher).strip()), "train.teacher", t.teacher,
              "a run folder (runs/<exp or blend>), or null for none")
 

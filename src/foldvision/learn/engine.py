@@ -236,6 +236,9 @@ class _Tally:
         if targets.ndim == 2 and self.head.link == "softmax":  # a taught fold's rows (teacher.pack): single-label
             labelled = targets[:, 0] >= 0  # targets are class indices otherwise; scored on the labelled images
             logits, targets = logits[labelled], targets[labelled, 0].long()
+        elif targets.ndim == 2 and targets.shape[1] == 2 + 2 * self.head.outputs:  # [±1, taught, q, t]: the others
+            labelled = targets[:, 0] > 0  # (plain targets have `outputs` columns)
+            logits, targets = logits[labelled], targets[labelled, 2 + self.head.outputs:]
         probs = self.head.values(logits.detach()).cpu().double().numpy()
         self.batch_probs.append(probs)
         self.batch_truth.append(self.head.truth(targets))

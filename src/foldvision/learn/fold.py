@@ -112,7 +112,7 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
     head = Head.fit(split.task, loss_name(cfg.loss, split.kind), exclusion.y_train[train])
     taught = None
     if t.teacher:  # teacher fold k's targets, and the pseudo-labelled test images, join the training rows only
-        taught = fold_rows(cfg, files.dir.parent, split, fold, train, exclusion.y_train, write=world.main)
+        taught = fold_rows(cfg, files.dir.parent, split, fold, (train, exclusion.y_train), head, write=world.main)
     setup, model_cfg = fold_model(cfg, head.outputs, world)
     if exclusion.source:
         console.print(f"fold {fold}: data.exclude drops {int((exclusion.dropped & ~val).sum())} training images and "
@@ -186,8 +186,8 @@ def fold_loaders(cfg: Config, split: Split, val: np.ndarray, training: tuple[np.
     shard = (world.rank, world.size) if world.distributed else None
     targets, val_targets = head.targets(y_train[train]), head.targets(split.y[val])
     train_paths, balance = paths[train], draw.balance
-    if taught is not None:  # the packed rows are the targets; the draw balances each row's class
-        train_paths, targets, balance = taught.paths, taught.rows, sampling_labels(taught.rows)
+    if taught is not None:  # the packed rows are the targets; the draw balances each row's class or rarest tag
+        train_paths, targets, balance = taught.paths, taught.rows, sampling_labels(taught.rows, head)
     loaders: dict[Preprocessing, tuple[DeviceLoader, DeviceLoader]] = {}
 
     def loaders_at(spec: Preprocessing) -> tuple[DeviceLoader, DeviceLoader]:

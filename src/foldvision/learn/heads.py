@@ -88,6 +88,17 @@ class Head:
             return (y[:, None] > np.arange(self.outputs)[None, :]).astype(np.float32)
         return ((y - self.shift) / self.scale)[:, None].astype(np.float32)
 
+    def soft_targets(self, values: np.ndarray) -> np.ndarray:
+        """A value in the user's units that is not a label (a teacher's prediction: for ordinal a real expected
+        grade) as the loss's target, float32 rows of `outputs` columns: standardised; scaled to 0..1 and clipped
+        there (BCE's targets); cumulative: P(grade > k) ≈ clip(v − k, 0, 1), which is [grade > k] for a whole
+        grade and sums back to v over k, so the student's expected grade at its target is the teacher's."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.link == "cumulative":
+            return np.clip(v[:, None] - np.arange(self.outputs)[None, :], 0, 1).astype(np.float32)
+        scaled = (v - self.shift) / self.scale
+        return (np.clip(scaled, 0, 1) if self.link == "scaled" else scaled)[:, None].astype(np.float32)
+
     def truth(self, targets: torch.Tensor) -> np.ndarray:
         """`targets` (unmixed) back to the labels as `Task.encode` gives them: what the train tally scores."""
         if self.link == "softmax":

@@ -114,35 +114,56 @@ class ValueLoss(nn.Module):
 
 
 class TeacherLoss(nn.Module):
-    """The loss of a fold taught by a teacher (foldvision.learn.teacher), on packed rows [y, taught, q_1..q_K]:
+    """The loss of a fold taught by a teacher (foldvision.learn.teacher), on its packed rows (`teacher.pack`):
 
         labelled, untaught:  L(z, y)                      L: the configured loss (loss.name)
         labelled, taught:    (1 − w)·L(z, y) + w·T(z, q)  (distillation)
-        test image (y = -1): w·T(z, q)                    (a pseudo label: no true label to mix with)
+        test image:          w·T(z, q)                    (a pseudo label: no true label to mix with)
 
-    T(z, q) = τ²·KL(q ‖ softmax(z/τ)) (Hinton et al. 2015: τ² keeps the gradient's scale as τ grows); q is the
-    target already tempered (or one-hot), so a hard target at τ = 1 is plain cross-entropy. Averaged over the
-    batch's rows. torch's cross_entropy takes probability targets, but its value never reaches 0 for a soft one;
-    KL differs by q's entropy, a constant, so the gradients are the same.
+    T per task kind, q the teacher's target as `teacher.targets` made it (already tempered, or hard):
+    - single: τ²·KL(q ‖ softmax(z/τ)) (Hinton et al. 2015: τ² keeps the gradient's scale as τ grows); a hard
+      target at τ = 1 is plain cross-entropy.
+    - multilabel (soft tags): τ²·the mean over tags of the binary KL(q ‖ sigmoid(z/τ)), on the scale of the
+      tags' mean loss; whatever loss.name is, the teacher's term is this one.
+    - regression, ordinal (soft scores): L(z, q), the student's own loss with the teacher's value as its target
+      (no temperature: a value is not a distribution).
+    Averaged over the batch's rows. The KLs differ from cross-entropy with soft targets by q's entropy, a constant:
+    same gradients, and 0 when the student matches the teacher.
     """
 
-    def __init__(self, base: nn.Module, weight: float, temperature: float = 1.0):
+    packed = True  # recipes.mixed_loss mixes the losses of its rows, never the rows themselves
+
+    def __init__(self, base: nn.Module, weight: float, temperature: float = 1.0, kind: str = "single"):
         super().__init__()
-        self.base, self.weight, self.temperature = base, weight, temperature
+        self.base, self.weight, self.temperature, self.kind = base, weight, temperature, kind
 
     def forward(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         logits, rows = logits.float(), rows.float()
-        y, taught, q = rows[:, 0].long(), rows[:, 1] > 0, rows[:, 2:]
-        labelled, w, n = y >= 0, self.weight, len(logits)
+        m = logits.shape[1]
+        taught, q = rows[:, 1] > 0, rows[:, 2:2 + m]
+        if self.kind == "single":  # [y, taught, q]: y the class index, -1 for a test image
+            labelled, truth = rows[:, 0] >= 0, rows[:, 0].long()
+        else:  # [±1, taught, q, t]: t the head's targets of the true label
+            labelled, truth = rows[:, 0] > 0, rows[:, 2 + m:]
+        w, n = self.weight, len(logits)
         total = logits.new_zeros(())
         for rows_of, share in ((labelled & taught, 1 - w), (labelled & ~taught, 1.0)):
             if rows_of.any() and share > 0:  # the base loss is a batch mean: weighted by its rows' count
-                total = total + share * rows_of.sum() * self.base(logits[rows_of], y[rows_of])
+                total = total + share * rows_of.sum() * self.base(logits[rows_of], truth[rows_of])
         if taught.any():
-            tau = self.temperature
-            kl = F.kl_div(torch.log_softmax(logits[taught] / tau, dim=1), q[taught], reduction="none").sum(dim=1)
-            total = total + w * tau * tau * kl.sum()
+            total = total + w * self.taught_sum(logits[taught], q[taught])
         return total / n
+
+    def taught_sum(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """T(z, q) summed over the rows (the class docstring)."""
+        tau = self.temperature
+        if self.kind == "single":
+            return tau * tau * F.kl_div(torch.log_softmax(z / tau, dim=1), q, reduction="none").sum()
+        if self.kind == "multilabel":
+            bce = F.binary_cross_entropy_with_logits(z / tau, q, reduction="none")
+            kl = bce + torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q)  # BCE − q's entropy
+            return tau * tau * kl.mean(dim=1).sum()
+        return len(z) * self.base(z, q)
 
 
 LOSSES = {
@@ -162,9 +183,8 @@ LOSSES = {
 
 def create_loss(cfg: LossConfig, kind: str = "single", teacher: TrainConfig | None = None) -> nn.Module:
     """The loss loss.name names for a task kind (auto: the kind's default; config.check_task refused a name of
-    another kind before any work); wrapped in a TeacherLoss when `teacher` (the train section) names a teacher
-    (single-label only: foldvision.learn.teacher refuses the other kinds)."""
+    another kind before any work); wrapped in a TeacherLoss when `teacher` (the train section) names a teacher."""
     base = LOSSES[loss_name(cfg, kind)](cfg)
     if teacher is None or not teacher.teacher:
         return base
-    return TeacherLoss(base, teacher.teacher_weight, teacher.teacher_temperature)
+    return TeacherLoss(base, teacher.teacher_weight, teacher.teacher_temperature, kind)

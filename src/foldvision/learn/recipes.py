@@ -81,10 +81,11 @@ def mixed_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor, 
     """Class indices: λ·L(y_a) + (1−λ)·L(y_b), with y_b the targets of the images mixed in (the batch reversed).
     Float targets (tags, standardised values, cumulative grades): L(λ·y_a + (1−λ)·y_b), the mixed image's mixed
     target (for BCE and MSE the two forms have the same gradient; for Huber and ASL the mixed target is the one
-    that means something)."""
+    that means something). A taught fold's packed rows (`losses.TeacherLoss.packed`: flags, class indices and
+    teacher targets side by side) are loss-mixed: a mixed flag or class index means nothing."""
     if lam == 1.0:
         return loss_fn(logits, targets)
-    if torch.is_floating_point(targets):
+    if torch.is_floating_point(targets) and not getattr(loss_fn, "packed", False):
         return loss_fn(logits, lam * targets + (1.0 - lam) * targets.flip(0))
     return lam * loss_fn(logits, targets) + (1.0 - lam) * loss_fn(logits, targets.flip(0))
 

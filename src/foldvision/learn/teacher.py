@@ -11,18 +11,28 @@ are fitted on the other folds' OOF rows, which models trained on fold k predicte
 without fold k's rows, as the issue asks; fully nested weights would need each member's inner folds.)
 
 - Pseudo-labels: the test images join fold k's training rows (never its validation rows, so never the OOF table),
-  with teacher fold k's test probabilities as targets, chosen by confidence or by proportion.
+  with teacher fold k's test predictions as targets: all of them, or chosen by confidence or by proportion.
 - Distillation: teacher fold k predicts the student's fold-k training images once, when the fold starts, and its
-  probabilities join their true labels in the loss (`losses.TeacherLoss`). Precomputed, not run beside the
+  predictions join their true labels in the loss (`losses.TeacherLoss`). Precomputed, not run beside the
   student on each batch (timm's --kd-model-name way): a 5-fold × N-model blend would cost N teacher forward passes
   per student step for every epoch; once per fold it costs one inference pass, the teacher predicts at its own
   input (a smaller or lower-resolution student needs nothing special), and the targets are data that the
   fold writes down (`fold<k>/teacher.csv`) and a test can audit. What it gives up: the teacher does not see the
   student's augmented view of an image, only the plain image (with the teacher's TTA).
 
-The targets each row trains with travel through the loader packed as [y, taught, q_1..q_K] (`pack`): y the class
-index (-1 for a test image), taught 1 where q holds a teacher target. Single-label classes today; a multi-label
-(soft tags) or regression (soft scores) teacher needs its own `targets` and loss term, the rest stays.
+Every task kind (foldvision.targets), the teacher's task equal to the student's (kind and names):
+- single: the teacher's class probabilities, tempered p^(1/τ) renormalised, or its argmax class (hard).
+- multilabel (soft tags): its per-tag probabilities, tempered sigmoid(logit(p)/τ), or p ≥ 0.5 (hard: not the
+  teacher's fitted per-tag thresholds, which are fitted on its whole OOF table, fold k's rows included).
+  Pseudo-label confidence: the mean over tags of max(p, 1 − p).
+- regression, ordinal (soft scores): its value (`pred`, the user's units) mapped by the student's head into its
+  training space (`heads.Head.soft_targets`; for cumulative logits P(grade > k) ≈ clip(v − k, 0, 1)); hard
+  (ordinal only) rounds it to a grade. No temperature, and no confidence: pseudo_labels=all takes every test image
+  (agreement across the teacher's folds would bring in folds other than k; config.check_task says so).
+
+The targets each row trains with travel through the loader packed (`pack`): [y, taught, q_1..q_K] for single-label
+(y the class index, -1 for a test image), [±1, taught, q_1..q_m, t_1..t_m] for the other kinds (1 labelled,
+-1 a test image; t the head's targets of the true label); taught 1 where q holds a teacher target.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -40,6 +51,10 @@ from foldvision.config import Config, TrainConfig
 from foldvision.console import console
 from foldvision.errors import UserError
 from foldvision.run import Run, Split, write_csv
+from foldvision.targets import Task
+
+if TYPE_CHECKING:
+    from foldvision.learn.heads import Head  # torch: imported by the train side only
 
 BLEND_METHODS = ("mean", "hill_climb", "rank")  # a weighted mean of the members; stack keeps no per-fold stacker
 
@@ -53,6 +68,7 @@ class Teacher:
     members: list[Run]  # the run itself, or a blend's members
     method: str  # "mean" for a single run
     fold_weights: dict[int, np.ndarray]  # per fold: one weight per member, fitted without that fold
+    kind: str = "single"  # the task kind, shared with the student
 
     def weights(self, fold: int) -> np.ndarray:
         if fold not in self.fold_weights:
@@ -64,19 +80,16 @@ class Teacher:
         """The members' fold-k probabilities of the same rows, blended as the blend does with fold k's weights."""
         from foldvision.results.blending import Blend, method_inputs  # noqa: PLC0415 - sklearn/scipy for blends only
 
-        return Blend(self.method, self.weights(fold)).apply(method_inputs(self.method, probs))
+        return Blend(self.method, self.weights(fold), kind=self.kind).apply(method_inputs(self.method, probs))
 
 
 def load_teacher(path: str, student: Path, split: Split) -> Teacher:
-    """train.teacher, checked: a trained run or a blend, not the student itself, on the student's split and classes;
-    each problem one line naming both runs."""
+    """train.teacher, checked: a trained run or a blend, not the student itself, on the student's split and task
+    (kind and names); each problem one line naming both runs."""
     from foldvision.results.blending import split_digest  # noqa: PLC0415 - as Teacher.combine
 
     root = Path(path)
     where = f"train.teacher={path}"
-    if split.kind != "single":  # soft tags (BCE) and soft scores (MSE) need their own targets and loss term
-        raise UserError(f"{where}: teachers teach single-label classes so far, and this split is {split.kind}; "
-                        "train the student without train.teacher")
     if root.resolve() == Path(student).resolve():
         raise UserError(f"{where} is the student's own run folder: name another run as its teacher")
     run = Run(root)
@@ -92,17 +105,17 @@ def load_teacher(path: str, student: Path, split: Split) -> Teacher:
             raise UserError(f"{where}: {member.root} has another split than the student {student} (its folds.csv "
                             "puts ids in other folds): a teacher must be trained on the student's corpus split "
                             "(same data, cv.n_folds, cv.seed)")
-        if own.classes != split.classes:
-            raise UserError(f"{where}: {member.root} has classes {own.classes} and the student {student} has "
-                            f"{split.classes}: teach a student of the same corpus")
+        if own.task != split.task:
+            raise UserError(f"{where}: {member.root} is a {own.kind} task of {own.classes} and the student {student} "
+                            f"a {split.kind} task of {split.classes}: a teacher must predict the student's task")
     if record is None:
-        return Teacher(root, members, "mean", {k: np.ones(1) for k in split.folds})
+        return Teacher(root, members, "mean", {k: np.ones(1) for k in split.folds}, split.kind)
     if record["method"] not in BLEND_METHODS:
         raise UserError(f"{where}: a {record['method']} blend keeps no stacker fitted without each fold; "
                         f"teach with a {', '.join(BLEND_METHODS)} blend (make ensemble METHOD=hill_climb)")
     names = record["members"]
     weights = {int(k): np.array([w[n] for n in names], dtype=np.float64) for k, w in record["fold_weights"].items()}
-    return Teacher(root, members, record["method"], weights)
+    return Teacher(root, members, record["method"], weights, split.kind)
 
 
 def teacher_digest(t: TrainConfig) -> str:
@@ -138,20 +151,35 @@ def teacher_digest(t: TrainConfig) -> str:
 
 
 # ---- targets ---------------------------------------------------------------------------------------------------
-def targets(probs: np.ndarray, t: TrainConfig) -> np.ndarray:
-    """The targets a teacher's probabilities give: tempered soft targets p^(1/τ) renormalised (τ > 1 softens,
-    the teacher's logits divided by τ), or the one-hot argmax (hard)."""
-    if t.teacher_targets == "hard":
-        return np.eye(probs.shape[1])[probs.argmax(axis=1)]
-    logp = np.log(np.clip(probs, 1e-12, 1.0)) / t.teacher_temperature
-    tempered = np.exp(logp - logp.max(axis=1, keepdims=True))
-    return tempered / tempered.sum(axis=1, keepdims=True)
+def targets(probs: np.ndarray, t: TrainConfig, head: Head) -> np.ndarray:
+    """The targets a teacher's predictions give the student's `head` (the module's docstring, per kind)."""
+    hard = t.teacher_targets == "hard"
+    if head.link == "softmax":  # tempered: the teacher's logits divided by τ
+        if hard:
+            return np.eye(probs.shape[1])[probs.argmax(axis=1)]
+        logp = np.log(np.clip(probs, 1e-12, 1.0)) / t.teacher_temperature
+        tempered = np.exp(logp - logp.max(axis=1, keepdims=True))
+        return tempered / tempered.sum(axis=1, keepdims=True)
+    if head.link == "sigmoid":
+        if hard:
+            return (probs >= 0.5).astype(np.float64)
+        p = np.clip(probs, 1e-12, 1 - 1e-12)
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / t.teacher_temperature))
+    values = probs[:, 0]
+    if hard:  # ordinal only (config.check_task refuses a hard regression value)
+        values = np.clip(np.rint(values), 0, len(head.names) - 1)
+    return head.soft_targets(values).astype(np.float64)
 
 
-def select_pseudo(probs: np.ndarray, t: TrainConfig) -> np.ndarray:
-    """The test rows that join training: the teacher's top probability at least train.pseudo_threshold
-    (confidence), or the most confident train.pseudo_proportion of them (proportion; ties in test order)."""
-    confidence = probs.max(axis=1)
+def select_pseudo(probs: np.ndarray, t: TrainConfig, kind: str = "single") -> np.ndarray:
+    """The test rows that join training: every one (all), those whose confidence is at least
+    train.pseudo_threshold (confidence), or the most confident train.pseudo_proportion (proportion; ties in test
+    order). Confidence: the top class probability; for tags the mean over tags of max(p, 1 − p)."""
+    if t.pseudo_labels == "all":
+        return np.ones(len(probs), dtype=bool)
+    if kind not in ("single", "multilabel"):  # config.check_task refuses it in one line first
+        raise ValueError(f"a {kind} teacher has no confidence to select test images by")
+    confidence = probs.max(axis=1) if kind == "single" else np.maximum(probs, 1 - probs).mean(axis=1)
     if t.pseudo_labels == "confidence":
         return confidence >= t.pseudo_threshold
     keep = np.zeros(len(probs), dtype=bool)
@@ -159,15 +187,30 @@ def select_pseudo(probs: np.ndarray, t: TrainConfig) -> np.ndarray:
     return keep
 
 
-def pack(y: np.ndarray, taught: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Rows [y, taught, q_1..q_K] (float32): what a taught fold's loader yields and `losses.TeacherLoss` reads."""
-    return np.column_stack([y.astype(np.float32), taught.astype(np.float32), q.astype(np.float32)])
+def pack(head: Head, taught: np.ndarray, q: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """Packed rows (the module's docstring), float32: what a taught fold's loader yields and `losses.TeacherLoss`
+    reads. `y`: the rows' labels (`Task.encode`), None for test images."""
+    n = len(q)
+    if head.link == "softmax":
+        first, truth = (np.full(n, -1) if y is None else y), np.zeros((n, 0))
+    else:
+        first, truth = np.full(n, -1 if y is None else 1), (np.zeros_like(q) if y is None else head.targets(y))
+    return np.column_stack([first, taught, q, truth]).astype(np.float32)
 
 
-def sampling_labels(rows: np.ndarray) -> np.ndarray:
-    """The class each row counts as for the imbalanced sampler: its label, or a test image's target argmax."""
-    y = rows[:, 0].astype(np.int64)
-    return np.where(y >= 0, y, rows[:, 2:].argmax(axis=1))
+def sampling_labels(rows: np.ndarray, head: Head) -> np.ndarray | None:
+    """What the imbalanced draw balances for each row: its class (a test image's: its target's argmax), or for
+    tags its rarest tag (a test image's tags: its targets ≥ 0.5); None for values (their draw is shuffled)."""
+    if head.link == "softmax":
+        y = rows[:, 0].astype(np.int64)
+        return np.where(y >= 0, y, rows[:, 2:].argmax(axis=1))
+    if head.link != "sigmoid":
+        return None
+    from foldvision.learn.recipes import rarest_tags  # noqa: PLC0415 - torch; the sampler is on the torch side
+
+    m = len(head.names)
+    tags = np.where(rows[:, :1] > 0, rows[:, 2 + m:], rows[:, 2:2 + m] >= 0.5)
+    return rarest_tags(tags)
 
 
 @dataclass
@@ -177,49 +220,58 @@ class TaughtRows:
 
     ids: list[str]
     paths: list[str]
+    labels: list[str]  # folds.csv's label; '' for a test image
     rows: np.ndarray  # `pack`ed
 
-    def frame(self, classes: list[str]) -> pl.DataFrame:
-        """fold<k>/teacher.csv: what the fold's loader feeds, row by row (an audit of the teacher's targets)."""
-        y = self.rows[:, 0].astype(np.int64)
-        return pl.DataFrame({"id": self.ids, "path": self.paths,
-                             "label": [classes[i] if i >= 0 else "" for i in y],
+    def frame(self, head: Head) -> pl.DataFrame:
+        """fold<k>/teacher.csv: what the fold's loader feeds, row by row (an audit of the teacher's targets): the
+        teacher's target per class or tag (target_<name>), or in the head's training space (target: the
+        standardised or 0..1 value; target_gt<k>: P(grade > k))."""
+        m = head.outputs
+        if head.link in ("softmax", "sigmoid"):
+            names = [f"target_{c}" for c in head.names]
+        else:
+            names = ["target"] if m == 1 else [f"target_gt{k}" for k in range(m)]
+        return pl.DataFrame({"id": self.ids, "path": self.paths, "label": self.labels,
                              "taught": self.rows[:, 1].astype(np.int64),
-                             **{f"target_{c}": self.rows[:, 2 + i].astype(np.float64) for i, c in enumerate(classes)}})
+                             **{c: self.rows[:, 2 + i].astype(np.float64) for i, c in enumerate(names)}})
 
 
-def fold_rows(cfg: Config, student: Path, split: Split, fold: int, train: np.ndarray, y_train: np.ndarray,
-              write: bool = True) -> TaughtRows:
-    """Fold `fold`'s taught training rows (`train`: the rows that train, `y_train`: the class each trains with),
-    from teacher fold `fold` alone; written to fold<k>/teacher.csv when `write` (rank 0 under DDP)."""
+def fold_rows(cfg: Config, student: Path, split: Split, fold: int, training: tuple[np.ndarray, np.ndarray],
+              head: Head, write: bool = True) -> TaughtRows:
+    """Fold `fold`'s taught training rows, from teacher fold `fold` alone; `training` is (the rows that train,
+    each row's label as it trains, `Task.encode`d), `head` the student's; written to fold<k>/teacher.csv when
+    `write` (rank 0 under DDP)."""
     t = cfg.train
+    train, y_train = training
     teacher = load_teacher(t.teacher, student, split)
-    ids = [i for i, on in zip(split.ids, train) if on]
-    paths = [p for p, on in zip(split.paths, train) if on]
-    n, k = len(ids), len(split.classes)
-    q = targets(train_probs(cfg, teacher, fold, paths, split.classes), t) if t.distill else np.zeros((n, k))
-    rows = pack(y_train[train], np.full(n, t.distill), q)
+    ids, paths = [i for i, on in zip(split.ids, train) if on], [p for p, on in zip(split.paths, train) if on]
+    labels = [label for label, on in zip(split.labels, train) if on]
+    n = len(ids)
+    q = (targets(train_probs(cfg, teacher, fold, paths, split.task), t, head) if t.distill
+         else np.zeros((n, head.outputs)))
+    rows = pack(head, np.full(n, t.distill), q, y_train[train])
     if t.pseudo_labels != "off":
-        test_ids, test_paths, probs = test_probs(cfg, teacher, fold, split.classes)
-        keep = select_pseudo(probs, t)
+        test_ids, test_paths, probs = test_probs(cfg, teacher, fold, split.task)
+        keep = select_pseudo(probs, t, split.kind)
         console.print(f"fold {fold}: {int(keep.sum())} of {len(keep)} test images join training, pseudo-labelled "
                       f"by {teacher.root} fold {fold}")
         ids += [i for i, on in zip(test_ids, keep) if on]
         paths += [p for p, on in zip(test_paths, keep) if on]
-        rows = np.concatenate([rows, pack(np.full(int(keep.sum()), -1), np.ones(int(keep.sum())),
-                                          targets(probs[keep], t))])
-    taught = TaughtRows(ids, paths, rows)
+        labels += [""] * int(keep.sum())
+        rows = np.concatenate([rows, pack(head, np.ones(int(keep.sum())), targets(probs[keep], t, head))])
+    taught = TaughtRows(ids, paths, labels, rows)
     if write:
         files = Run(student).fold(fold)
         files.dir.mkdir(parents=True, exist_ok=True)
-        write_csv(files.teacher_csv, taught.frame(split.classes))
+        write_csv(files.teacher_csv, taught.frame(head))
     return taught
 
 
-def test_probs(cfg: Config, teacher: Teacher, fold: int, classes: list[str]
-               ) -> tuple[list[str], list[str], np.ndarray]:
+def test_probs(cfg: Config, teacher: Teacher, fold: int, task: Task) -> tuple[list[str], list[str], np.ndarray]:
     """The student's test images (ids, paths relative to the corpus folder) and teacher fold `fold`'s
-    probabilities of them: each member's fold<k>/test.csv, joined by id, blended with fold k's weights."""
+    predictions of them (prob_<name> columns, or pred): each member's fold<k>/test.csv, joined by id, blended
+    with fold k's weights."""
     from foldvision.corpus import read_test  # noqa: PLC0415 - the corpus reader, only for pseudo-labels
 
     test = read_test(cfg.data, verify=False)
@@ -229,7 +281,7 @@ def test_probs(cfg: Config, teacher: Teacher, fold: int, classes: list[str]
     ids = test.table["id"].to_list()
     parts = []
     for member in teacher.members:
-        part = member.read_test(classes, fold)  # missing: one line naming it and make predict
+        part = member.read_test(list(task.names), fold)  # missing: one line naming it and make predict
         row = {i: n for n, i in enumerate(part.ids)}
         if sorted(row) != sorted(ids):
             raise UserError(f"{member.fold(fold).test_csv} predicts other test images than the student's corpus "
@@ -240,9 +292,10 @@ def test_probs(cfg: Config, teacher: Teacher, fold: int, classes: list[str]
     return ids, paths, teacher.combine(fold, parts)
 
 
-def train_probs(cfg: Config, teacher: Teacher, fold: int, paths: list[str], classes: list[str]) -> np.ndarray:
-    """Teacher fold `fold`'s probabilities of fold k's training images: each member's fold<k>/best.pt at its own
-    input with its own TTA (as its fold<k>/test.csv was made), blended with fold k's weights."""
+def train_probs(cfg: Config, teacher: Teacher, fold: int, paths: list[str], task: Task) -> np.ndarray:
+    """Teacher fold `fold`'s predictions of fold k's training images (per class or tag, or one value): each
+    member's fold<k>/best.pt at its own input with its own TTA (as its fold<k>/test.csv was made), blended with
+    fold k's weights."""
     from foldvision.learn.engine import runtime_kwargs  # noqa: PLC0415 - the torch side
     from foldvision.learn.loader import loader_kwargs  # noqa: PLC0415
     from foldvision.stages.predict import fold_test_probs, read_fold_checkpoint  # noqa: PLC0415
@@ -259,5 +312,5 @@ def train_probs(cfg: Config, teacher: Teacher, fold: int, paths: list[str], clas
                                 batch_size=own.predict.batch_size, runtime=runtime_kwargs(cfg.train),
                                 loader=loader_kwargs(cfg, train=False), description=f"fold {fold} teacher")
         col = {c: n for n, c in enumerate(ckpt["classes"])}
-        parts.append(probs[:, [col[c] for c in classes]])
+        parts.append(probs if task.is_value else probs[:, [col[c] for c in task.names]])
     return teacher.combine(fold, parts)
