@@ -73,11 +73,11 @@ def interrupt_second_validation(monkeypatch):
 
     real_score, calls = train_module.score, []
 
-    def score(y, probs, kind="single"):
+    def score(y, probs, kind="single", num_grades=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_score(y, probs, kind)
+        return real_score(y, probs, kind, num_grades)
 
     monkeypatch.setattr(train_module, "score", score)
     return lambda: monkeypatch.setattr(train_module, "score", real_score)

@@ -270,11 +270,11 @@ if os.environ.get("FV_TEST_NAN_RANK") == rank:  # this rank's loss becomes NaN a
 if os.environ.get("FV_TEST_INTERRUPT_AT"):  # Ctrl-C during this validation (1-based), on every rank
     real_score, calls = train.score, []
 
-    def score(y, probs):
+    def score(y, probs, *args):
         calls.append(1)
         if len(calls) == int(os.environ["FV_TEST_INTERRUPT_AT"]):
             raise KeyboardInterrupt
-        return real_score(y, probs)
+        return real_score(y, probs, *args)
 
     train.score = score
 

@@ -23,7 +23,6 @@ from foldvision.errors import UserError
 from foldvision.learn.heads import Head
 from foldvision.learn.losses import create_loss
 from foldvision.learn.recipes import mixed_loss, rarest_tags, tag_prior_shift
-from foldvision.results import metrics
 from foldvision.run import Run, load_run_config, save_run_config
 from foldvision.targets import TAG_SEP, Task
 
@@ -210,41 +209,6 @@ def tiny_run(tmp_path: Path, task: Task, labels: list[str], corpus: Path, name: 
     return run_dir
 
 
-def fallback_metrics(monkeypatch):
-    """Until task-results' scores of the other kinds are merged: a few scores of each (tests only). Once
-    `metrics.score` scores a regression, nothing is patched and the real ones run."""
-    try:
-        metrics.score(np.zeros(2), np.zeros((2, 1)), "regression")
-        return
-    except NotImplementedError:
-        pass
-    from sklearn.metrics import average_precision_score, mean_squared_error
-
-    real_score, real_resolve = metrics.score, metrics.resolve_metric
-
-    def score(y, probs, kind="single"):
-        if kind == "single":
-            return real_score(y, probs)
-        if kind == "multilabel":
-            p = np.clip(probs, 1e-7, 1 - 1e-7)
-            return {"map": float(average_precision_score(y, probs, average="macro")),
-                    "bce": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())}
-        return {"rmse": float(math.sqrt(mean_squared_error(y, probs[:, 0]))),
-                "mae": float(np.abs(y - probs[:, 0]).mean())}
-
-    def resolve(metric, kind="single"):
-        return real_resolve(metric) if kind == "single" else {"multilabel": "map"}.get(kind, "rmse")
-
-    import foldvision.learn.engine as engine
-    import foldvision.learn.fold as fold
-    import foldvision.stages.train as train
-
-    for module in (engine, train):
-        monkeypatch.setattr(module, "score", score)
-    for module in (fold, train):
-        monkeypatch.setattr(module, "resolve_metric", resolve)
-
-
 def train_and_predict(capsys, run_dir: Path) -> str:
     code, err = stage(capsys, "train", str(run_dir), "--fold", "0", "1")
     assert code == 0, err
@@ -261,8 +225,7 @@ def multilabel_labels(level: np.ndarray) -> tuple[Task, list[str]]:
     return task, [task.join(t) for t in tags]
 
 
-def test_a_multilabel_run_trains_and_predicts_a_sigmoid_per_tag(tmp_path, capsys, monkeypatch):
-    fallback_metrics(monkeypatch)
+def test_a_multilabel_run_trains_and_predicts_a_sigmoid_per_tag(tmp_path, capsys):
     corpus, level = tiny_corpus(tmp_path / "tags")
     task, labels = multilabel_labels(level)
     run_dir = tiny_run(tmp_path, task, labels, corpus, augment={"mixup": 0.4})
@@ -284,10 +247,9 @@ def test_a_multilabel_run_trains_and_predicts_a_sigmoid_per_tag(tmp_path, capsys
     assert "fold 0 epoch 1/1" in err
 
 
-def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys, monkeypatch):
+def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys):
     """Scores 100..200 (brightness): a 1-epoch model predicts near the training mean, in the user's units,
     with test_resnet's BatchNorm re-estimated (precise-BN) before validation and TTA averaging values."""
-    fallback_metrics(monkeypatch)
     corpus, level = tiny_corpus(tmp_path / "scores")
     scores = np.round(100 + 100 * level, 3)
     run_dir = tiny_run(tmp_path, Task("regression", ("score",)), [f"{s:.3f}" for s in scores], corpus,
@@ -323,13 +285,11 @@ def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys, monkeypa
     assert again[:, 0] == pytest.approx(test["pred"].to_numpy(), rel=1e-4)
 
 
-def test_a_regression_run_learns_better_than_the_training_mean(tmp_path, monkeypatch):
+def test_a_regression_run_learns_better_than_the_training_mean(tmp_path):
     """The issue's textbook MSE loop did worse than the training mean; the defaults (standardised targets,
     precise-BN) must not. 96 images whose score is their brightness, test_resnet, 5 epochs: OOF RMSE measured
     19.8 against 30.1 for each fold's training mean (without standardisation: 157)."""
     from foldvision.stages.train import fit_fold
-
-    fallback_metrics(monkeypatch)
     corpus, level = tiny_corpus(tmp_path / "scores", n=96)
     scores = np.round(100 + 100 * level, 3)
     run_dir = tiny_run(tmp_path, Task("regression", ("score",)), [f"{s:.3f}" for s in scores], corpus,
@@ -346,8 +306,7 @@ def test_a_regression_run_learns_better_than_the_training_mean(tmp_path, monkeyp
     assert rmse < 0.8 * baseline, (rmse, baseline)
 
 
-def test_an_ordinal_run_with_cumulative_logits_predicts_the_expected_grade(tmp_path, capsys, monkeypatch):
-    fallback_metrics(monkeypatch)
+def test_an_ordinal_run_with_cumulative_logits_predicts_the_expected_grade(tmp_path, capsys):
     corpus, level = tiny_corpus(tmp_path / "grades")
     grades = [str(int(v * 3.99)) for v in level]
     run_dir = tiny_run(tmp_path, Task("ordinal", ("0", "1", "2", "3")), grades, corpus, loss={"name": "cumulative"})
