@@ -61,6 +61,19 @@ def test_label_issues_without_a_scored_run_is_a_one_line_error(tmp_path, capsys)
     assert code == 2 and "oof.csv not found: score the run first" in err and err.count("\n") == 1
 
 
+def test_label_issues_of_a_multilabel_run_is_a_one_line_refusal(tmp_path, capsys):
+    from foldvision.targets import Task
+
+    run = Run(tmp_path / "runs" / "tags")
+    run.root.mkdir(parents=True)
+    run.classes_json.write_text(json.dumps(Task("multilabel", ("sea", "sun")).to_json()), encoding="utf-8")
+    run.write_oof(Predictions(["a", "b"], ["sea", "sun"], np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]),
+                              ["sea", "sun"], "multilabel"))
+    code, err = stage(capsys, "label-issues", str(run.root))
+    assert code == 2 and err.count("\n") == 1 and "a multilabel run; label-issues ranks single-label" in err
+    assert not run.label_issues_csv.exists()
+
+
 def fake_fold_oofs(run: Run) -> None:
     """Each fold's OOF table, as the train stage would write it (uniform probabilities)."""
     split = run.read_split()

@@ -67,7 +67,11 @@ def print_issues(table: pl.DataFrame, top: int) -> None:
 
 def run(run_dir: Path, method: str = "self_confidence", top: int = 20) -> pl.DataFrame:
     folder = Run(run_dir)
-    table = rank_issues(folder.read_oof(), method)
+    oof = folder.read_oof()
+    if oof.kind != "single":  # cleanlab's ranking here is confident learning over one class per image
+        raise UserError(f"{run_dir}: a {oof.kind} run; label-issues ranks single-label classes only (rank a "
+                        "multi-label or value target's rows by its OOF residuals in oof.csv)")
+    table = rank_issues(oof, method)
     folder.write_label_issues(table)
     print_issues(table, top)
     console.print(f"label-issues: {int(table['flagged'].sum())} of {table.height} training images flagged by "
