@@ -266,7 +266,7 @@ import foldvision.stages.train as train  # noqa: E402
 
 if os.environ.get("FV_TEST_NAN_RANK") == rank:  # this rank's loss becomes NaN at its first step
     make_loss = fold_module.create_loss
-    fold_module.create_loss = lambda cfg: (lambda fn: lambda logits, y: fn(logits, y) * float("nan"))(make_loss(cfg))
+    fold_module.create_loss = lambda *a: (lambda fn: lambda logits, y: fn(logits, y) * float("nan"))(make_loss(*a))
 if os.environ.get("FV_TEST_INTERRUPT_AT"):  # Ctrl-C during this validation (1-based), on every rank
     real_score, calls = train.score, []
 

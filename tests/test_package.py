@@ -87,7 +87,7 @@ def test_a_local_dir_name_without_timms_config_is_one_line(tmp_path, capsys):
 # The guard a user's offline notebook amounts to: no TCP/UDP connection (a Unix socket, as the loader's
 # workers use, is fine) and none of the training-only libraries importable.
 TRAINING_ONLY = ("torchsampler", "pytorch_optimizer", "wandb", "matplotlib", "jinja2", "pandas", "tabulate",
-                 "imagehash", "cleanlab", "ray", "submitit")
+                 "imagehash", "cleanlab", "iterstrat", "ray", "submitit")
 GUARD = f"""
 import socket, sys
 for name in {TRAINING_ONLY!r}:
@@ -367,7 +367,7 @@ def test_the_inference_requirements_leave_out_the_training_libraries():
     base = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
     train = {Requirement(r).name.lower() for r in project["optional-dependencies"]["train"]}
     assert train == {"torchsampler", "pytorch-optimizer", "pandas", "wandb", "matplotlib", "jinja2", "tabulate",
-                     "imagehash", "cleanlab"}
+                     "imagehash", "cleanlab", "iterative-stratification"}
     assert not base & train
     pinned = {line.split("==")[0].lower().replace("_", "-") for line in (ROOT / "constraints.txt").read_text().split()
               if "==" in line}

@@ -52,7 +52,7 @@ def test_early_stopping_after_patience(tmp_path, binary_corpus, monkeypatch):
 
     real_score = train_module.score
     monkeypatch.setattr(train_module, "score",
-                        lambda y, p, kind="single": {**real_score(y, p, kind), "log_loss": next(losses)})
+                        lambda y, p, *a: {**real_score(y, p, *a), "log_loss": next(losses)})
     result = fit_fold(cfg, run_dir, 0)
     assert result["epoch"] == 1
     assert len(pd.read_csv(run_dir / "fold0" / "history.csv")) == 2  # epoch 2 was the patience
