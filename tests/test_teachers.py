@@ -405,11 +405,9 @@ def test_a_fold_k_student_of_any_kind_is_fed_teacher_fold_k_alone(tmp_path, kind
 
 
 @pytest.mark.parametrize("kind", ["multilabel", "regression"])
-def test_pseudo_labelled_images_of_any_kind_never_reach_validation_or_the_oof_table(tmp_path, kind, monkeypatch):
+def test_pseudo_labelled_images_of_any_kind_never_reach_validation_or_the_oof_table(tmp_path, kind):
     from foldvision.stages.train import fit_fold
-    from test_targets_learn import fallback_metrics
 
-    fallback_metrics(monkeypatch)
     cfg, run, _, test_ids = kind_runs(tmp_path, kind, distill=False)
     split = run.read_split()
     for k in split.folds:
@@ -555,9 +553,7 @@ def test_a_regression_blend_teaches_fold_k_with_its_fold_k_weights(tmp_path, mon
     the other fold) differ per fold, and student fold k is fed the members' fold-k values combined with them.
     (A rank blend of values is refused by make ensemble itself: ranks are not in the target's units.)"""
     from foldvision.commands.ensemble import blend
-    from test_targets_learn import fallback_metrics
 
-    fallback_metrics(monkeypatch)
     monkeypatch.chdir(tmp_path)
     members = []
     for n in range(2):
@@ -582,13 +578,11 @@ def test_a_regression_blend_teaches_fold_k_with_its_fold_k_weights(tmp_path, mon
         np.testing.assert_allclose(got, w[0] * TRAIN_MARK[k] + w[1] * (TRAIN_MARK[k] + 0.05), atol=1e-4)
 
 
-def test_the_train_scores_of_a_taught_value_fold_count_its_labelled_rows_only(monkeypatch):
+def test_the_train_scores_of_a_taught_value_fold_count_its_labelled_rows_only():
     """The epoch's train_<score> reads the true labels out of the packed rows ([±1, taught, q, t]), never the flags
     nor a test image's teacher target."""
     from foldvision.learn.engine import _Tally
-    from test_targets_learn import fallback_metrics
 
-    fallback_metrics(monkeypatch)
     head = Head("regression", ("score",), "identity", 100.0, 20.0)
     rows = np.concatenate([pack(head, np.ones(1), np.array([[2.0]]), np.array([110.0])),
                            pack(head, np.ones(1), np.array([[1.0]]))])
@@ -611,14 +605,13 @@ def test_the_imbalanced_draw_balances_a_taught_rows_rarest_tag_and_leaves_values
 
 
 @pytest.mark.parametrize("kind", ["multilabel", "ordinal"])
-def test_a_trained_teacher_teaches_a_student_through_the_train_stage(tmp_path, capsys, monkeypatch, kind):
+def test_a_trained_teacher_teaches_a_student_through_the_train_stage(tmp_path, capsys, kind):
     """End to end, as `make train` runs it: a teacher trained and predicted by the stages, then a student with
     distillation, all test images pseudo-labelled and Mixup (an ordinal student on cumulative logits, with hard
     targets: the teacher's rounded grade)."""
     from foldvision.targets import Task
-    from test_targets_learn import fallback_metrics, multilabel_labels, tiny_corpus, tiny_run, train_and_predict
+    from test_targets_learn import multilabel_labels, tiny_corpus, tiny_run, train_and_predict
 
-    fallback_metrics(monkeypatch)
     corpus, level = tiny_corpus(tmp_path / "corpus")
     if kind == "multilabel":
         (task, labels), student_loss, targets_kind = multilabel_labels(level), {}, "soft"
