@@ -268,11 +268,19 @@ demo: | $(INSTALLED) inputs/digits/train.csv  ## the whole pipeline on the built
 
 # the suite installs nothing on the system: the report's render test skips, saying so, without a chromium
 # (.ci/run installs Debian's before it runs make test)
+# TEST_WORKERS pytest-xdist processes, each test file on one of them (--dist loadfile: a file's tests share its
+# fixtures, and the Ray tests their cluster), each torch on one thread: most of the suite waits on one-threaded
+# work (make, imports, tiny models), and on 2 cores two workers take about 0.6 of the serial time. TEST_WORKERS=0
+# runs the suite in one process.
+TEST_WORKERS ?= 2
+$(if $(or $(call non_digits,$(TEST_WORKERS)),$(filter-out 1,$(words $(TEST_WORKERS)))),\
+  $(error TEST_WORKERS='$(TEST_WORKERS)': write a number of pytest workers, e.g. TEST_WORKERS=2 (0: one process)))
+TEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: | $(INSTALLED)  ## the whole test suite (what CI runs)
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(TEST_PARALLEL) --durations=15 $(PYTEST_ARGS)
 
 test-fast: | $(INSTALLED)  ## the suite without the slow end-to-end tests (make chain, torchrun, launchers)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(TEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 clean-run:  ## delete runs/<exp> and its submission (the corpus folds stay)
 	rm -rf $(RUN) $(SUBMISSION)
