@@ -48,13 +48,9 @@ from foldvision import __version__
 from foldvision.config import CONFIG_DIR, STAGE_SECTIONS, Config, dump, from_dict, load_config, to_dict, yaml_load
 from foldvision.errors import UserError
 from foldvision.files import write_atomic, write_text_atomic
-from foldvision.targets import PROB_PREFIX, Task
+from foldvision.targets import Task
 # characters that would change the meaning of a make target or recipe: a run name is one plain word
 _UNSAFE_NAME = re.compile(r"[\s$#:%=;'\"`\\|&<>*?()\[\]{}]")
-
-
-def prob_columns(classes: list[str]) -> list[str]:
-    return [f"{PROB_PREFIX}{c}" for c in classes]
 
 
 @dataclass(frozen=True)
