@@ -26,9 +26,14 @@ except ImportError:
     from foldvision.stages.folds import assign_folds
 
 try:  # after the split of data.py (issue 11)
-    from foldvision import corpus as tables
+    from foldvision import corpus
 except ImportError:  # before it: the same functions lived in data.py
-    from foldvision import data as tables
+    from foldvision import data as corpus
+
+try:  # the table reader's own module since corpus.py was split
+    from foldvision.tables import read_table
+except ImportError:
+    read_table = corpus.read_table
 
 
 @contextmanager
@@ -53,9 +58,9 @@ def write_table(path: Path, n: int, n_classes: int) -> list[str]:
 
 def index_from_paths(folder: Path, base: Path, paths: list[str]):
     """`ImageIndex.from_paths` where it exists; before it did, the same keys built the way its walk built them."""
-    if hasattr(tables.ImageIndex, "from_paths"):
-        return tables.ImageIndex.from_paths(folder, paths, base)
-    index = tables.ImageIndex.__new__(tables.ImageIndex)
+    if hasattr(corpus.ImageIndex, "from_paths"):
+        return corpus.ImageIndex.from_paths(folder, paths, base)
+    index = corpus.ImageIndex.__new__(corpus.ImageIndex)
     index.folder, index.prefix, index.by_key = folder, "train/", {}
     for rel in paths:
         name = rel.rsplit("/", 1)[-1]
@@ -67,7 +72,7 @@ def index_from_paths(folder: Path, base: Path, paths: list[str]):
 
 def rows_from_table(cfg: DataConfig, path: Path, index):
     """Read, validate and match: the label-table half of `read_train`."""
-    rows = getattr(tables, "rows_from_table", None) or tables._rows_from_table
+    rows = getattr(corpus, "rows_from_table", None) or corpus._rows_from_table
     return rows(cfg, path, index)
 
 
@@ -83,10 +88,10 @@ def main() -> None:
         table_path = root / "train.csv"
         paths = write_table(table_path, args.rows, args.classes)
         print(f"{args.rows:,} rows, {args.classes} classes, {table_path.stat().st_size / 1e6:.0f} MB; "
-              f"module {tables.__name__}")
+              f"module {corpus.__name__}")
         cfg = DataConfig(dir=str(root), train_csv="train.csv", group_col="group")
         with timed("read the table", results):
-            tables.read_table(table_path)
+            read_table(table_path)
         with timed("index 1M file names (from a list)", results):
             index = index_from_paths(root / "train", root, paths)
         with timed("read + validate + match ids to files", results):
@@ -95,7 +100,7 @@ def main() -> None:
             "read the table"]
         print(f"{'validate + match (difference)':<40} {results['validate + match (difference)']:8.2f} s")
         with timed("class order", results):
-            tables.sort_classes(table["label"].tolist())
+            corpus.sort_classes(table["label"].tolist())
         with timed(f"split, {args.folds} folds, stratified", results):
             assign_folds(table["label"].tolist(), None, args.folds, 42)
         with timed(f"split, {args.folds} folds, stratified + groups", results):

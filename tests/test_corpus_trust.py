@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from foldvision.config import DataConfig
-from foldvision.corpus import ImageIndex, read_table, read_test, read_train
+from foldvision.corpus import ImageIndex, read_test, read_train
+from foldvision.tables import read_table
 from foldvision.errors import UserError
 
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from foldvision.config import DataConfig
-from foldvision.corpus import ImageIndex, open_image, read_table, read_train, sort_classes
+from foldvision.corpus import ImageIndex, open_image, read_train, sort_classes
+from foldvision.tables import read_table
 from foldvision.learn.images import load_image
 from foldvision.errors import UserError
 

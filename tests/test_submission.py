@@ -5,7 +5,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from foldvision.corpus import read_table
+from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.results.submission import Sample, build, infer_format, write_submission
 from foldvision.run import Predictions

@@ -6,7 +6,7 @@ extension, and images may sit in nested folders. The labels are classes, multi-l
 or several 0/1 columns), regression values or ordinal grades: `data.task`, or read by `detect_task` and said in
 one line; each is kept as a string in foldvision.targets' form.
 
-Tables are parsed by polars with every cell a string ('007' keeps its zeros, 'NA' stays text until it is
+Tables are read by foldvision.tables (every cell a string: '007' keeps its zeros, 'NA' stays text until it is
 checked), then checked as a whole: missing-value marks, repeated ids, two ids naming one file, numbers spelt two
 ways. Every mistake is one UserError naming the file and the row. The stages downstream get polars DataFrames
 (without the row numbers).
@@ -15,9 +15,6 @@ Nothing here imports torch, so the stages that only read tables stay light.
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import os
 import re
 import unicodedata
@@ -34,7 +31,11 @@ from foldvision import layout
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.errors import UserError
+from foldvision.tables import (MISSING_MARKS, NUMBER, ROW, plural, read_numbered, refuse_missing,
+                                refuse_multiline, refuse_repeats, strings, unique_names)
 from foldvision.targets import TAG_SEP, Task
+
+_PLAIN_INTEGER = re.compile(r"-?\d+")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 # Looked for in this order (a name earlier in a list wins); the later names are those competitions use
@@ -43,183 +44,6 @@ ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file_name", "filename"
             "image_name", "image_path", "filepath", "file_path", "img_name", "img_id", "id_code", "image index")
 LABEL_NAMES = ("label", "target", "class", "category", "y", "labels", "class_name",
                "tags", "tag", "score", "grade", "level", "diagnosis", "finding labels", "attribute_ids", "pawpularity")
-
-# Cells that mean "no value" in exported tables (pandas', R's, Excel's and SQL's marks, a lone dash), compared
-# in lower case after stripping: an id, label or group that reads so is missing, never a class or a group.
-MISSING_MARKS = ("", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "nan", "-nan", "null", "none", "-")
-
-# The legacy code pages a table that is not UTF-8 most often comes from. They are offered, never guessed:
-# the same bytes often decode in both ('crème' in Windows-1252 reads 'cr鑪e' in Shift-JIS).
-CODE_PAGES = {"cp1252": "Western European Excel", "cp932": "Japanese Excel"}
-
-ROW = "\x00row"  # the column that carries each row's line number in the file, for messages; never shown
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_PLAIN_INTEGER = re.compile(r"-?\d+")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
-# ---- text and tables ---------------------------------------------------------------------------------------------
-
-def _decode(path: Path, encoding: str | None) -> bytes:
-    """The file's text as UTF-8 bytes (what polars parses): UTF-8 (BOM or not) unless `encoding` names another.
-
-    Nothing is guessed: a file that is not UTF-8 is an error naming the first bad byte's line and the code pages
-    the file would decode in; `data.encoding` then says which one it is.
-    """
-    data = path.read_bytes()
-    codec = "utf-8" if encoding is None else _codec(encoding)
-    if codec == "utf-8":
-        data = data.removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode(codec)
-    except UnicodeDecodeError as e:
-        raise UserError(_undecodable(path, data, e, encoding)) from None
-    if encoding is not None:
-        console.print(f"[yellow]note[/]: {escape(str(path))} read as {encoding}")
-    if "\n" not in text and "\r" in text:  # classic Mac line ends, which polars does not split on
-        text = text.replace("\r", "\n")
-    elif codec == "utf-8":
-        return data
-    return text.encode("utf-8")
-
-
-def _codec(encoding: str) -> str:
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise UserError(f"data.encoding: unknown encoding '{encoding}'; name a Python codec such as "
-                        f"{', '.join(CODE_PAGES)} or utf-8") from None
-
-
-def _undecodable(path: Path, data: bytes, error: UnicodeDecodeError, encoding: str | None) -> str:
-    line = data.count(b"\n", 0, error.start) + 1
-    where = f"{path}: not {encoding or 'UTF-8'} (line {line}, byte 0x{data[error.start]:02x})"
-    if encoding is not None:
-        return f"{where}; set data.encoding to the encoding it was saved in, or re-save it as UTF-8"
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text" (tab-separated)
-        return f"{where}; it is UTF-16 (its first bytes say so): set data.encoding=utf-16, or re-save it as UTF-8"
-    fits = [f"data.encoding={name} ({what})" for name, what in CODE_PAGES.items() if _decodes(data, name)]
-    if fits:
-        return f"{where}; name its encoding: {' or '.join(fits)}, or re-save it as UTF-8"
-    return f"{where}; name its encoding with data.encoding=<codec>, or re-save it as UTF-8"
-
-
-def _decodes(data: bytes, codec: str) -> bool:
-    try:
-        data.decode(codec)
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def _separator(path: Path, data: bytes) -> str:
-    """Tab for .tsv; otherwise whichever of , ; and tab the header line holds most of (',' when none)."""
-    if path.suffix.lower() == ".tsv":
-        return "\t"
-    header = data[: data.find(b"\n")] if b"\n" in data else data
-    counts = {sep: header.count(sep.encode()) for sep in (",", ";", "\t")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
-
-
-def _parse(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
-    """Every cell a string; the line number of each row in ROW; blank lines dropped."""
-    try:
-        table = pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False,
-                            empty_string_is_null=False, row_index_name=ROW, row_index_offset=1 + has_header)
-    except pl.exceptions.NoDataError:
-        raise UserError(f"{path}: the file is empty") from None
-    except pl.exceptions.ComputeError:
-        table = _parse_lenient(path, data, sep, has_header)  # a stray quote or a ragged row: say where
-        blank_lines = lambda: [False] * table.height  # noqa: E731 - the lenient reader drops blank lines itself
-    else:
-        blank_lines = lambda: _blank_records(data, sep, has_header)  # noqa: E731 - read only when needed
-    cells = [c for c in table.columns if c != ROW]
-    table = table.rename(dict(zip(cells, _unique_names([c.strip() for c in cells]))))
-    cells = [c for c in table.columns if c != ROW]
-    return _skip_empty_rows(path, table, cells, blank_lines) if table.height else table
-
-
-def _blank_records(data: bytes, sep: str, has_header: bool) -> list[bool]:
-    """Which rows are blank lines: polars reads a blank line and a row of only separators alike (every cell
-    empty); Python's csv module tells them apart ([] and ['', ''])."""
-    flags = [not record for record in csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)]
-    return flags[1:] if has_header else flags
-
-
-def _skip_empty_rows(path: Path, table: pl.DataFrame, cells: list[str], blank_lines) -> pl.DataFrame:
-    """Blank lines are skipped. Rows of only separators after the last row (what a spreadsheet exports for the
-    empty rows below a table) are skipped with one note; one among the rows stays, so that its empty id is an
-    error naming it: a row whose cells were cleared by mistake is not lost without a word."""
-    empty = table.select(pl.all_horizontal(pl.col(c) == "" for c in cells)).to_series()
-    if not empty.any():
-        return table
-    blank = pl.Series(blank_lines(), dtype=pl.Boolean)
-    if len(blank) != table.height:  # the two readers disagree on the rows: take every empty row as a blank line
-        blank = empty
-    filled = empty.not_().arg_true()
-    end = int(filled[-1]) + 1 if len(filled) else 0
-    trailing = int((empty & ~blank).slice(end).sum())
-    if trailing:
-        console.print(f"[yellow]note[/]: {escape(str(path))}: {_plural(trailing, 'empty row')} at the end "
-                      "(only separators) skipped")
-    position = pl.int_range(0, table.height, eager=True)
-    return table.filter(~blank & (position < end))
-
-
-def _parse_lenient(path: Path, data: bytes, sep: str, has_header: bool) -> pl.DataFrame:
-    """What polars refuses, read by Python's csv module (a quote inside a cell is kept), or a row-named error."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)
-    lines, numbers, read = [], [], 0
-    try:
-        for line in reader:
-            if line:  # not a blank line
-                lines.append(line)
-                numbers.append(read + 1)  # where the row starts (a quoted cell may span lines)
-            read = reader.line_num
-    except csv.Error as e:
-        raise UserError(f"{path}: not a readable CSV/TSV (line {reader.line_num}: {e}); fix the quoting") from None
-    if not lines:
-        raise UserError(f"{path}: the file is empty")
-    header = lines[0] if has_header else [f"column_{i + 1}" for i in range(len(lines[0]))]
-    body, numbers = (lines[1:], numbers[1:]) if has_header else (lines, numbers)
-    for line, number in zip(body, numbers):
-        if len(line) > len(header):
-            raise UserError(f"{path}: row {number} has {len(line)} cells, the header {len(header)}; "
-                            f"quote cells that hold '{sep}', or fix the row")
-    body = [line + [""] * (len(header) - len(line)) for line in body]
-    columns = {name: [line[i] for line in body] for i, name in enumerate(_unique_names(header))}
-    return pl.DataFrame({ROW: numbers, **columns}, schema={ROW: pl.Int64, **{name: pl.String for name in columns}})
-
-
-def _strings(columns: dict) -> pl.DataFrame:
-    """A table of string columns (an empty one too: polars would type an empty list as Null)."""
-    return pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String))
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        out.append(name if name not in seen else f"{name}.{seen[name]}")
-        seen[name] = seen.get(name, 0) + 1
-    return out
-
-
-def _read(path: Path, encoding: str | None = None, has_header: bool = True) -> pl.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found: check data.dir and the file name in the config")
-    data = _decode(path, encoding)
-    return _parse(path, data, _separator(path, data), has_header)
-
-
-def read_table(path: Path, encoding: str | None = None) -> pl.DataFrame:
-    """A CSV/TSV as strings (ids such as '007' keep their zeros): UTF-8, BOM or not, unless `encoding` says."""
-    return _read(path, encoding).drop(ROW)
 
 
 def _pick_column(columns: list[str], given: str | None, names: tuple[str, ...], what: str, key: str,
@@ -238,36 +62,6 @@ def _pick_column(columns: list[str], given: str | None, names: tuple[str, ...], 
     raise UserError(f"{path}: no {what} column among {', '.join(columns)}; name it with {key}=<column>")
 
 
-# ---- checks over whole columns -----------------------------------------------------------------------------------
-
-def _refuse_missing(table: pl.DataFrame, column: str, name: str, path: Path, fix: str) -> None:
-    """A cell that is empty or a missing-value mark ('N/A', 'null', '-') is an error naming its row."""
-    missing = table.filter(pl.col(column).str.to_lowercase().is_in(MISSING_MARKS))
-    if missing.height:
-        first = missing.row(0, named=True)
-        row, value = first[ROW], first[column]
-        mark = f"{value!r} marks a missing value; " if value else ""
-        raise UserError(f"{path}: row {row} has an empty {name!r} ({mark}{_plural(missing.height, 'row')} in all); "
-                        f"{fix}")
-
-
-def _refuse_multiline(table: pl.DataFrame, column: str, name: str, path: Path) -> None:
-    """A line break inside an id or a label is a quote left open, which swallowed the rows after it."""
-    broken = table.filter(pl.col(column).str.contains("[\r\n]"))
-    if broken.height:
-        raise UserError(f"{path}: row {broken.get_column(ROW)[0]}: the {name!r} cell runs over several lines "
-                        "(a quote left open?); close or remove the quote")
-
-
-def _refuse_repeats(table: pl.DataFrame, column: str, path: Path, fix: str) -> None:
-    """An id on two rows is an error naming the rows of the first one repeated."""
-    repeated = ~table.get_column(column).is_first_distinct()
-    if repeated.any():
-        first = table.filter(repeated).get_column(column)[0]
-        rows = table.filter(pl.col(column) == first).get_column(ROW).to_list()
-        n = table.filter(repeated).get_column(column).n_unique()
-        raise UserError(f"{path}: id '{first}' appears on rows {rows} ({_plural(n, 'repeated id')}); {fix}")
-
 
 def _refuse_shared_files(table: pl.DataFrame, path: Path) -> None:
     """Two ids ('a' and 'a.jpg') that name one image file would train on it twice, perhaps under two labels."""
@@ -280,7 +74,7 @@ def _refuse_shared_files(table: pl.DataFrame, path: Path) -> None:
     labels = rows.get_column("label").unique(maintain_order=True).to_list() if "label" in rows.columns else []
     differ = f", with different labels ({', '.join(map(repr, labels))})" if len(labels) > 1 else ""
     more = table.filter(shared).get_column("path").n_unique() - 1
-    also = f" ({_plural(more, 'more file')} so named)" if more else ""
+    also = f" ({plural(more, 'more file')} so named)" if more else ""
     raise UserError(f"{path}: rows {', '.join(named[:-1])} and {named[-1]} name the same image {image}{differ}{also}; "
                     "keep one row per image")
 
@@ -292,7 +86,7 @@ def canonical_numbers(labels: list[str]) -> dict[str, str]:
     are category codes and stay as written, unless another spelling of the same number is there too ('01' and
     '1'); then every integer is written plainly. A fractional label ('1.5') stays as written.
     """
-    if not labels or not all(_NUMBER.fullmatch(s) for s in labels):
+    if not labels or not all(NUMBER.fullmatch(s) for s in labels):
         return {}
     values = {s: Decimal(s) for s in labels}
     # a huge exponent ('1e999') is no class index: left as written rather than expanded
@@ -313,7 +107,7 @@ def _canonical_labels(table: pl.DataFrame, path: Path) -> pl.DataFrame:
     if not mapping:
         return table
     counts = dict(table.get_column("label").value_counts().iter_rows())
-    said = [f"'{s}' read as class '{mapping[s]}' ({_plural(counts[s], 'row')})" for s in labels if s in mapping]
+    said = [f"'{s}' read as class '{mapping[s]}' ({plural(counts[s], 'row')})" for s in labels if s in mapping]
     more = f", and {len(said) - 5} more" if len(said) > 5 else ""
     console.print(f"[yellow]note[/]: {escape(path.name)}: labels: {escape(', '.join(said[:5]))}{more}: "
                   "one number, one class")
@@ -324,7 +118,7 @@ def _canonical_labels(table: pl.DataFrame, path: Path) -> pl.DataFrame:
 
 LABEL_DELIMS = (" ", "|", ";", ",")  # what data.label_delim=null looks for between multi-label tags
 MAX_NUMBER_CLASSES = 20  # auto: fractional numbers taking more distinct values than this are a regression target
-_NUMBER_CELL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # _NUMBER, anchored for polars
+_NUMBER_CELL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # NUMBER, anchored for polars
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 _ZERO_ONE = ("0", "1", "0.0", "1.0")
 
@@ -388,7 +182,7 @@ def detect_task(cells: list[str], cfg: DataConfig) -> tuple[str, str | None]:
     delim = _tag_delimiter(distinct, None, strict=True)
     if delim is not None:
         return "multilabel", delim
-    if distinct and all(_NUMBER.fullmatch(c) for c in distinct):
+    if distinct and all(NUMBER.fullmatch(c) for c in distinct):
         values = {Decimal(c) for c in distinct}
         if len(values) > MAX_NUMBER_CLASSES and any(v != v.to_integral_value() for v in values):
             return "regression", None
@@ -407,7 +201,7 @@ def _row_error(bad: pl.DataFrame, path: Path, what: str) -> UserError:
     """One line naming the first of the `bad` rows (and how many there are); `what` uses {value}."""
     first = bad.row(0, named=True)
     return UserError(f"{path}: row {first[ROW]}: {what.format(value=first['label'])} "
-                     f"({_plural(bad.height, 'such row')})")
+                     f"({plural(bad.height, 'such row')})")
 
 
 def _read_numbers(out: pl.DataFrame, column: str, kind: str, path: Path) -> pl.DataFrame:
@@ -450,7 +244,7 @@ def _read_grades(out: pl.DataFrame, column: str, cfg: DataConfig, path: Path) ->
     unseen = sorted(set(names) - set(out["label"].unique().to_list()), key=int)
     _say_task(path, f"column '{column}' holds grades 0..{k - 1}", "ordinal", cfg)
     if unseen:
-        console.print(f"[yellow]note[/]: {escape(path.name)}: {_plural(len(unseen), 'grade')} of 0..{k - 1} "
+        console.print(f"[yellow]note[/]: {escape(path.name)}: {plural(len(unseen), 'grade')} of 0..{k - 1} "
                       f"({', '.join(unseen)}) on no image: K is the highest grade + 1; the model meets "
                       "them only between their neighbours")
     return out, names
@@ -469,14 +263,14 @@ def _refuse_untagged(out: pl.DataFrame, where: str, cfg: DataConfig, path: Path)
     untagged = out.filter(pl.col("label") == "")
     if untagged.height and not cfg.empty_tags:
         row = untagged.get_column(ROW)[0]
-        raise UserError(f"{path}: row {row} has no tag ({where}; {_plural(untagged.height, 'such row')}); set "
+        raise UserError(f"{path}: row {row} has no tag ({where}; {plural(untagged.height, 'such row')}); set "
                         "data.empty_tags=true if an image may have none, or fill the row")
 
 
 def _read_tags(out: pl.DataFrame, column: str, delim: str | None, cfg: DataConfig,
                path: Path) -> tuple[pl.DataFrame, list]:
     """Multi-label tags in one column, split by `delim`; an empty cell (or a missing-value mark) is no tag."""
-    _refuse_multiline(out, "label", column, path)
+    refuse_multiline(out, "label", column, path)
     cells = pl.when(pl.col("label").str.to_lowercase().is_in(MISSING_MARKS)).then(pl.lit("")).otherwise("label")
     if delim is None:
         parts = pl.concat_list(cells)
@@ -499,7 +293,7 @@ def _read_tags(out: pl.DataFrame, column: str, delim: str | None, cfg: DataConfi
         raise UserError(f"{path}: no row of '{column}' holds a tag; multi-label needs at least one")
     most = int(out["label"].str.count_matches(TAG_SEP, literal=True).max()) + 1
     how = {" ": "space", None: "one"}.get(delim, f"'{delim}'")
-    _say_task(path, f"column '{column}' holds {_plural(len(names), 'tag')} ({how}-separated), up to {most} per "
+    _say_task(path, f"column '{column}' holds {plural(len(names), 'tag')} ({how}-separated), up to {most} per "
                     "image", "multilabel", cfg, "data.label_delim" if cfg.label_delim else "set data.task to change")
     return out, names
 
@@ -515,7 +309,7 @@ def _read_tag_columns(table: pl.DataFrame, out: pl.DataFrame, columns: list[str]
         if bad.height:
             first = bad.row(0, named=True)
             raise UserError(f"{path}: row {first[ROW]}: '{column}' is '{first[column]}'; tag columns "
-                            f"(data.label_cols) hold 0 or 1 ({_plural(bad.height, 'such row')})")
+                            f"(data.label_cols) hold 0 or 1 ({plural(bad.height, 'such row')})")
     names = sort_classes(columns)
     flags = [pl.when(pl.col(n).str.strip_chars().is_in(("1", "1.0"))).then(pl.lit(n)) for n in names]
     labels = table.select(ROW, label=pl.concat_str(flags, separator=TAG_SEP, ignore_nulls=True))
@@ -523,7 +317,7 @@ def _read_tag_columns(table: pl.DataFrame, out: pl.DataFrame, columns: list[str]
     _refuse_untagged(out, f"0 in every one of {', '.join(names)}", cfg, path)
     most = int(out["label"].str.count_matches(TAG_SEP, literal=True).max()) + 1
     shown = ", ".join(f"'{c}'" for c in names[:4]) + (f", ... ({len(names)} columns)" if len(names) > 4 else "")
-    _say_task(path, f"columns {shown} hold {_plural(len(names), 'tag')} as 0/1, up to {most} per image",
+    _say_task(path, f"columns {shown} hold {plural(len(names), 'tag')} as 0/1, up to {most} per image",
               "multilabel", cfg)
     return out, names
 
@@ -532,7 +326,7 @@ def _read_classes(out: pl.DataFrame, column: str, cfg: DataConfig, path: Path) -
     out = _canonical_labels(out, path)
     names = sort_classes(out["label"].to_list())
     how = "set data.task to change"
-    if all(_NUMBER.fullmatch(c) for c in names):  # numbers read as classes: say how to read them otherwise
+    if all(NUMBER.fullmatch(c) for c in names):  # numbers read as classes: say how to read them otherwise
         how = "numbers as classes: set data.task=ordinal or regression for grades or scores"
     _say_task(path, f"column '{column}' holds {len(names)} class{'es' * (len(names) != 1)}", "single", cfg, how)
     return out, names
@@ -677,7 +471,7 @@ class ImageIndex:
                 raise UserError(f"{at}: id '{first['id']}' matches several files in {self.folder}; "
                                 "use ids with the file extension")
             missing = bad.filter(~pl.col("known")).height
-            more = f" (and {_plural(missing - 1, 'more id')} without one)" if missing > 1 else ""
+            more = f" (and {plural(missing - 1, 'more id')} without one)" if missing > 1 else ""
             raise UserError(f"{at}: no image for id '{first['id']}' in {self.folder}{more}; "
                             "add the file or drop the row")
         return found.select(pl.lit(self.prefix) + pl.col("path")).to_series().alias("path")
@@ -717,7 +511,7 @@ def rows_from_table(cfg: DataConfig, path: Path, index: ImageIndex) -> pl.DataFr
 def read_rows(cfg: DataConfig, path: Path, index: ImageIndex) -> tuple[pl.DataFrame, Task]:
     """The label table read, checked and matched to the image files (id, path, label[, group]: each label as
     foldvision.targets keeps it in folds.csv), and its task (data.task, or what auto read: `detect_task`)."""
-    table = _read(path, cfg.encoding)
+    table = read_numbered(path, cfg.encoding)
     id_col = _pick_column(table.columns, cfg.id_col, ID_NAMES, "image id", "data.id_col", path)
     source = _label_source(table, cfg, id_col, path)
     label_col = source[0]
@@ -737,15 +531,15 @@ def read_rows(cfg: DataConfig, path: Path, index: ImageIndex) -> tuple[pl.DataFr
         filled = out.filter(~pl.col("label").str.to_lowercase().is_in(MISSING_MARKS))
         kind, delim = detect_task(filled.get_column("label").unique().to_list(), cfg)
     one_per_row = kind != "multilabel"  # a multi-label cell may be empty (data.empty_tags)
-    _refuse_missing(out, "id", id_col, path, "fill or drop them")
+    refuse_missing(out, "id", id_col, path, "fill or drop them")
     if one_per_row:
-        _refuse_missing(out, "label", label_col, path, "fill or drop them")
-    _refuse_multiline(out, "id", id_col, path)
+        refuse_missing(out, "label", label_col, path, "fill or drop them")
+    refuse_multiline(out, "id", id_col, path)
     if one_per_row:
-        _refuse_multiline(out, "label", label_col, path)
+        refuse_multiline(out, "label", label_col, path)
     if cfg.group_col is not None:
-        _refuse_missing(out, "group", cfg.group_col, path, "fill in the groups, or drop data.group_col")
-    _refuse_repeats(out, "id", path, "keep one row per image")
+        refuse_missing(out, "group", cfg.group_col, path, "fill in the groups, or drop data.group_col")
+    refuse_repeats(out, "id", path, "keep one row per image")
     out, names = _read_labels(table, out, source, kind, delim, cfg, path)
     out = out.with_columns(index.resolve_all(out.get_column("id"), out.get_column(ROW), str(path)))
     _refuse_shared_files(out, path)
@@ -764,7 +558,7 @@ def _rows_from_folders(cfg: DataConfig, index: ImageIndex) -> pl.DataFrame:
         console.print(f"[yellow]warning[/]: {loose} images lie outside the class folders of "
                       f"{escape(str(index.folder))}; skipped")
     # a class is a name, not a path: a folder macOS wrote decomposed (NFD) is the class typed composed
-    return _strings({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
+    return strings({"id": [p.rsplit(".", 1)[0] for p in paths], "path": [index.relative(p) for p in paths],
                      "label": [_nfc(p.split("/", 1)[0]) for p in paths]})
 
 
@@ -797,7 +591,7 @@ def _sample(path: Path, header: str, index: ImageIndex | None, encoding: str | N
     SIGNATE samples often have none: with header="auto" the first row is data when its first cell names
     a test image (or, without a test folder, when its other cells are all numbers).
     """
-    raw = _read(path, encoding, has_header=False)
+    raw = read_numbered(path, encoding, has_header=False)
     first = [str(c or "").strip() for c in raw.drop(ROW).row(0)] if raw.height else []
     if header == "auto":
         if not first:
@@ -805,7 +599,7 @@ def _sample(path: Path, header: str, index: ImageIndex | None, encoding: str | N
         elif index is not None:
             headerless = first[0] in index
         else:
-            headerless = len(first) > 1 and all(_NUMBER.fullmatch(c) for c in first[1:])
+            headerless = len(first) > 1 and all(NUMBER.fullmatch(c) for c in first[1:])
         header = "no" if headerless else "yes"
         if headerless:
             console.print(f"[dim]{escape(path.name)}: no header row (its first row is test image "
@@ -813,7 +607,7 @@ def _sample(path: Path, header: str, index: ImageIndex | None, encoding: str | N
     cells = [c for c in raw.columns if c != ROW]
     if header == "no":
         return raw.rename({c: f"column{i}" for i, c in enumerate(cells)}), False
-    named = raw.slice(1).rename(dict(zip(cells, _unique_names(first))))
+    named = raw.slice(1).rename(dict(zip(cells, unique_names(first))))
     return named, True
 
 
@@ -839,9 +633,9 @@ def _test_ids(table: pl.DataFrame, path: Path, what: str) -> pl.DataFrame:
         raise UserError(f"{path}: a header but no rows; {what} must list every test id")
     id_col = next(c for c in table.columns if c != ROW)
     out = table.select(ROW, id=pl.col(id_col).str.strip_chars())
-    _refuse_missing(out, "id", id_col, path, "fill or drop them")
-    _refuse_multiline(out, "id", id_col, path)
-    _refuse_repeats(out, "id", path, "keep one row per test image")
+    refuse_missing(out, "id", id_col, path, "fill or drop them")
+    refuse_multiline(out, "id", id_col, path)
+    refuse_repeats(out, "id", path, "keep one row per test image")
     return out
 
 
@@ -856,10 +650,10 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
         sample, header = _sample(lay.sample, cfg.sample_header, index, cfg.encoding)
         ids, where = _test_ids(sample, lay.sample, "the sample submission"), lay.sample
     elif lay.test_table is not None:
-        ids, where = _test_ids(_read(lay.test_table, cfg.encoding), lay.test_table, "the test table"), lay.test_table
+        ids, where = _test_ids(read_numbered(lay.test_table, cfg.encoding), lay.test_table, "the test table"), lay.test_table
     elif index is not None:
         files = index.files
-        return TestSet(_strings({"id": [f.rsplit(".", 1)[0] for f in files],
+        return TestSet(strings({"id": [f.rsplit(".", 1)[0] for f in files],
                                  "path": [index.relative(f) for f in files]}), lay.root, None, None, True)
     else:
         return None
@@ -872,7 +666,7 @@ def read_test(cfg: DataConfig, verify: bool = True) -> TestSet | None:
                       f"{escape(where.name)}; they are not predicted")
     if verify:
         verify_images(lay.root, paths, cfg.max_image_pixels)
-    return TestSet(_strings({"id": ids.get_column("id"), "path": paths}), lay.root,
+    return TestSet(strings({"id": ids.get_column("id"), "path": paths}), lay.root,
                    None if sample is None else sample.drop(ROW), lay.sample, header)
 
 

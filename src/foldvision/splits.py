@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config
 from foldvision.console import console
-from foldvision.corpus import read_table
+from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
 from foldvision.layout import corpus_key

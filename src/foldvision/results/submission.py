@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 
 from foldvision.console import console
-from foldvision.corpus import TestSet, read_table, sort_classes
+from foldvision.corpus import TestSet, sort_classes
+from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
 from foldvision.results.decision import DecisionRule, grades_of, tags_of
