@@ -16,8 +16,8 @@ from PIL import Image
 
 from foldvision.config import DataConfig
 from foldvision.corpus import ImageIndex, read_test, read_train
-from foldvision.tables import read_table
 from foldvision.errors import UserError
+from foldvision.tables import read_table
 
 
 def write_corpus(root, rows, header="image_id,target", encoding="utf-8", newline="\n", ext=".png", files=None):

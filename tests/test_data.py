@@ -8,9 +8,9 @@ from PIL import Image
 
 from foldvision.config import DataConfig
 from foldvision.corpus import ImageIndex, open_image, read_train, sort_classes
-from foldvision.tables import read_table
-from foldvision.learn.images import load_image
 from foldvision.errors import UserError
+from foldvision.learn.images import load_image
+from foldvision.tables import read_table
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "CMYK", "I;16", "I"])

@@ -97,7 +97,7 @@ def toy(tmp_path) -> Toy:
 
 def blended(run_dir: Path) -> tuple[Predictions, Predictions]:
     run = Run(run_dir)
-    return run.read_oof(), run.read_test(run.read_classes())
+    return run.read_oof(), run.read_test(run.read_task())
 
 
 # ---- methods on toys with a known answer ---------------------------------------------------------------------

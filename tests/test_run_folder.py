@@ -20,6 +20,7 @@ from conftest import ROOT, Project, make_corpus, stage, write_config
 from foldvision.config import load_config
 from foldvision.errors import UserError
 from foldvision.run import Predictions, Run, check_name, input_digests, stamps_json
+from foldvision.targets import Task
 
 
 def make(tmp_path: Path, *targets: str, ok: bool = True, **variables) -> subprocess.CompletedProcess:
@@ -198,7 +199,7 @@ def test_predictions_round_trip_keeps_ids_as_strings(tmp_path):
                       np.array([0, 1, 1]), ["1", "0", "1"])
     run.fold(0).dir.mkdir(parents=True)
     run.write_fold_oof(0, oof)
-    back = run.read_fold_oof(0, ["0", "1"])
+    back = run.read_fold_oof(0, Task("single", ("0", "1")))
     assert back.ids == ["007", "10", "é"] and back.labels == ["1", "0", "1"]
     assert back.probs.tolist() == oof.probs.tolist() and back.fold.tolist() == [0, 1, 1]
     assert back.y.tolist() == [1, 0, 1]
@@ -209,10 +210,10 @@ def test_a_damaged_run_table_is_one_line(tmp_path):
     run.fold(0).dir.mkdir(parents=True)
     run.fold(0).oof_csv.write_text("id,fold,label,prob_0,prob_1\na,0,0,x,0.5\n")
     with pytest.raises(UserError, match="not a number.*re-run"):
-        run.read_fold_oof(0, ["0", "1"])
+        run.read_fold_oof(0, Task("single", ("0", "1")))
     run.fold(0).oof_csv.write_text("id,label\na,0\n")
     with pytest.raises(UserError, match="no column"):
-        run.read_fold_oof(0, ["0", "1"])
+        run.read_fold_oof(0, Task("single", ("0", "1")))
 
 
 def test_saved_config_reads_back_with_yaml_1_2_numbers(tmp_path, capsys):

@@ -5,10 +5,10 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.results.submission import Sample, build, infer_format, write_submission
 from foldvision.run import Predictions
+from foldvision.tables import read_table
 
 
 def sample(path: Path, frame: pd.DataFrame) -> tuple[pl.DataFrame, Path]:

@@ -240,7 +240,7 @@ def test_a_multilabel_run_trains_and_predicts_a_sigmoid_per_tag(tmp_path, capsys
     assert oof.labels == labels and TAG_SEP in "".join(labels)
     frame = pd.read_csv(run_dir / "fold0" / "oof.csv", keep_default_na=False)
     assert list(frame.columns) == ["id", "fold", "label", "prob_dark", "prob_light", "prob_mid"]
-    test = run.read_test(list(task.names), 1)
+    test = run.read_test(task, 1)
     assert test.kind == "multilabel" and test.probs.shape == (4, 3) and ((test.probs > 0) & (test.probs < 1)).all()
     history = pd.read_csv(run_dir / "fold0" / "history.csv")
     assert {"train_loss", "val_loss", "val_map", "train_map"} <= set(history.columns)

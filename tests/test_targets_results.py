@@ -575,14 +575,14 @@ def test_predict_averages_the_folds_and_writes_the_samples_format_by_the_judged_
 
     root, scores, _ = scored(tmp_path, kind)
     run = Run(root)
-    test = run.read_test(run.read_classes())
+    test = run.read_test(run.read_task())
     for k in range(FOLDS):  # each fold model's test predictions: the mean is test.csv's
         run.write_test(Predictions(test.ids, test.classes, test.probs + (k - 1.5) * 0.01, kind=kind), k)
     out = tmp_path / "sub.csv"
     predict_main([str(root), "--out", str(out)])
     rule = dec.DecisionRule(**json.loads(run.decision_json.read_text()))
     assert rule.to_dict() == scores["decision"]  # the score stage's rule, refitted alike
-    mean = run.read_test(run.read_classes())
+    mean = run.read_test(run.read_task())
     np.testing.assert_allclose(mean.probs, test.probs)
     decided = rule.apply(mean.probs)
     got = pl.read_csv(out, infer_schema=False)["label"].fill_null("").to_list()

@@ -186,7 +186,7 @@ def test_pseudo_labelled_images_never_reach_validation_or_the_oof_table(tmp_path
     oof = run.read_fold_oofs(split)  # every training image once, nothing else
     assert sorted(oof.ids) == sorted(split.ids) and not set(oof.ids) & set(TEST_IDS)
     for k in range(FOLDS):
-        ids = run.read_fold_oof(k, split.classes).ids
+        ids = run.read_fold_oof(k, split.task).ids
         assert ids == [i for i, f in zip(split.ids, split.fold) if f == k]
 
 
@@ -415,7 +415,7 @@ def test_pseudo_labelled_images_of_any_kind_never_reach_validation_or_the_oof_ta
         test_paths = {p for p in parts.train_loader.dataset.paths if p.startswith("test")}
         assert len(test_paths) == len(test_ids) and not test_paths & set(parts.val_loader.dataset.paths)
         fit_fold(cfg, run.root, k)
-        assert run.read_fold_oof(k, split.classes).ids == [i for i, f in zip(split.ids, split.fold) if f == k]
+        assert run.read_fold_oof(k, split.task).ids == [i for i, f in zip(split.ids, split.fold) if f == k]
     oof = run.read_fold_oofs(split)
     assert sorted(oof.ids) == sorted(split.ids) and not set(oof.ids) & set(test_ids)
 

@@ -353,21 +353,15 @@ class Run:
     def read_classes(self) -> list[str]:
         return list(self.read_task().names)
 
-    def _task(self, names: list[str]) -> Task:
-        """The run's task kind with `names` (what the caller read the table for)."""
-        kind = self.read_task().kind if self.classes_json.is_file() else "single"
-        return Task(kind, tuple(names))
-
     # ---- probabilities ----------------------------------------------------------------------------------
     def write_fold_oof(self, k: int, oof: Predictions) -> None:
         """Written last by the train stage: its presence marks fold k done."""
         write_csv(self.fold(k).oof_csv, oof.frame())
 
-    def read_fold_oof(self, k: int, classes: list[str]) -> Predictions:
+    def read_fold_oof(self, k: int, task: Task) -> Predictions:
         path = self.fold(k).oof_csv
         if not path.is_file():
             raise UserError(f"{path} not found: train fold {k} first (make train {self.make_args})")
-        task = self._task(classes)
         return _predictions(read_csv(path, floats=task.columns, ints=["fold"]), task)
 
     def read_fold_oofs(self, split: Split) -> Predictions:
@@ -376,7 +370,7 @@ class Run:
         if missing:
             raise UserError(f"{self.root}: folds {missing} have no oof.csv yet; train them "
                             f"(make train {self.make_args})")
-        parts = [self.read_fold_oof(k, split.classes).frame() for k in split.folds]
+        parts = [self.read_fold_oof(k, split.task).frame() for k in split.folds]
         joined = pl.concat(parts)
         if sorted(joined["id"].to_list()) != sorted(split.ids):
             raise UserError(f"{self.root}: the fold OOF files do not cover folds.csv exactly; re-train "
@@ -398,11 +392,10 @@ class Run:
         """fold<k>/test.csv (one fold model), or test.csv (the fold ensemble) when k is None."""
         write_csv(self.fold(k).test_csv if k is not None else self.test_csv, probs.frame())
 
-    def read_test(self, classes: list[str], k: int | None = None) -> Predictions:
+    def read_test(self, task: Task, k: int | None = None) -> Predictions:
         path = self.fold(k).test_csv if k is not None else self.test_csv
         if not path.is_file():
             raise UserError(f"{path} not found: predict the test set first (make predict {self.make_args})")
-        task = self._task(classes)
         return _predictions(read_csv(path, floats=task.columns), task)
 
     # ---- scores, histories, decisions -------------------------------------------------------------------

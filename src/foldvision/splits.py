@@ -20,10 +20,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config
 from foldvision.console import console
-from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
 from foldvision.layout import corpus_key
+from foldvision.tables import read_table
 from foldvision.targets import TAG_SEP, Task
 
 

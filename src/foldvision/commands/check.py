@@ -30,10 +30,10 @@ from foldvision import duplicates
 from foldvision.config import CONFIG_DIR, Config, load_config
 from foldvision.console import out as console
 from foldvision.corpus import dangling_link, open_image, read_test, read_train
-from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.run import stamps_json
 from foldvision.splits import assign_folds, corpus_folds_path, describe_names, fold_counts
+from foldvision.tables import read_table
 from foldvision.targets import Task
 
 TOP_CLUSTERS = 5  # the largest near-duplicate clusters printed

@@ -82,7 +82,7 @@ def blend(run_dir: Path, roots: list[Path], method: str = "hill_climb", rounds: 
     cfg = Run(roots[0]).load_config()
     split = group.split
     metric = resolve_metric(cfg.train.metric, split.kind)
-    sample = sample_format(read_test(cfg.data, verify=False), split.classes, metric, cfg.predict.value, split.kind)
+    sample = sample_format(read_test(cfg.data, verify=False), split.task, metric, cfg.predict.value)
     decides = sample is not None and sample.format.kind in DECIDED
     if method == "rank":  # before any fitting: one line, nothing written
         check_rank(split.kind, metric, sample.format.kind if decides else None)

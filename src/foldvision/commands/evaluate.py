@@ -21,8 +21,8 @@ from pathlib import Path
 from foldvision.config import DataConfig
 from foldvision.console import console
 from foldvision.corpus import detect_task
-from foldvision.tables import MISSING_MARKS, read_table
 from foldvision.results.submission import score_submission
+from foldvision.tables import MISSING_MARKS, read_table
 from foldvision.targets import TASKS
 
 

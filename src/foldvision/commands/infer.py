@@ -39,6 +39,7 @@ from foldvision.results.decision import DecisionRule
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.run import Predictions, submission_csv
 from foldvision.stages.predict import fold_test_probs
+from foldvision.targets import Task
 
 clock = time.monotonic  # the pace's clock (a test slows it down)
 SAFETY = 0.9  # --max-minutes: views are kept only while the estimate stays under this share of the limit
@@ -62,7 +63,7 @@ def read_images(images: Path, sample: Path | None, ids: Path | None, pkg: Packag
                      test_csv=str(ids.resolve()) if ids else "none", sample_header=data["sample_header"],
                      encoding=data["encoding"], max_image_pixels=data["max_image_pixels"], cache=False)
     test = read_test(cfg)
-    return test, sample_format(test, pkg.classes, pkg.metric, pkg.predict["value"], pkg.task)
+    return test, sample_format(test, Task(pkg.task, tuple(pkg.classes)), pkg.metric, pkg.predict["value"])
 
 
 def _duration(seconds: float) -> str:

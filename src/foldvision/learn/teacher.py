@@ -281,7 +281,7 @@ def test_probs(cfg: Config, teacher: Teacher, fold: int, task: Task) -> tuple[li
     ids = test.table["id"].to_list()
     parts = []
     for member in teacher.members:
-        part = member.read_test(list(task.names), fold)  # missing: one line naming it and make predict
+        part = member.read_test(task, fold)  # missing: one line naming it and make predict
         row = {i: n for n, i in enumerate(part.ids)}
         if sorted(row) != sorted(ids):
             raise UserError(f"{member.fold(fold).test_csv} predicts other test images than the student's corpus "

@@ -117,7 +117,7 @@ def load_members(roots: list[Path]) -> Members:
     split = first.read_split()
     digest, classes = split_digest(split), split.classes
     label_of = dict(zip(split.ids, split.labels))
-    first_test = first.read_test(classes)
+    first_test = first.read_test(split.task)
     members = []
     for run in runs:
         own = run.read_split() if run is not first else split
@@ -145,7 +145,7 @@ def load_members(roots: list[Path]) -> Members:
         if sorted(oof.ids) != sorted(split.ids):
             raise UserError(f"member {run.root}: oof.csv does not cover its folds.csv; re-score it "
                             f"(make train {run.make_args})")
-        test = run.read_test(own.classes)
+        test = run.read_test(own.task)
         if test.ids != first_test.ids and sorted(test.ids) != sorted(first_test.ids):
             raise UserError(f"member {run.root}: test.csv has other ids than {first.root}'s; predict both on the "
                             "same test set (make predict)")

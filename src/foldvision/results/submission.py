@@ -16,12 +16,13 @@ import polars as pl
 
 from foldvision.console import console
 from foldvision.corpus import TestSet, sort_classes
-from foldvision.tables import read_table
 from foldvision.errors import UserError
 from foldvision.files import write_atomic
 from foldvision.results.decision import DecisionRule, grades_of, tags_of
 from foldvision.results.metrics import accuracy, auc, fbeta_tags, macro_f1, score
 from foldvision.run import Predictions
+from foldvision.tables import read_table
+from foldvision.targets import Task
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,11 @@ def _task_format(sample: pl.DataFrame, path: Path, names: list[str], value: str,
     return Format(id_col, what, columns, list(names), sep, header, tag_sep)
 
 
-def sample_format(test: TestSet | None, classes: list[str], metric: str, value: str = "auto",
-                  kind: str = "single") -> Sample | None:
+def sample_format(test: TestSet | None, task: Task, metric: str, value: str = "auto") -> Sample | None:
     """The test set's sample submission and its format (checked before minutes of inference); None without one."""
     if test is None or test.sample is None:
         return None
-    fmt = infer_format(test.sample, test.sample_path, classes, metric, value, test.sample_header, kind)
+    fmt = infer_format(test.sample, test.sample_path, list(task.names), metric, value, test.sample_header, task.kind)
     return Sample(test.sample, test.sample_path, fmt)
 
 

@@ -28,6 +28,7 @@ from foldvision.results.metrics import resolve_metric
 from foldvision.results.submission import Sample, sample_format, write_submission
 from foldvision.results.tracking import create_tracker
 from foldvision.run import Predictions, Run, load_run_config, submission_csv
+from foldvision.targets import Task
 
 if TYPE_CHECKING:
     from foldvision.learn.checkpoint import CheckpointError
@@ -95,8 +96,7 @@ def fold_test_probs(ckpt: dict, ckpt_path: Path, image_dir: Path, paths: list[st
                        progress=progress, description=description, on_batch=on_batch, head=head)
 
 
-def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True,
-             kind: str = "single") -> tuple[TestSet | None, Sample | None]:
+def test_set(cfg: Config, run: Run, task: Task, verify: bool = True) -> tuple[TestSet | None, Sample | None]:
     """The test images and the sample submission with its format, checked before minutes of inference;
     (None, None) and one printed line when the corpus has no test set."""
     test = read_test(cfg.data, verify=verify)
@@ -104,7 +104,7 @@ def test_set(cfg: Config, run: Run, classes: list[str], verify: bool = True,
         console.print(f"predict: {cfg.data.dir} has no test set (no test folder, test table or sample "
                       f"submission): nothing to predict; the OOF scores are in {run.scores_json}")
         return None, None
-    return test, sample_format(test, classes, resolve_metric(cfg.train.metric, kind), cfg.predict.value, kind)
+    return test, sample_format(test, task, resolve_metric(cfg.train.metric, task.kind), cfg.predict.value)
 
 
 def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
@@ -118,7 +118,7 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     cfg, run = load_run_config(run_dir), Run(run_dir)
     task = run.read_task()
     classes = list(task.names)
-    test, _ = test_set(cfg, run, classes, kind=task.kind)
+    test, _ = test_set(cfg, run, task)
     if test is None:
         return None
     files = run.fold(fold)
@@ -142,12 +142,12 @@ def predict_fold(run_dir: Path, fold: int) -> Predictions | None:
     return out
 
 
-def fold_mean(run: Run, folds: list[int], classes: list[str], ids: list[str], where: Path) -> np.ndarray:
+def fold_mean(run: Run, folds: list[int], task: Task, ids: list[str], where: Path) -> np.ndarray:
     """The mean of the folds' test probabilities (or values), row by row in `ids` order (joined by id, never by
     position)."""
     total = None
     for k in folds:
-        part = run.read_test(classes, k)  # a missing one: one line naming it and `make predict`
+        part = run.read_test(task, k)  # a missing one: one line naming it and `make predict`
         row_of = {i: n for n, i in enumerate(part.ids)}
         missing = [i for i in ids if i not in row_of]
         if missing or len(row_of) != len(ids):
@@ -174,11 +174,11 @@ def average_folds(run_dir: Path, out: Path) -> Predictions | None:
     or None when the corpus has no test set."""
     cfg, run = load_run_config(run_dir), Run(run_dir)
     split = run.read_split()
-    test, sample = test_set(cfg, run, split.classes, verify=False, kind=split.kind)  # no image is opened
+    test, sample = test_set(cfg, run, split.task, verify=False)  # no image is opened
     if test is None:
         return None
     ids = test.table["id"].to_list()
-    probs = fold_mean(run, split.folds, split.classes, ids, test.sample_path or test.image_dir)
+    probs = fold_mean(run, split.folds, split.task, ids, test.sample_path or test.image_dir)
     mean = Predictions(ids, split.classes, probs, kind=split.kind)
     run.write_test(mean)
     console.print(f"predict: {len(ids)} test images, the mean of {len(split.folds)} folds")
