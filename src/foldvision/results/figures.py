@@ -8,8 +8,9 @@ row-normalised), roc (binary: the positive class; multi-class: one-vs-rest per c
 precision/recall, error bars the std over folds) and wrong (the most confidently wrong OOF images with true
 and predicted labels). Each task kind draws what reads it: single-label all of these; multi-label per_class
 (per tag, with F1) and cooccurrence (how often two tags are true together); ordinal confusion (of the rounded
-grade) and per_class (per grade); regression scatter (predicted against true, and the residuals). `make report`
-puts them on one page.
+grade) and per_class (per grade); regression scatter (predicted against true, and the residuals). Every kind
+draws label_issues (the most suspect labels) once `foldvision label-issues` has ranked them. `make report` puts
+them on one page.
 
 Figures are built with matplotlib's object API on the Agg canvas: no display, no pyplot state, safe on a
 server and in CI.
@@ -263,7 +264,8 @@ def label_issue_images(run: Run, oof: Predictions, files_of, n: int = 12) -> Fig
     else:
         shown = issues["residual" if oof.task.is_value else "self_confidence"].cast(pl.Float64).to_list()
     frame = pl.DataFrame({"id": issues["id"], "label": issues["given_label"], "pred": issues["predicted_label"],
-                          "confidence": shown}).with_columns(pl.col("label", "pred").fill_null("no tag"))  # an empty set
+                          "confidence": shown})
+    frame = frame.with_columns(pl.col("label", "pred").fill_null("").replace("", "no tag"))  # an empty tag set
     return wrong_images(frame, files_of(frame["id"].to_list()))
 
 
