@@ -355,12 +355,26 @@ def test_a_single_label_loss_on_an_auto_read_multilabel_split_is_refused_by_the_
     assert not (run_dir / "fold0" / "best.pt").exists()
 
 
-def test_data_exclude_relabels_single_label_classes_only(tmp_path, capsys):
+def test_data_exclude_relabels_and_drops_multilabel_training_rows_only(tmp_path, capsys):
+    """Fold 0 trains on the odd rows: im001 trains with the tags it was not given, im003 not at all; every
+    even row is still validated. The line counts im001 once, though three of its tags changed."""
+    from foldvision.learn.fold import build_fold
+
     corpus, level = tiny_corpus(tmp_path / "tags")
     task, labels = multilabel_labels(level)
+    given = set(labels[1].split(TAG_SEP)) - {""}
+    new = [t for t in task.names if t not in given]
     exclude = tmp_path / "exclude.csv"
-    exclude.write_text("id,new_label\nim001,dark\n", encoding="utf-8")
+    exclude.write_text(f"id,new_label\nim001,{TAG_SEP.join(reversed(new))}\nim003,\n", encoding="utf-8")
     run_dir = tiny_run(tmp_path, task, labels, corpus, data={"exclude": str(exclude)})
-    code, err = stage(capsys, "train", str(run_dir), "--fold", "0")
-    assert code != 0 and len(err.strip().splitlines()) == 1, err
-    assert f"data.exclude={exclude}: new_label relabels single-label classes only" in err
+    run = Run(run_dir)
+    split = run.read_split()
+    capsys.readouterr()
+    parts = build_fold(load_run_config(run_dir), split, 0, run.fold(0), seed=0)
+    printed = capsys.readouterr()
+    assert f"fold 0: data.exclude drops 1 training images and relabels 1 ({exclude})" in printed.out + printed.err
+    train = dict(zip(parts.train_loader.dataset.paths, parts.train_loader.dataset.targets.tolist()))
+    assert set(train) == {f"train/im{i:03d}.png" for i in range(1, 24, 2)} - {"train/im003.png"}
+    assert train["train/im001.png"] == [float(t in new) for t in task.names]
+    assert train["train/im005.png"] == task.encode([labels[5]])[0].tolist()
+    assert parts.val_ids == [f"im{i:03d}" for i in range(0, 24, 2)]

@@ -91,8 +91,9 @@ class DataConfig:
     cache_dir: str = "inputs/.cache"  # the cache (git-ignored): a folder per corpus and preprocessing, never the corpus
     cache_size: int | None = None  # null: training images cached at the input size; larger: a margin for random crops
     # A CSV of training ids (e.g. runs/<exp>/label_issues.csv) that the next experiment does not train on: the rows
-    # with a `new_label` train with that label instead; with a `flagged` column only its true rows count. The
-    # split and the validation rows stay the corpus's, so OOF still covers every image; null: none
+    # with a `new_label` train with that label instead (a class; tags joined by '|'; a number; a grade 0..K-1);
+    # with a `flagged` column only its true rows count. The split and the validation rows stay the corpus's, so
+    # OOF still covers every image; null: none
     exclude: str | None = None
 
 

@@ -8,6 +8,7 @@ folder named for the corpus: foldvision writes nothing inside a corpus folder.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config
 from foldvision.console import console
-from foldvision.errors import UserError
+from foldvision.corpus import LABEL_DELIMS
+from foldvision.errors import UserError, did_you_mean
 from foldvision.files import write_atomic
 from foldvision.layout import corpus_key
 from foldvision.tables import read_table
@@ -381,10 +383,11 @@ def _value_spread(labels: list[str], folds: list, keys: list) -> Table:
 
 @dataclass(frozen=True)
 class Exclusion:
-    """data.exclude applied to a split: which rows do not train, and the label each row trains with."""
+    """data.exclude applied to a split: which rows do not train, and the target each row trains with."""
 
     dropped: np.ndarray  # bool per split row: never in a training set (still validated in its own fold)
-    y_train: np.ndarray  # class index each row trains with: the split's, or the file's new_label
+    y_train: np.ndarray  # each row's target as Task.encode gives it (a class index, a 0/1 row of tags, a value,
+    # a grade): the split's, or the file's new_label
     relabelled: int
     source: str | None = None
 
@@ -393,15 +396,72 @@ class Exclusion:
         """What scores.json records."""
         return {"file": self.source, "dropped": int(self.dropped.sum()), "relabelled": self.relabelled}
 
+    def changed(self, y: np.ndarray) -> np.ndarray:
+        """Per row, whether it trains with another target than `y` (the split's): a row of tags counts once."""
+        differs = self.y_train != y
+        return differs.reshape(len(differs), -1).any(axis=1)
+
 
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no", ""}
+_SHOWN_NAMES = 12  # a message lists at most this many classes or tags
 
 
-def read_exclude(path: str | None, ids: list[str], y: np.ndarray, classes: list[str]) -> Exclusion:
-    """data.exclude's CSV against the split (`ids`, class indices `y`): an `id` column naming training images;
-    optional `new_label` (that row trains with this class instead of being dropped) and `flagged` (only its
-    true rows count: runs/<exp>/label_issues.csv works as it is). Every problem is one line naming the file and
-    the row."""
+def _names_shown(names) -> str:
+    return ", ".join(names[:_SHOWN_NAMES]) + (", ..." if len(names) > _SHOWN_NAMES else "")
+
+
+def _split_cell(text: str, delim: str) -> list[str]:
+    parts = text.split() if delim == " " else text.split(delim)
+    return [t.strip() for t in parts if t.strip()]
+
+
+def _new_tags(text: str, task: Task, where: str) -> np.ndarray:
+    """A multi-label new_label as a 0/1 row: one tag, or tags joined by '|' (as label_issues.csv writes them)
+    or by another delimiter a label table may use (space, ';', ','), in any order. The first reading whose
+    parts are all tags is taken, so a tag holding a space ('partly cloudy') stays whole."""
+    known = set(task.names)
+    readings = [[text]] + [_split_cell(text, d) for d in dict.fromkeys((TAG_SEP, *LABEL_DELIMS))]
+    for tags in readings:
+        if set(tags) <= known:
+            return np.array([float(n in tags) for n in task.names])
+    closest = max(readings, key=lambda tags: sum(t in known for t in tags))  # the reading the user most likely meant
+    bad = next(t for t in closest if t not in known)
+    raise UserError(f"{where}: new_label '{text}' holds '{bad}', not a tag of this run{did_you_mean(bad, known)} "
+                    f"(tags: {_names_shown(task.names)}); join tags with '{TAG_SEP}'")
+
+
+def new_target(text: str, task: Task, where: str):
+    """data.exclude's new_label `text` as the task encodes a label (`Task.encode`): a class index, a 0/1 row of
+    tags, a value, or a grade; anything else is one line naming `where` (the file and row)."""
+    if task.kind == "multilabel":
+        return _new_tags(text, task, where)
+    if task.kind == "regression":
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise UserError(f"{where}: new_label '{text}' is not a number (the regression target "
+                            f"'{task.names[0]}')")
+        return value
+    if task.kind == "ordinal":
+        grade = _whole_number(text)
+        if grade is None or not 0 <= grade < len(task.names):
+            raise UserError(f"{where}: new_label '{text}' is not a grade of this run (a whole number "
+                            f"0..{len(task.names) - 1})")
+        return grade
+    if text not in task.names:
+        raise UserError(f"{where}: new_label '{text}' is not a class ({', '.join(task.names)})")
+    return task.names.index(text)
+
+
+def read_exclude(path: str | None, ids: list[str], y: np.ndarray, task: Task) -> Exclusion:
+    """data.exclude's CSV against the split (`ids`, and `y`, its labels encoded by `task`): an `id` column
+    naming training images; optional `new_label` (that row trains with this label instead of being dropped:
+    a class; a tag set, tags joined by '|' as label_issues.csv writes them, or by the label table's space, ';'
+    or ','; a number for regression; a whole grade 0..K-1 for ordinal) and `flagged` (only its true rows count:
+    runs/<exp>/label_issues.csv works as it is). An empty new_label drops the row. Every problem is one line
+    naming the file and the row."""
     if path is None:
         return Exclusion(np.zeros(len(ids), bool), y, 0)
     if not Path(path).is_file():
@@ -412,7 +472,6 @@ def read_exclude(path: str | None, ids: list[str], y: np.ndarray, classes: list[
         raise UserError(f"{path}: no 'id' column (columns: {', '.join(table.columns)}); data.exclude needs the "
                         "training ids to drop in a column named id")
     row_of = {image_id: i for i, image_id in enumerate(ids)}
-    index = {c: i for i, c in enumerate(classes)}
     dropped, y_train, relabelled, seen = np.zeros(len(ids), bool), y.copy(), 0, {}
     for n, record in enumerate(table.iter_rows(named=True)):
         where = f"{path} row {n + 2}"
@@ -428,10 +487,8 @@ def read_exclude(path: str | None, ids: list[str], y: np.ndarray, classes: list[
             raise UserError(f"{where}: id '{image_id}' is already on row {seen[image_id]}; name each id once")
         seen[image_id] = n + 2
         new = (record.get("new_label") or "").strip()
-        if new and new not in index:
-            raise UserError(f"{where}: new_label '{new}' is not a class ({', '.join(classes)})")
         if new:
-            y_train[row_of[image_id]], relabelled = index[new], relabelled + 1
+            y_train[row_of[image_id]], relabelled = new_target(new, task, where), relabelled + 1
         else:
             dropped[row_of[image_id]] = True
     return Exclusion(dropped, y_train, relabelled, str(path))

@@ -70,8 +70,10 @@ PLOT_TITLES = {
     "wrong": ("Most confidently wrong", "Out-of-fold images the model got wrong with the highest confidence "
               "(probability of the predicted class)."),
     "label_issues": ("Label issues", "The most suspect labels of label_issues.csv (foldvision label-issues): "
-                     "the OOF probability of the given label is lowest; the title shows the given and predicted "
-                     "label."),
+                     "the OOF prediction backs the given label least; the title shows the given and predicted "
+                     "label and, in brackets, the probability of the predicted class (single-label), the lowest "
+                     "OOF probability of a given tag's state (multi-label) or the residual (regression, "
+                     "ordinal)."),
     "near_duplicates": ("Near-duplicates", "The largest clusters of near-duplicate training images (one per "
                         "row; phash within cv.near_duplicate_distance bits, mirrored and cropped copies "
                         "included), with each image's label and fold. Clusters are shown once make check (or "

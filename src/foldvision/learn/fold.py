@@ -103,10 +103,7 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
                world: World = SINGLE) -> FoldParts:
     """The fold's model, loaders, optimizer, schedule, loss and recipes (the module's docstring)."""
     t = cfg.train
-    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)  # its mistakes before any work
-    if exclusion.relabelled and split.kind != "single":
-        raise UserError(f"data.exclude={cfg.data.exclude}: new_label relabels single-label classes only; for a "
-                        f"{split.kind} task drop the column (its rows then do not train)")
+    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.task)  # its mistakes before any work
     val = split.fold == fold
     train = ~val & ~exclusion.dropped  # data.exclude drops training rows only: every row is still validated
     head = Head.fit(split.task, loss_name(cfg.loss, split.kind), exclusion.y_train[train])
@@ -116,7 +113,7 @@ def build_fold(cfg: Config, split: Split, fold: int, files: FoldFiles, seed: int
     setup, model_cfg = fold_model(cfg, head.outputs, world)
     if exclusion.source:
         console.print(f"fold {fold}: data.exclude drops {int((exclusion.dropped & ~val).sum())} training images and "
-                      f"relabels {int((exclusion.y_train != split.y)[~val].sum())} ({exclusion.source})")
+                      f"relabels {int(exclusion.changed(split.y)[~val].sum())} ({exclusion.source})")
     if head.describe():
         console.print(f"fold {fold}: {head.describe()}")
     draw = fold_draw(cfg, split.kind, exclusion.y_train, train, fold)

@@ -8,8 +8,9 @@ row-normalised), roc (binary: the positive class; multi-class: one-vs-rest per c
 precision/recall, error bars the std over folds) and wrong (the most confidently wrong OOF images with true
 and predicted labels). Each task kind draws what reads it: single-label all of these; multi-label per_class
 (per tag, with F1) and cooccurrence (how often two tags are true together); ordinal confusion (of the rounded
-grade) and per_class (per grade); regression scatter (predicted against true, and the residuals). `make report`
-puts them on one page.
+grade) and per_class (per grade); regression scatter (predicted against true, and the residuals). Every kind
+draws label_issues (the most suspect labels) once `foldvision label-issues` has ranked them. `make report` puts
+them on one page.
 
 Figures are built with matplotlib's object API on the Agg canvas: no display, no pyplot state, safe on a
 server and in CI.
@@ -251,14 +252,20 @@ def near_duplicate_rows(cfg, split, n_clusters: int = 6) -> list[list[tuple[Path
 
 
 def label_issue_images(run: Run, oof: Predictions, files_of, n: int = 12) -> Figure | None:
-    """The most suspect labels of label_issues.csv (`foldvision label-issues`), as `wrong_images` shows them;
-    None when the command has not been run."""
+    """The most suspect labels of label_issues.csv (`foldvision label-issues`), as `wrong_images` shows them:
+    with the probability of the predicted class (single-label), the lowest probability of a given tag state
+    (multi-label) or the residual (regression, ordinal) in brackets; None when the command has not been run."""
     if not run.label_issues_csv.is_file():
         return None
     issues = pl.read_csv(run.label_issues_csv, infer_schema=False).head(n)
-    confidence = dict(zip(oof.ids, oof.probs.max(axis=1)))
+    if oof.kind == "single":
+        confidence = dict(zip(oof.ids, oof.probs.max(axis=1)))
+        shown = [float(confidence.get(i, np.nan)) for i in issues["id"]]
+    else:
+        shown = issues["residual" if oof.task.is_value else "self_confidence"].cast(pl.Float64).to_list()
     frame = pl.DataFrame({"id": issues["id"], "label": issues["given_label"], "pred": issues["predicted_label"],
-                          "confidence": [float(confidence.get(i, np.nan)) for i in issues["id"]]})
+                          "confidence": shown})
+    frame = frame.with_columns(pl.col("label", "pred").fill_null("").replace("", "no tag"))  # an empty tag set
     return wrong_images(frame, files_of(frame["id"].to_list()))
 
 
@@ -292,7 +299,7 @@ def write_plots(run_dir: Path, n_wrong: int = 12) -> dict[str, Path]:
     if oof.kind == "single":  # argmax and the probability of the true class: single-label's
         wrong = most_wrong(oof, n_wrong)
         figures["wrong"] = wrong_images(wrong, files_of(wrong["id"].to_list()))
-        figures["label_issues"] = label_issue_images(run, oof, files_of)
+    figures["label_issues"] = label_issue_images(run, oof, files_of)
     clusters = near_duplicate_rows(cfg, split)
     figures["near_duplicates"] = image_rows(clusters) if clusters else None
     order = [*PLOTS[:-1], *KIND_PLOTS, "wrong", "label_issues", "near_duplicates"]

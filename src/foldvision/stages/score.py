@@ -46,7 +46,7 @@ def run(run_dir: Path) -> dict:
     oof = folder.read_fold_oofs(split)  # in the split's order: the train table's order
     metric = resolve_metric(cfg.train.metric, split.kind)
     scores = score_oof(oof, metric)
-    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.classes)
+    exclusion = read_exclude(cfg.data.exclude, split.ids, split.y, split.task)
     if exclusion.source:  # every row is scored against its given label; the file only changed what trained
         scores["excluded"] = exclusion.summary
     # labels (tags, grades, values) from predictions: the OOF-fitted rule's score, fitted on the same rows and
