@@ -104,9 +104,12 @@ class CVConfig:
     # group: each cluster of near-duplicate training images (foldvision.duplicates) is one group of the split,
     # joined with data.group_col's groups, so copies never straddle folds; off: the split ignores them
     near_duplicates: Literal["off", "group"] = "off"
-    # At most this many of the 64 phash bits differ: a near-duplicate (check too). 6 finds nearly every resized,
-    # recompressed, 4%-cropped or mirrored copy; alike corpora need less (chest X-rays: 2; benchmarks/RESULTS.md)
+    # At most this many of the 64 phash bits differ: a candidate near-duplicate (check too). 6 finds nearly every
+    # resized, recompressed, 4%-cropped or mirrored copy (benchmarks/RESULTS.md)
     near_duplicate_distance: int = 6
+    # ... and at most this many of the 256 bits of the finer phash: a near-duplicate. Copies stay within 40;
+    # look-alikes that share a coarse layout (chest X-rays of different patients) are 60 or more apart. 256: off
+    near_duplicate_confirm: int = 40
 
 
 @dataclass(frozen=True)
@@ -508,6 +511,7 @@ def validate(cfg: Config) -> None:
 
 
 NEAR_DUPLICATE_MAX = 24  # unrelated images differ in ~32 of 64 bits, rarely fewer than 20
+FINE_HASH_BITS = 256  # foldvision.duplicates.FINE_SIZE squared
 
 
 def _check_near_duplicates(cfg: Config) -> None:
@@ -515,6 +519,9 @@ def _check_near_duplicates(cfg: Config) -> None:
     _require(0 <= cv.near_duplicate_distance <= NEAR_DUPLICATE_MAX, "cv.near_duplicate_distance",
              cv.near_duplicate_distance, f"a Hamming distance from 0 to {NEAR_DUPLICATE_MAX} of the 64-bit hash "
              "(unrelated images differ in about 32 bits; 6 finds resized, recompressed and cropped copies)")
+    _require(0 <= cv.near_duplicate_confirm <= FINE_HASH_BITS, "cv.near_duplicate_confirm", cv.near_duplicate_confirm,
+             f"a Hamming distance from 0 to {FINE_HASH_BITS} of the 256-bit hash (copies stay within 40, look-alikes "
+             f"are 60 or more apart; {FINE_HASH_BITS} confirms every candidate)")
     _require(cv.near_duplicates == "off" or not cfg.data.folds_file, "cv.near_duplicates", cv.near_duplicates,
              "data.folds_file is a split of your own, which foldvision does not re-split; drop one of the two")
 

@@ -11,9 +11,16 @@ is a few bits from the copy's for crops of 0-7% a side. So each image keeps four
 centre mirrored) and a pair's distance is the smallest of the comparisons in `COMPARE`. Unrelated images differ
 in about 32 bits.
 
+64 bits say only that two pictures share their coarse layout, and in aligned corpora different images do: two
+chest X-rays of different patients are often 2 bits apart. So the 64-bit hashes find the candidates (every pair
+compared, fast) and a 256-bit phash (`FINE_SIZE`, the 16×16 lowest frequencies) confirms each one: copies stay
+within ~40 of its 256 bits (crops of up to 5% a side included) while those look-alike X-rays are 60 to 80 apart
+(benchmarks/RESULTS.md). `cv.near_duplicate_distance` is the first radius, `cv.near_duplicate_confirm` the
+second.
+
 The hashes are cached by image content, beside the run's content stamps (`run.stamps_json`):
 `<data.cache_dir>/<corpus>/phash.json` maps each file's content digest (the stamps' sha1, 16 hex digits) to
-its two hashes, so a renamed or copied file is not decoded again and a replaced one is.
+its eight hashes, so a renamed or copied file is not decoded again and a replaced one is.
 """
 
 from __future__ import annotations
@@ -33,9 +40,13 @@ from foldvision.corpus import open_image
 from foldvision.files import write_text_atomic
 from foldvision.run import ContentHashes, stamps_json
 
-CACHE_VERSION = 1  # bump when the hashes change (the hash function, its size, the variants): old entries go
+CACHE_VERSION = 2  # bump when the hashes change (the hash function, its size, the variants): old entries go
 CROP = 0.04  # the centre variant drops this fraction of each side: crops of 0 to 7% a side then match
-PLAIN, MIRROR, CENTRE, CENTRE_MIRROR = range(4)  # the columns of a hash row
+PLAIN, MIRROR, CENTRE, CENTRE_MIRROR = range(4)  # the variants, in this order in a hash row
+VARIANTS = 4
+FINE_SIZE = 16  # the confirming phash: 16x16 bits, 4 uint64 words per variant
+FINE_BITS = FINE_SIZE * FINE_SIZE
+FINE_WORDS = FINE_BITS // 64
 # (this image's variant, the other's): a copy that is mirrored, cropped (the crop is the smaller picture, so its
 # plain hash meets the original's centre), or both, meets one of these; symmetric, so each unordered pair once
 COMPARE = ((PLAIN, PLAIN), (PLAIN, MIRROR), (PLAIN, CENTRE), (PLAIN, CENTRE_MIRROR), (CENTRE, PLAIN),
@@ -49,17 +60,19 @@ def _as_int(h: imagehash.ImageHash) -> int:
     return int.from_bytes(np.packbits(h.hash.flatten()).tobytes(), "big")
 
 
-def hash_image(image: Image.Image) -> tuple[int, int, int, int]:
-    """phash of an (upright) image as is, mirrored left-right, its centre, its centre mirrored: 64-bit integers."""
+def hash_image(image: Image.Image) -> tuple[int, ...]:
+    """phash of an (upright) image as is, mirrored left-right, its centre, its centre mirrored: four 64-bit
+    integers, then the same four variants' 256-bit phashes (FINE_SIZE)."""
     w, h = image.size
     dx, dy = round(w * CROP), round(h * CROP)
     centre = image.crop((dx, dy, w - dx, h - dy))
-    return tuple(_as_int(imagehash.phash(im)) for im in (image, image.transpose(Image.FLIP_LEFT_RIGHT), centre,
-                                                         centre.transpose(Image.FLIP_LEFT_RIGHT)))
+    variants = (image, image.transpose(Image.FLIP_LEFT_RIGHT), centre, centre.transpose(Image.FLIP_LEFT_RIGHT))
+    return (*(_as_int(imagehash.phash(im)) for im in variants),
+            *(_as_int(imagehash.phash(im, hash_size=FINE_SIZE)) for im in variants))
 
 
 def hash_file(path: Path) -> tuple[int, ...] | None:
-    """The two hashes of an image file; None when it cannot be decoded (check reports those on its own)."""
+    """The hashes of an image file (`hash_image`); None when it cannot be decoded (check reports those on its own)."""
     try:
         with open_image(path) as im:
             return hash_image(ImageOps.exif_transpose(im))
@@ -68,7 +81,7 @@ def hash_file(path: Path) -> tuple[int, ...] | None:
 
 
 class HashCache:
-    """Content digest -> its four hashes (`hash_image`), in `<folder>/phash.json` (None: nothing kept). Entries are only
+    """Content digest -> its eight hashes (`hash_image`), in `<folder>/phash.json` (None: nothing kept). Entries are only
     added, so the train and test images of a corpus share it; an unreadable cache costs only time."""
 
     def __init__(self, folder: Path | None):
@@ -84,11 +97,12 @@ class HashCache:
 
     def get(self, digest: str | None) -> tuple[int, ...] | None:
         entry = self.entries.get(digest) if digest else None
-        return tuple(int(h, 16) for h in entry) if isinstance(entry, list) and len(entry) == 4 else None
+        return tuple(int(h, 16) for h in entry) if isinstance(entry, list) and len(entry) == 2 * VARIANTS else None
 
     def put(self, digest: str | None, pair: tuple[int, ...] | None) -> None:
         if digest and pair is not None:
-            self.entries[digest] = [f"{h:016x}" for h in pair]
+            digits = [16] * VARIANTS + [FINE_BITS // 4] * VARIANTS  # hex digits of each hash
+            self.entries[digest] = [f"{h:0{n}x}" for h, n in zip(pair, digits)]
             self.added = True
 
     def save(self) -> None:
@@ -107,7 +121,7 @@ def _version() -> str:
 
 def file_hashes(paths: list[Path], digests: list[str | None], cache: HashCache, workers: int = 2
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(`pack`) each file's four hashes, from the cache by content digest or decoded now. The cache is
+    """(`pack`) each file's hashes, from the cache by content digest or decoded now. The cache is
     saved before returning."""
     pairs = [cache.get(d) for d in digests]
     todo = [i for i, pair in enumerate(pairs) if pair is None]
@@ -132,23 +146,27 @@ def corpus_hashes(cfg, files: list[Path], compute: bool = True) -> tuple[np.ndar
     return pack(pairs) if all(p is not None for p in pairs) else None
 
 
-def pack(pairs: Iterable[tuple[int, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 4) uint64 hashes and (n,) bool valid: an image that could not be decoded (None) is in no pair."""
-    pairs = list(pairs)
-    hashes = np.array([p if p is not None else (0,) * 4 for p in pairs], dtype=np.uint64).reshape(-1, 4)
-    return hashes, np.array([p is not None for p in pairs], dtype=bool)
+def pack(rows: Iterable[tuple[int, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4 + 4·FINE_WORDS) uint64 hashes (`hash_image`'s: the four 64-bit ones, then each fine one as
+    FINE_WORDS words) and (n,) bool valid: an image that could not be decoded (None) is in no pair."""
+    rows = list(rows)
+    words = [(*row[:VARIANTS], *(h >> (64 * w) & (2**64 - 1) for h in row[VARIANTS:] for w in range(FINE_WORDS)))
+             if row is not None else (0,) * (VARIANTS + VARIANTS * FINE_WORDS) for row in rows]
+    hashes = np.array(words, dtype=np.uint64).reshape(-1, VARIANTS + VARIANTS * FINE_WORDS)
+    return hashes, np.array([row is not None for row in rows], dtype=bool)
 
 
-def near_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int,
+def near_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int, confirm_distance: int,
                valid_a: np.ndarray | None = None, valid_b: np.ndarray | None = None) -> np.ndarray:
-    """(m, 3) int64 rows (i, j, distance): rows i of `a` and j of `b` (or of `a`, i < j, when `b` is None)
-    whose hashes are at most `max_distance` bits apart in any of the `COMPARE` pairings (mirrored, cropped).
+    """(m, 4) int64 rows (i, j, distance, fine distance): rows i of `a` and j of `b` (or of `a`, i < j, when `b`
+    is None; `pack`ed hashes) whose 64-bit hashes are at most `max_distance` bits apart and whose 256-bit ones at
+    most `confirm_distance`, each the smallest over the `COMPARE` pairings (mirrored, cropped).
 
-    Every pair is compared, in blocks of XOR + popcount on the packed 64-bit hashes: 100,000 images are 5·10⁹
-    pairs, a few seconds per core at numpy's speed (benchmarks/RESULTS.md). A BK-tree or multi-index hashing
-    would skip most pairs, but at the radii that catch crops (8-12 of 64 bits) a BK-tree visits most of its
-    nodes, in Python, and multi-index hashing's probe count grows combinatorially; the blocks stay simpler and
-    are fast enough for a corpus that fits a competition.
+    Every pair's 64-bit hashes are compared, in blocks of XOR + popcount: 100,000 images are 5·10⁹ pairs, a few
+    seconds per core at numpy's speed (benchmarks/RESULTS.md). A BK-tree or multi-index hashing would skip most
+    pairs, but at the radii that catch crops (8-12 of 64 bits) a BK-tree visits most of its nodes, in Python,
+    and multi-index hashing's probe count grows combinatorially; the blocks stay simpler and are fast enough
+    for a corpus that fits a competition. Only the candidates' 256-bit hashes are compared.
     """
     same = b is None
     b = a if same else b
@@ -168,7 +186,21 @@ def near_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int,
             i, j = np.nonzero(hit)
             found.append(np.stack([i + i0, j + j0, dist[i, j]], axis=1).astype(np.int64))
     pairs = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
-    return pairs[valid_a[pairs[:, 0]] & valid_b[pairs[:, 1]]]
+    pairs = pairs[valid_a[pairs[:, 0]] & valid_b[pairs[:, 1]]]
+    fine = fine_distance(a[pairs[:, 0]], b[pairs[:, 1]])
+    return np.column_stack([pairs, fine])[fine <= confirm_distance]
+
+
+def fine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, the smallest Hamming distance between the 256-bit hashes of `pack`ed rows over `COMPARE`."""
+    def fine(rows: np.ndarray, variant: int) -> np.ndarray:
+        start = VARIANTS + variant * FINE_WORDS
+        return rows[:, start:start + FINE_WORDS]
+
+    best = np.full(len(a), FINE_BITS, dtype=np.int64)
+    for mine, theirs in COMPARE:
+        np.minimum(best, np.bitwise_count(fine(a, mine) ^ fine(b, theirs)).sum(axis=1, dtype=np.int64), out=best)
+    return best
 
 
 def components(n: int, edges: np.ndarray) -> np.ndarray:
@@ -191,14 +223,18 @@ def too_loose(found: list[list[int]], n: int, n_folds: int) -> str | None:
     """Why the clusters cannot be copies (one holds over 1/K of the images: a fold could not hold it), or None."""
     if found and len(found[0]) * n_folds > n:
         return (f"one near-duplicate cluster holds {len(found[0])} of {n} images: images this alike are not copies; "
-                "lower cv.near_duplicate_distance (check prints the pairs by distance)")
+                "lower cv.near_duplicate_confirm or cv.near_duplicate_distance (check prints the pairs by distance)")
     return None
 
 
-def distance_counts(pairs: np.ndarray) -> dict[int, int]:
-    """How many pairs lie at each distance: where copies end and look-alikes begin."""
-    values, counts = np.unique(pairs[:, 2], return_counts=True)
-    return dict(zip(values.tolist(), counts.tolist()))
+def distance_counts(pairs: np.ndarray, fine: bool = False) -> dict[int | str, int]:
+    """How many pairs lie at each distance of 64 bits (fine: in each tens of the 256 bits, '40-49'): where
+    copies end and look-alikes begin."""
+    if not fine:
+        values, counts = np.unique(pairs[:, 2], return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist()))
+    values, counts = np.unique(pairs[:, 3] // 10 * 10, return_counts=True)
+    return {f"{v}-{v + 9}": c for v, c in zip(values.tolist(), counts.tolist())}
 
 
 def split_groups(pairs: np.ndarray, user_groups: list[str] | None, n: int) -> list[str]:

@@ -489,7 +489,8 @@ def corpus_identity(cfg: Config) -> dict:
             "data.train_images": d.train_images, "data.id_col": d.id_col, "data.label_col": d.label_col,
             "data.group_col": d.group_col, "data.folds_file": d.folds_file, "cv.n_folds": cfg.cv.n_folds,
             "cv.seed": cfg.cv.seed, "cv.near_duplicates": cfg.cv.near_duplicates,
-            "cv.near_duplicate_distance": cfg.cv.near_duplicate_distance if cfg.cv.near_duplicates != "off" else None}
+            "cv.near_duplicate_distance": cfg.cv.near_duplicate_distance if cfg.cv.near_duplicates != "off" else None,
+            "cv.near_duplicate_confirm": cfg.cv.near_duplicate_confirm if cfg.cv.near_duplicates != "off" else None}
 
 
 def _digest(parts: Iterable[str]) -> str:

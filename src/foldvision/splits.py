@@ -202,14 +202,14 @@ def _plural_tags(n: int) -> str:
 
 def corpus_folds_path(cfg: Config, kind: str = "single") -> Path:
     """The corpus's split: `data.folds_file` when the user gives one, else
-    `<data.folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>[_<group>][_neardup<D>][_<task kind>].csv` — never
+    `<data.folds_dir>/<corpus>-<hash>/folds_k<K>_seed<S>[_<group>][_neardup<D>-<C>][_<task kind>].csv` — never
     inside the corpus folder. A corpus read as another task kind (`kind`, data.task resolved) is stratified on
     other labels: its split is saved beside the single-label one (whose name is unchanged)."""
     if cfg.data.folds_file:
         return Path(cfg.data.folds_file)
     name = f"folds_k{cfg.cv.n_folds}_seed{cfg.cv.seed}" + (f"_{cfg.data.group_col}" if cfg.data.group_col else "")
     if cfg.cv.near_duplicates == "group":  # another split, saved beside the plain one
-        name += f"_neardup{cfg.cv.near_duplicate_distance}"
+        name += f"_neardup{cfg.cv.near_duplicate_distance}-{cfg.cv.near_duplicate_confirm}"
     if kind != "single":
         name += f"_{kind}"
     return Path(cfg.data.folds_dir) / corpus_key(Path(cfg.data.dir)) / f"{name}.csv"
@@ -294,12 +294,13 @@ def split_groups(cfg: Config, table: pl.DataFrame, image_dir: Path) -> list[str]
     from foldvision import duplicates  # noqa: PLC0415 - imagehash only when asked for
 
     hashes, valid = duplicates.corpus_hashes(cfg, [image_dir / p for p in table["path"].to_list()])
-    pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid_a=valid)
+    pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, cfg.cv.near_duplicate_confirm,
+                                  valid_a=valid)
     found = duplicates.clusters(table.height, pairs)
     problem = duplicates.too_loose(found, table.height, cfg.cv.n_folds)
     if problem:
-        raise UserError(f"cv.near_duplicates=group with cv.near_duplicate_distance={cfg.cv.near_duplicate_distance}: "
-                        f"{problem}")
+        raise UserError(f"cv.near_duplicates=group with cv.near_duplicate_distance={cfg.cv.near_duplicate_distance} "
+                        f"and cv.near_duplicate_confirm={cfg.cv.near_duplicate_confirm}: {problem}")
     console.print(f"folds: {len(found)} clusters of near-duplicate images ({sum(map(len, found))} images) are "
                   "kept in one fold each (cv.near_duplicates=group)")
     return duplicates.split_groups(pairs, groups, table.height)

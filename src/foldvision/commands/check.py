@@ -8,7 +8,7 @@ file is the perceptual-hash cache under data.cache_dir (below).
 Reports images per class (tag, grade; or the regression target's spread) and per fold, image
 sizes/modes/formats, unreadable files (every image is decoded), duplicate images (same bytes) inside train and
 between train and test (a leak), near-duplicates (resized, recompressed, slightly cropped or mirrored copies:
-foldvision.duplicates, within cv.near_duplicate_distance bits) and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
+foldvision.duplicates, within cv.near_duplicate_distance and cv.near_duplicate_confirm bits) and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
 reuses the hash cache (cv.near_duplicates=group).
 """
 
@@ -144,22 +144,25 @@ def copies_and_leaks(table: pl.DataFrame, facts: list[ImageFacts], test_facts: l
 
 
 def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], test_facts: list[ImageFacts],
-                    pairs: np.ndarray) -> list[str]:
-    """Prints the near-duplicate clusters among the training images (largest first); warnings: clusters that
-    span folds, and test images near a training image. Byte-identical copies are left to `copies_and_leaks`."""
-    ids, limit = table["id"].to_list(), cfg.cv.near_duplicate_distance
+                    candidates: np.ndarray) -> list[str]:
+    """Prints the near-duplicate clusters among the training images (largest first) and the `candidates`
+    (pairs within cv.near_duplicate_distance, any fine distance) by distance; warnings: clusters that span
+    folds, and test images near a training image. Byte-identical copies are left to `copies_and_leaks`."""
+    ids, limit, confirm = table["id"].to_list(), cfg.cv.near_duplicate_distance, cfg.cv.near_duplicate_confirm
     digest = [f.digest for f in facts]
-    pairs = pairs[[digest[i] != digest[j] for i, j, _ in pairs]] if len(pairs) else pairs
+    candidates = candidates[[digest[i] != digest[j] for i, j in candidates[:, :2]]] if len(candidates) else candidates
+    pairs = candidates[candidates[:, 3] <= confirm]
     found = duplicates.clusters(len(facts), pairs)
-    console.print(f"near-duplicates (phash within {limit} of 64 bits; mirrored, cropped): {len(found)} clusters, "
-                  f"{sum(map(len, found))} train images")
-    if len(pairs):
-        console.print(f"  pairs by distance: {duplicates.distance_counts(pairs)}")
+    console.print(f"near-duplicates (phash within {limit} of 64 bits and {confirm} of 256; mirrored, cropped): "
+                  f"{len(found)} clusters, {sum(map(len, found))} train images")
+    if len(candidates):
+        console.print(f"  candidate pairs by distance of 64 bits: {duplicates.distance_counts(candidates)}; of 256 "
+                      f"bits: {duplicates.distance_counts(candidates, fine=True)}")
     for rows in found[:TOP_CLUSTERS]:
         more = f" ... (+{len(rows) - 8})" if len(rows) > 8 else ""
         console.print(f"  {len(rows)}: {', '.join(ids[i] for i in rows[:8])}{more}")
     loose = duplicates.too_loose(found, len(facts), cfg.cv.n_folds)
-    warnings = [f"cv.near_duplicate_distance={limit}: {loose}"] if loose else []
+    warnings = [f"cv.near_duplicate_distance={limit}, cv.near_duplicate_confirm={confirm}: {loose}"] if loose else []
     folds = table["fold"].to_list() if "fold" in table.columns else None
     across = [rows for rows in found if folds is not None and len({folds[i] for i in rows}) > 1]
     if across:
@@ -168,12 +171,12 @@ def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], t
                         "inflated; set cv.near_duplicates=group to keep each in one fold")
     test_hashes, test_valid = duplicates.pack(f.phash for f in test_facts)
     train_hashes, train_valid = duplicates.pack(f.phash for f in facts)
-    near_test = duplicates.near_pairs(test_hashes, train_hashes, limit, test_valid, train_valid)
-    near_test = near_test[[test_facts[i].digest != digest[j] for i, j, _ in near_test]] if len(near_test) else near_test
+    near_test = duplicates.near_pairs(test_hashes, train_hashes, limit, confirm, test_valid, train_valid)
+    near_test = near_test[[test_facts[i].digest != digest[j] for i, j in near_test[:, :2]]] if len(near_test) else near_test
     if len(near_test):
-        i, j, d = near_test[0]
+        i, j, d, fine = near_test[0]
         warnings.append(f"leak: {len(set(near_test[:, 0].tolist()))} test images are near-duplicates of train images "
-                        f"(e.g. {Path(test_facts[i].path).name} ~ {ids[j]}, {d} bits apart)")
+                        f"(e.g. {Path(test_facts[i].path).name} ~ {ids[j]}, {d} of 64 and {fine} of 256 bits apart)")
     return warnings
 
 
@@ -188,9 +191,10 @@ def run(cfg: Config) -> int:
                   if test else [])
     cache.save()
     hashes, valid = duplicates.pack(f.phash for f in facts)
-    pairs = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, valid)
+    candidates = duplicates.near_pairs(hashes, None, cfg.cv.near_duplicate_distance, duplicates.FINE_BITS, valid)
     groups = corpus.table["group"].to_list() if "group" in corpus.table.columns else None
     if cfg.cv.near_duplicates == "group":  # the split `make folds` would make: as splits.split_groups
+        pairs = candidates[candidates[:, 3] <= cfg.cv.near_duplicate_confirm]
         groups = duplicates.split_groups(pairs, groups, corpus.table.height)
     table = folds_and_counts(cfg, corpus.table, corpus.task, errors, groups)
     for f in facts + test_facts:
@@ -203,7 +207,7 @@ def run(cfg: Config) -> int:
                       f"height {_spread([f.size[1] for f in readable])}")
         console.print(f"modes: {dict(Counter(f.mode for f in readable))}; "
                       f"formats: {dict(Counter(f.format for f in readable))}")
-    warnings = copies_and_leaks(table, facts, test_facts) + near_duplicates(cfg, table, facts, test_facts, pairs)
+    warnings = copies_and_leaks(table, facts, test_facts) + near_duplicates(cfg, table, facts, test_facts, candidates)
 
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")

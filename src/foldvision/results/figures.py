@@ -245,7 +245,8 @@ def near_duplicate_rows(cfg, split, n_clusters: int = 6) -> list[list[tuple[Path
     found = duplicates.corpus_hashes(cfg, [root / p for p in split.paths], compute=False)
     if found is None:
         return None
-    pairs = duplicates.near_pairs(*found[:1], None, cfg.cv.near_duplicate_distance, found[1])
+    pairs = duplicates.near_pairs(found[0], None, cfg.cv.near_duplicate_distance, cfg.cv.near_duplicate_confirm,
+                                  found[1])
     return [[(image_file(root, cfg.data.train_images, split.paths[i]),
               f"{split.ids[i]}\n{split.labels[i]} · fold {split.fold[i]}") for i in rows]
             for rows in duplicates.clusters(len(split.ids), pairs)[:n_clusters]]
