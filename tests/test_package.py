@@ -326,6 +326,33 @@ def test_a_blend_packages_and_infers_as_it_blended(digits_run, tmp_path, capsys,
     assert (tmp_path / "b.csv").read_bytes() == blend_sub.read_bytes()
 
 
+def test_a_blend_member_of_weight_0_is_not_run_and_the_submission_is_unchanged(digits_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Hill climbing over a run and its copy never takes the copy (it adds nothing): its fold models are not run,
+    and infer's submission is still the blend's."""
+    import foldvision.commands.infer as infer_module
+
+    p, _ = digits_run
+    runs = tmp_path / "runs"
+    a, b = shutil.copytree(p.run, runs / "a"), shutil.copytree(p.run, runs / "b")
+    blend_sub = tmp_path / "blend.csv"
+    assert _cli("ensemble", str(runs / "blend"), "--members", str(a), str(b), "--method", "hill_climb",
+                "--out", str(blend_sub)) == 0
+    assert _cli("package", str(runs / "blend"), str(tmp_path / "bpkg")) == 0
+    spec = json.loads((tmp_path / "bpkg" / "package.json").read_text())
+    assert [m["weight"] for m in spec["members"]] == [1.0, 0.0]
+    ran = []
+    real = infer_module.fold_test_probs
+    monkeypatch.setattr(infer_module, "fold_test_probs", lambda *a, **k: ran.append(k["description"]) or real(*a, **k))
+    images, sample = _renamed_test_images(p, tmp_path)
+    capsys.readouterr()
+    assert _cli("infer", str(tmp_path / "bpkg"), "--images", str(images), "--sample", str(sample),
+                "--out", str(tmp_path / "b.csv"), "--workers", "0") == 0
+    assert ran == ["a fold 0", "a fold 1"], ran
+    assert "× 2 models (not run, of weight 0: b)" in capsys.readouterr().err
+    assert (tmp_path / "b.csv").read_bytes() == blend_sub.read_bytes()
+
+
 # ---- offline installs: the wheelhouse and the Kaggle notebook ------------------------------------------------
 def test_wheelhouse_targets_the_notebook_image_and_leaves_torch_out():
     """pip's target options for a named Python and glibc (older manylinux tags included), and the walk over

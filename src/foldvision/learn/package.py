@@ -93,6 +93,11 @@ class Package:
     def models(self) -> list[FoldModel]:
         return [f for m in self.members for f in m.folds]
 
+    def counts(self, member: Member) -> bool:
+        """Whether the member's predictions change the blend: one of weight 0 (hill climbing never took it) adds
+        nothing, so its models need not run; a stack's learner reads every member."""
+        return self.method == "stack" or member.weight != 0
+
     @property
     def task(self) -> str:
         """The task kind (foldvision.targets), as the fold models' heads record it (none: single-label)."""
