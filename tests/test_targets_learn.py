@@ -271,7 +271,7 @@ def test_a_regression_run_predicts_in_the_users_units(tmp_path, capsys):
     assert best["head"]["shift"] == pytest.approx(scores[fold1].mean(), rel=1e-6)
     from foldvision.stages.predict import fold_mean
 
-    mean = fold_mean(run, [0, 1], ["score"], test["id"].tolist(), run_dir)
+    mean = fold_mean(run, [0, 1], run.read_task(), test["id"].tolist(), run_dir)
     assert mean.shape == (4, 1)
     # the inference package carries the head: `foldvision infer` maps the outputs as predict did
     from foldvision.learn.package import from_run
