@@ -326,10 +326,9 @@ def test_a_blend_packages_and_infers_as_it_blended(digits_run, tmp_path, capsys,
     assert (tmp_path / "b.csv").read_bytes() == blend_sub.read_bytes()
 
 
-def test_a_blend_member_of_weight_0_is_not_run_and_the_submission_is_unchanged(digits_run, tmp_path, capsys,
-                                                                               monkeypatch):
-    """Hill climbing over a run and its copy never takes the copy (it adds nothing): its fold models are not run,
-    and infer's submission is still the blend's."""
+def test_a_blend_member_of_weight_0_is_neither_packaged_nor_run(digits_run, tmp_path, capsys, monkeypatch):
+    """Hill climbing over a run and its copy never takes the copy (it adds nothing): the package leaves its fold
+    models out, infer on the blend's run folder does not run them, and both submissions are the blend's."""
     import foldvision.commands.infer as infer_module
 
     p, _ = digits_run
@@ -339,8 +338,10 @@ def test_a_blend_member_of_weight_0_is_not_run_and_the_submission_is_unchanged(d
     assert _cli("ensemble", str(runs / "blend"), "--members", str(a), str(b), "--method", "hill_climb",
                 "--out", str(blend_sub)) == 0
     assert _cli("package", str(runs / "blend"), str(tmp_path / "bpkg")) == 0
+    assert "package: left out b: weight 0 in the blend" in capsys.readouterr().err
     spec = json.loads((tmp_path / "bpkg" / "package.json").read_text())
-    assert [m["weight"] for m in spec["members"]] == [1.0, 0.0]
+    assert [(m["name"], m["weight"]) for m in spec["members"]] == [("a", 1.0)]
+    assert not (tmp_path / "bpkg" / "models" / "b").exists()
     ran = []
     real = infer_module.fold_test_probs
     monkeypatch.setattr(infer_module, "fold_test_probs", lambda *a, **k: ran.append(k["description"]) or real(*a, **k))
@@ -349,8 +350,13 @@ def test_a_blend_member_of_weight_0_is_not_run_and_the_submission_is_unchanged(d
     assert _cli("infer", str(tmp_path / "bpkg"), "--images", str(images), "--sample", str(sample),
                 "--out", str(tmp_path / "b.csv"), "--workers", "0") == 0
     assert ran == ["a fold 0", "a fold 1"], ran
-    assert "× 2 models (not run, of weight 0: b)" in capsys.readouterr().err
     assert (tmp_path / "b.csv").read_bytes() == blend_sub.read_bytes()
+    ran.clear()
+    assert _cli("infer", str(runs / "blend"), "--images", str(images), "--sample", str(sample),
+                "--out", str(tmp_path / "r.csv"), "--workers", "0") == 0
+    assert ran == ["a fold 0", "a fold 1"], ran
+    assert "× 2 models (not run, of weight 0: b)" in capsys.readouterr().err
+    assert (tmp_path / "r.csv").read_bytes() == blend_sub.read_bytes()
 
 
 # ---- offline installs: the wheelhouse and the Kaggle notebook ------------------------------------------------

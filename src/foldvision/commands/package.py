@@ -5,7 +5,7 @@
 
 OUT holds every fold model's weights (safetensors) with the timm architecture and pretrained config that rebuild
 it without the hub, the preprocessing, TTA views, classes, metric and decision rule, a blend's members and
-weights, a README, and manifest.json (foldvision's and the libraries' versions, the sha256 of every other file;
+weights (a member of weight 0 adds nothing and is left out), a README, and manifest.json (foldvision's and the libraries' versions, the sha256 of every other file;
 `foldvision infer` checks them first). It needs nothing of the run folder or the corpus. Its layout is
 `foldvision.learn.package`'s. OUT is written whole or not at all (built beside it, then renamed); an existing
 package there is replaced.
@@ -14,6 +14,7 @@ package there is replaced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -112,6 +113,10 @@ def write_package(run_dir: Path, out: Path) -> Path:
     if out.exists() and not (out / MANIFEST_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a foldvision package: name a new folder for the package")
     pkg = from_run(Path(run_dir))
+    idle = [m.name for m in pkg.members if not pkg.counts(m)]
+    if idle:  # its models would add size (a Kaggle dataset's limit, the upload) and nothing to the blend
+        pkg = dataclasses.replace(pkg, members=[m for m in pkg.members if pkg.counts(m)])
+        console.print(f"package: left out {', '.join(idle)}: weight 0 in the blend")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
