@@ -7,7 +7,7 @@ A copy resized or recompressed keeps its low-frequency structure, so its `imageh
 hash) is a few bits from the original's. A mirrored copy is a few bits from the hash of the original's mirror.
 A crop shifts the structure against the DCT's grid: 3% off each side already moves a phash by ~12 bits
 (benchmarks/RESULTS.md), as far as unrelated images come; the hash of the original's centre (CROP off each side)
-is a few bits from the copy's for crops of 0-7% a side. So each image keeps four hashes (as is, mirrored, centre,
+is a few bits from the copy's for crops of 0-5% a side (7% is lost: benchmarks/RESULTS.md). So each image keeps four hashes (as is, mirrored, centre,
 centre mirrored) and a pair's distance is the smallest of the comparisons in `COMPARE`. Unrelated images differ
 in about 32 bits.
 
@@ -41,7 +41,7 @@ from foldvision.files import write_text_atomic
 from foldvision.run import ContentHashes, stamps_json
 
 CACHE_VERSION = 2  # bump when the hashes change (the hash function, its size, the variants): old entries go
-CROP = 0.04  # the centre variant drops this fraction of each side: crops of 0 to 7% a side then match
+CROP = 0.04  # the centre variant drops this fraction of each side: crops of 0 to 5% a side then match
 PLAIN, MIRROR, CENTRE, CENTRE_MIRROR = range(4)  # the variants, in this order in a hash row
 VARIANTS = 4
 FINE_SIZE = 16  # the confirming phash: 16x16 bits, 4 uint64 words per variant
