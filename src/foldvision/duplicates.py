@@ -7,9 +7,9 @@ A copy resized or recompressed keeps its low-frequency structure, so its `imageh
 hash) is a few bits from the original's. A mirrored copy is a few bits from the hash of the original's mirror.
 A crop shifts the structure against the DCT's grid: 3% off each side already moves a phash by ~12 bits
 (benchmarks/RESULTS.md), as far as unrelated images come; the hash of the original's centre (CROP off each side)
-is a few bits from the copy's for crops of 0-5% a side (7% is lost: benchmarks/RESULTS.md). So each image keeps four hashes (as is, mirrored, centre,
-centre mirrored) and a pair's distance is the smallest of the comparisons in `COMPARE`. Unrelated images differ
-in about 32 bits.
+is a few bits from the copy's for crops of 0-5% a side (7% is lost: benchmarks/RESULTS.md). So each image
+keeps four hashes (as is, mirrored, centre, centre mirrored) and a pair's distance is the smallest of the
+comparisons in `COMPARE`. Unrelated images differ in about 32 bits.
 
 64 bits say only that two pictures share their coarse layout, and in aligned corpora different images do: two
 chest X-rays of different patients are often 2 bits apart. So the 64-bit hashes find the candidates (every pair
@@ -81,8 +81,8 @@ def hash_file(path: Path) -> tuple[int, ...] | None:
 
 
 class HashCache:
-    """Content digest -> its eight hashes (`hash_image`), in `<folder>/phash.json` (None: nothing kept). Entries are only
-    added, so the train and test images of a corpus share it; an unreadable cache costs only time."""
+    """Content digest -> its eight hashes (`hash_image`), in `<folder>/phash.json` (None: nothing kept). Entries
+    are only added, so the train and test images of a corpus share it; an unreadable cache costs only time."""
 
     def __init__(self, folder: Path | None):
         self.path = folder / "phash.json" if folder is not None else None
