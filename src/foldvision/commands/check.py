@@ -8,8 +8,9 @@ file is the perceptual-hash cache under data.cache_dir (below).
 Reports images per class (tag, grade; or the regression target's spread) and per fold, image
 sizes/modes/formats, unreadable files (every image is decoded), duplicate images (same bytes) inside train and
 between train and test (a leak), near-duplicates (resized, recompressed, slightly cropped or mirrored copies:
-foldvision.duplicates, within cv.near_duplicate_distance and cv.near_duplicate_confirm bits) and groups split across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage
-reuses the hash cache (cv.near_duplicates=group).
+foldvision.duplicates, within cv.near_duplicate_distance and cv.near_duplicate_confirm bits) and groups split
+across folds. Exits 1 when it finds errors; duplicates and leaks are warnings. The folds stage reuses the hash
+cache (cv.near_duplicates=group).
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def near_duplicates(cfg: Config, table: pl.DataFrame, facts: list[ImageFacts], t
     test_hashes, test_valid = duplicates.pack(f.phash for f in test_facts)
     train_hashes, train_valid = duplicates.pack(f.phash for f in facts)
     near_test = duplicates.near_pairs(test_hashes, train_hashes, limit, confirm, test_valid, train_valid)
-    near_test = near_test[[test_facts[i].digest != digest[j] for i, j in near_test[:, :2]]] if len(near_test) else near_test
+    if len(near_test):  # byte-identical ones are copies_and_leaks' to report
+        near_test = near_test[[test_facts[i].digest != digest[j] for i, j in near_test[:, :2]]]
     if len(near_test):
         i, j, d, fine = near_test[0]
         warnings.append(f"leak: {len(set(near_test[:, 0].tolist()))} test images are near-duplicates of train images "

@@ -3,12 +3,12 @@
     foldvision package runs/<exp or blend> OUT/          (make package NAME=<exp> [OUT=packages/<exp>])
     foldvision infer OUT/ --images DIR [--sample CSV] --out submission.csv
 
-OUT holds every fold model's weights (safetensors) with the timm architecture and pretrained config that rebuild
-it without the hub, the preprocessing, TTA views, classes, metric and decision rule, a blend's members and
-weights (a member of weight 0 adds nothing and is left out), a README, and manifest.json (foldvision's and the libraries' versions, the sha256 of every other file;
-`foldvision infer` checks them first). It needs nothing of the run folder or the corpus. Its layout is
-`foldvision.learn.package`'s. OUT is written whole or not at all (built beside it, then renamed); an existing
-package there is replaced.
+OUT holds every fold model's weights (safetensors) with the timm architecture and pretrained config that rebuild it
+without the hub, the preprocessing, TTA views, classes, metric and decision rule, a blend's members and weights (a
+member of weight 0 adds nothing and is left out), a README, and manifest.json (foldvision's and the libraries'
+versions, the sha256 of every other file; `foldvision infer` checks them first). It needs nothing of the run folder
+or the corpus. Its layout is `foldvision.learn.package`'s. OUT is written whole or not at all (built beside it, then
+renamed); an existing package there is replaced.
 """
 
 from __future__ import annotations

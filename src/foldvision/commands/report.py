@@ -76,8 +76,9 @@ PLOT_TITLES = {
                      "ordinal)."),
     "near_duplicates": ("Near-duplicates", "The largest clusters of near-duplicate training images (one per "
                         "row; phash within cv.near_duplicate_distance of 64 bits and cv.near_duplicate_confirm of "
-                        "256, mirrored and cropped copies included), with each image's label and fold. Clusters are shown once make check (or "
-                        "a cv.near_duplicates=group split) has cached the images' hashes."),
+                        "256, mirrored and cropped copies included), with each image's label and fold. Clusters "
+                        "are shown once make check (or a cv.near_duplicates=group split) has cached the images' "
+                        "hashes."),
 }
 
 TEMPLATE = """<!DOCTYPE html>
