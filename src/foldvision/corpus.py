@@ -123,7 +123,8 @@ _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 _ZERO_ONE = ("0", "1", "0.0", "1.0")
 
 
-def _split_tags(cell: str, delim: str | None) -> list[str]:
+def split_tags(cell: str, delim: str | None) -> list[str]:
+    """A tag cell's tags as a label table writes them (`delim` None: the cell is one tag)."""
     if delim is None:
         return [cell] if cell else []
     parts = cell.split() if delim == " " else cell.split(delim)
@@ -133,7 +134,7 @@ def _split_tags(cell: str, delim: str | None) -> list[str]:
 def _combines(distinct: list[str], delim: str) -> int | None:
     """How many tags `delim` splits the distinct cells into, when the cells are combinations of fewer tags
     (see detect_task, rule 1); else None."""
-    split = [_split_tags(c, delim) for c in distinct]
+    split = [split_tags(c, delim) for c in distinct]
     tags = {t for parts in split for t in parts}
     if not len(tags) < len(distinct):
         return None
@@ -153,7 +154,7 @@ def _tag_delimiter(distinct: list[str], given: str | None, strict: bool) -> str 
             continue
         if delim == "," and all(_DECIMAL_COMMA.fullmatch(c) for c in distinct):
             continue  # '1,5': numbers with a decimal comma, not tags
-        n = _combines(distinct, delim) if strict else len({t for c in distinct for t in _split_tags(c, delim)})
+        n = _combines(distinct, delim) if strict else len({t for c in distinct for t in split_tags(c, delim)})
         if n is not None and (best is None or n < best[0]):
             best = (n, delim)
     return best[1] if best else None

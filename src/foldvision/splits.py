@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldvision.config import Config
 from foldvision.console import console
-from foldvision.corpus import LABEL_DELIMS
+from foldvision.corpus import LABEL_DELIMS, split_tags
 from foldvision.errors import UserError, did_you_mean
 from foldvision.files import write_atomic
 from foldvision.layout import corpus_key
@@ -411,17 +411,12 @@ def _names_shown(names) -> str:
     return ", ".join(names[:_SHOWN_NAMES]) + (", ..." if len(names) > _SHOWN_NAMES else "")
 
 
-def _split_cell(text: str, delim: str) -> list[str]:
-    parts = text.split() if delim == " " else text.split(delim)
-    return [t.strip() for t in parts if t.strip()]
-
-
 def _new_tags(text: str, task: Task, where: str) -> np.ndarray:
     """A multi-label new_label as a 0/1 row: one tag, or tags joined by '|' (as label_issues.csv writes them)
     or by another delimiter a label table may use (space, ';', ','), in any order. The first reading whose
     parts are all tags is taken, so a tag holding a space ('partly cloudy') stays whole."""
     known = set(task.names)
-    readings = [[text]] + [_split_cell(text, d) for d in dict.fromkeys((TAG_SEP, *LABEL_DELIMS))]
+    readings = [split_tags(text, d) for d in dict.fromkeys((None, TAG_SEP, *LABEL_DELIMS))]
     for tags in readings:
         if set(tags) <= known:
             return np.array([float(n in tags) for n in task.names])
