@@ -131,13 +131,10 @@ class Pace:
                             f"{self.limit_s / 60:g}; starting again")
 
 
-def blend(pkg: Package, members: list[np.ndarray | None]) -> np.ndarray:
-    """The members' test probabilities blended as `foldvision ensemble` blended theirs (an experiment: itself);
-    a member that was not run (None: weight 0, `Package.counts`) adds zeros."""
+def blend(pkg: Package, members: list[np.ndarray]) -> np.ndarray:
+    """The members' test probabilities blended as `foldvision ensemble` blended theirs (an experiment: itself)."""
     if pkg.kind == "experiment":
         return members[0]
-    shape = next(m for m in members if m is not None).shape
-    members = [m if m is not None else np.zeros(shape) for m in members]
     fitted = Blend(pkg.method, np.array([m.weight for m in pkg.members]), stacker=_stacker(pkg))
     return fitted.apply(method_inputs(pkg.method, members))
 
@@ -163,16 +160,13 @@ class Options:
 
 def predict_views(pkg: Package, test: TestSet, views: list[str], opts: Options, pace: Pace) -> np.ndarray:
     """Every fold model's TTA probabilities (`fold_test_probs`, as make predict), averaged over each member's
-    folds, then blended; the models of a member of weight 0 are not run."""
+    folds, then blended."""
     paths, n = test.table["path"].to_list(), 0
     runtime = {"device": opts.device, "amp": pkg.predict["amp"], "channels_last": pkg.predict["channels_last"]}
     loader = {"train": False, "num_workers": opts.workers, "channels_last": pkg.predict["channels_last"],
               "cache_dir": str(opts.scratch)}
     members = []
     for member in pkg.members:
-        if not pkg.counts(member):
-            members.append(None)
-            continue
         total = 0.0  # the folds' sum, a column per class or tag, or one value (its head: foldvision.learn.heads)
         for fold in member.folds:
             ckpt = fold.checkpoint(pkg.classes)
@@ -193,13 +187,12 @@ def infer(package: Path, images: Path, out: Path, *, sample: Path | None = None,
           max_minutes: float | None = None, workers: int | None = None) -> Predictions:
     """Predict `images` with the package into the submission `out`; returns the test probabilities."""
     check_inputs(images, sample, ids)
-    pkg = open_package(package)
+    pkg, idle = open_package(package).without_idle()  # a blend's run folder may hold members of weight 0
     test, fmt = read_images(images, sample, ids, pkg)
     views = list(pkg.predict["tta"] if tta is None else tta)
     rule = DecisionRule(**pkg.rule) if pkg.rule and fmt is not None and fmt.format.labels_by_rule(
         pkg.predict["decision"]) else None
-    ids_, models = test.table["id"].to_list(), sum(len(m.folds) for m in pkg.members if pkg.counts(m))
-    idle = [m.name for m in pkg.members if not pkg.counts(m)]
+    ids_, models = test.table["id"].to_list(), len(pkg.models)
     console.print(f"infer: {pkg.kind} {escape(pkg.name)}, {len(ids_)} images × {len(tta_compose(views))} TTA "
                   f"views ({', '.join(views) or 'none'}) × {models} models"
                   + (f" (not run, of weight 0: {escape(', '.join(idle))})" if idle else ""))

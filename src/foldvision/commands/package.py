@@ -14,7 +14,6 @@ renamed); an existing package there is replaced.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -112,10 +111,8 @@ def write_package(run_dir: Path, out: Path) -> Path:
     out = Path(out)
     if out.exists() and not (out / MANIFEST_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a foldvision package: name a new folder for the package")
-    pkg = from_run(Path(run_dir))
-    idle = [m.name for m in pkg.members if not pkg.counts(m)]
-    if idle:  # its models would add size (a Kaggle dataset's limit, the upload) and nothing to the blend
-        pkg = dataclasses.replace(pkg, members=[m for m in pkg.members if pkg.counts(m)])
+    pkg, idle = from_run(Path(run_dir)).without_idle()  # idle models: upload size (a Kaggle dataset's limit)
+    if idle:
         console.print(f"package: left out {', '.join(idle)}: weight 0 in the blend")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

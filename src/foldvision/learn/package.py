@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from foldvision.errors import UserError
@@ -93,10 +93,13 @@ class Package:
     def models(self) -> list[FoldModel]:
         return [f for m in self.members for f in m.folds]
 
-    def counts(self, member: Member) -> bool:
-        """Whether the member's predictions change the blend: one of weight 0 (hill climbing never took it) adds
-        nothing, so its models need not run; a stack's learner reads every member."""
-        return self.method == "stack" or member.weight != 0
+    def without_idle(self) -> tuple[Package, list[str]]:
+        """The package without the members of weight 0 (hill climbing never took them: a weighted sum gains
+        nothing from them, so their models need neither travel nor run; a stack's learner reads every member),
+        and their names."""
+        keep = [self.method == "stack" or m.weight != 0 for m in self.members]
+        return (replace(self, members=[m for m, k in zip(self.members, keep) if k]),
+                [m.name for m, k in zip(self.members, keep) if not k])
 
     @property
     def task(self) -> str:
